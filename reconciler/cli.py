@@ -1,0 +1,185 @@
+"""Command line: argparse → commands, behind one error boundary.
+
+Product goes to stdout; logs and progress go to stderr. Exit codes follow
+:class:`reconciler.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reconciler import __version__
+from reconciler.errors import ExitCode, NotImplementedYet, ReconcileError
+
+log = logging.getLogger("reconciler")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path("channels.yaml"),
+        metavar="FILE",
+        help="configuration file (default: ./channels.yaml)",
+    )
+    return parent
+
+
+def _logging_parent() -> argparse.ArgumentParser:
+    # Accepted both before and after the subcommand name.
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
+    )
+    parent.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only"
+    )
+    parent.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging and tracebacks for internal errors",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    logging_opts = _logging_parent()
+    config_opt = _config_parent()
+    parser = argparse.ArgumentParser(
+        prog="reconcile",
+        description="Declarative reconciler for conda channels: plan, apply, index, mirror.",
+        parents=[logging_opts],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, func: Command, *, config: bool = True) -> argparse.ArgumentParser:
+        parents = [logging_opts, config_opt] if config else [logging_opts]
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
+        p.set_defaults(func=func)
+        return p
+
+    add("validate", "check the configuration file and report every problem", cmd_validate)
+    add("schema", "print the JSON Schema of channels.yaml", cmd_schema, config=False)
+
+    p = add("index", "index channel directories, like `conda index`", cmd_index, config=False)
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="channel directory")
+
+    p = add("plan", "show what apply would do", _not_implemented("plan"))
+    p.add_argument("--out", type=Path, metavar="PLAN", help="save the plan to this file")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 when there are no changes, 2 when there are, 1 on error",
+    )
+    p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
+    p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+
+    p = add("apply", "converge the channels to the configuration", _not_implemented("apply"))
+    p.add_argument("plan_file", nargs="?", type=Path, metavar="PLAN", help="a saved plan")
+    p.add_argument("--run-now", action="store_true", help="run mirrors regardless of schedule")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the run report here")
+    p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
+    p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+
+    add("status", "show channels and mirrors, last and next runs", _not_implemented("status"))
+    add("history", "show the run history of each mirror", _not_implemented("history"))
+
+    p = add("explain", "say why a package is in or out", _not_implemented("explain"))
+    p.add_argument("package", metavar="SPEC_OR_FILENAME")
+
+    p = add("serve", "serve the channels over HTTP", _not_implemented("serve"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    add("watch", "re-plan on config change and run due schedules", _not_implemented("watch"))
+    return parser
+
+
+def _not_implemented(name: str) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        raise NotImplementedYet(name)
+
+    return run
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.config import load_config
+
+    loaded = load_config(args.config, require_env=False)
+    for diagnostic in loaded.warnings:
+        print(diagnostic.format(), file=sys.stderr)
+    config = loaded.config
+    mirrors = sum(len(channel.mirrors) for channel in config.channels)
+    print(
+        f"{args.config}: valid ({len(config.channels)} channel(s), {mirrors} mirror(s), "
+        f"{len(loaded.warnings)} warning(s))"
+    )
+    return ExitCode.OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.config_schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return ExitCode.OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    raise NotImplementedYet("index")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "quiet", False):
+        level = logging.ERROR
+    elif getattr(args, "debug", False) or getattr(args, "verbose", 0) >= 1:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("reconciler")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (the error boundary lives here)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except ReconcileError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return ExitCode.ERROR
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`); not an error of ours.
+        return ExitCode.OK
+    except Exception as exc:
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in conda-reconcile; please report it with the command you ran."
+            + ("" if debug else " Re-run with --debug for the traceback."),
+            file=sys.stderr,
+        )
+        if debug:
+            traceback.print_exc()
+        return ExitCode.BUG
