@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help_text: str, func: Command, *, config: bool = True) -> argparse.ArgumentParser:
+    def add(
+        name: str, help_text: str, func: Command, *, config: bool = True
+    ) -> argparse.ArgumentParser:
         parents = [logging_opts, config_opt] if config else [logging_opts]
         p = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
         p.set_defaults(func=func)

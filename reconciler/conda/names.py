@@ -11,7 +11,9 @@ PACKAGE_SUFFIXES: tuple[str, ...] = (".conda", ".tar.bz2")
 
 # A package filename is ``<name>-<version>-<build><suffix>``; none of the parts may
 # contain path separators. Names and builds use conda's allowed characters.
-_FILENAME_RE = re.compile(r"^[A-Za-z0-9_.+\-]+-[A-Za-z0-9_.+!]+-[A-Za-z0-9_.+]+(\.conda|\.tar\.bz2)$")
+_FILENAME_RE = re.compile(
+    r"^[A-Za-z0-9_.+\-]+-[A-Za-z0-9_.+!]+-[A-Za-z0-9_.+]+(\.conda|\.tar\.bz2)$"
+)
 
 
 def is_valid_subdir(subdir: str) -> bool:

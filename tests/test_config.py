@@ -1,0 +1,356 @@
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.config import ConfigErrors, load_config
+from reconciler.config_checks import shortest_interval
+from reconciler.diagnostics import Diagnostic, Severity
+from reconciler.errors import ConfigError
+from tests.conftest import REPO_ROOT
+
+WriteConfig = Callable[[str], Path]
+
+MINIMAL = """
+version: 1
+channels:
+  - name: internal
+    path: ./channels/internal
+    subdirs: [linux-64, noarch]
+"""
+
+
+def errors_of(path: Path, **kwargs: bool) -> list[Diagnostic]:
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, **kwargs)
+    return info.value.errors
+
+
+def only_error(path: Path) -> Diagnostic:
+    errors = errors_of(path)
+    assert len(errors) == 1, [e.format() for e in errors]
+    return errors[0]
+
+
+def test_example_config_is_valid() -> None:
+    loaded = load_config(REPO_ROOT / "examples" / "channels.yaml")
+    names = [c.name for c in loaded.config.channels]
+    assert names == ["internal", "scratch"]
+    assert not [w for w in loaded.warnings if "leaves out" in w.message]
+
+
+def test_minimal_config_and_path_resolution(write_config: WriteConfig) -> None:
+    path = write_config(MINIMAL)
+    config = load_config(path).config
+    channel = config.channels[0]
+    assert channel.path == (path.parent / "channels" / "internal").resolve()
+    assert channel.served_subdirs == ["linux-64", "noarch"]
+    assert channel.index.zst is True and channel.index.bz2 is False
+
+
+def test_noarch_is_always_served(write_config: WriteConfig) -> None:
+    config = load_config(write_config(MINIMAL.replace("[linux-64, noarch]", "[linux-64]"))).config
+    assert config.channels[0].served_subdirs == ["linux-64", "noarch"]
+
+
+def test_defaults_flow_into_channels_and_mirrors(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    path = write_config(
+        """
+        version: 1
+        defaults:
+          index: {bz2: true, shards: true}
+          mirror: {timeout: 5, retries: 1, mode: passive}
+        channels:
+          - name: a
+            path: a
+            index: {shards: false}
+            mirrors:
+              - {name: m, source: ./up, retries: 7}
+        """
+    )
+    channel = load_config(path).config.channels[0]
+    assert channel.index.bz2 is True  # from defaults
+    assert channel.index.shards is False  # channel overrides
+    mirror = channel.mirrors[0]
+    assert (mirror.timeout, mirror.retries, mirror.mode) == (5, 7, "passive")
+    assert mirror.source == str((tmp_path / "up").resolve())
+
+
+def test_filters_parse(write_config: WriteConfig) -> None:
+    path = write_config(
+        MINIMAL
+        + """
+    filters:
+      exclude:
+        - license: GPL
+          except: [{name: "libgcc*"}]
+      date: {after: 2023-01-01}
+      latest: 2
+"""
+    )
+    filters = load_config(path).config.channels[0].filters
+    assert filters.exclude[0].license == "GPL"
+    assert filters.exclude[0].except_[0].name == "libgcc*"
+    assert filters.date is not None
+    assert filters.date.after == dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
+    assert filters.latest == 2
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_line(write_config: WriteConfig) -> None:
+    error = only_error(write_config("version: 1\nchannels: [\n  {name: a\n"))
+    assert error.line >= 2
+    assert "invalid YAML" in error.message
+
+
+def test_empty_file(write_config: WriteConfig) -> None:
+    assert "empty" in only_error(write_config("")).message
+
+
+def test_top_level_must_be_mapping(write_config: WriteConfig) -> None:
+    assert "mapping" in only_error(write_config("- a\n- b\n")).message
+
+
+def test_unknown_key_with_suggestion(write_config: WriteConfig) -> None:
+    error = only_error(write_config(MINIMAL + "    subdris: [noarch]\n"))
+    assert error.path == ("channels", 0, "subdris")
+    assert error.line == 6
+    assert "did you mean 'subdirs'" in error.message
+
+
+def test_unknown_key_deep_in_filters(write_config: WriteConfig) -> None:
+    error = only_error(
+        write_config(MINIMAL + "    filters:\n      exclude:\n        - {nmae: x}\n")
+    )
+    assert error.path == ("channels", 0, "filters", "exclude", 0, "nmae")
+    assert "did you mean 'name'" in error.message
+
+
+def test_missing_required_key(write_config: WriteConfig) -> None:
+    error = only_error(write_config("version: 1\nchannels:\n  - name: a\n"))
+    assert error.path == ("channels", 0, "path")
+    assert error.line == 3
+    assert "missing required key 'path'" in error.message
+
+
+def test_wrong_version(write_config: WriteConfig) -> None:
+    error = only_error(write_config(MINIMAL.replace("version: 1", "version: 2")))
+    assert error.path == ("version",)
+    assert "got 2" in error.message
+
+
+def test_duplicate_yaml_key(write_config: WriteConfig) -> None:
+    error = only_error(write_config(MINIMAL + "    subdirs: [noarch]\n"))
+    assert error.line == 6
+    assert "duplicate key 'subdirs'" in error.message
+    assert "line 5" in error.message
+
+
+def test_duplicate_channel_names(write_config: WriteConfig) -> None:
+    text = MINIMAL + "  - name: internal\n    path: ./other\n"
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 1, "name")
+    assert error.line == 6
+
+
+def test_duplicate_mirror_names_across_channels(write_config: WriteConfig, tmp_path: Path) -> None:
+    text = """
+    version: 1
+    channels:
+      - name: a
+        path: a
+        mirrors: [{name: m, source: "https://example.invalid/a"}]
+      - name: b
+        path: b
+        mirrors: [{name: m, source: "https://example.invalid/b"}]
+    """
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 1, "mirrors", 0, "name")
+    assert "duplicate mirror name 'm'" in error.message
+
+
+@pytest.mark.parametrize("subdir", ["Linux-64", "linux_64", "win"])
+def test_invalid_subdir_name(write_config: WriteConfig, subdir: str) -> None:
+    error = only_error(write_config(MINIMAL.replace("linux-64", subdir)))
+    assert error.path == ("channels", 0, "subdirs")
+    assert repr(subdir) in error.message
+
+
+def test_invalid_cron(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "    mirrors:\n      - name: m\n        source: https://example.invalid/c\n"
+        "        schedule: '61 * * * *'\n"
+    )
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 0, "mirrors", 0, "schedule")
+    assert error.line == 9
+    assert "invalid cron" in error.message
+
+
+def test_invalid_match_spec_and_version_spec(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "    filters:\n      include:\n        - spec: 'numpy >='\n"
+        "        - {name: scipy, version: '>>1'}\n"
+    )
+    errors = errors_of(write_config(text))
+    assert [(e.line, e.path[-1]) for e in errors] == [(8, "spec"), (9, "version")]
+    assert "invalid match spec" in errors[0].message
+    assert "invalid version spec" in errors[1].message
+
+
+def test_mirror_subdir_not_served(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "    mirrors:\n      - name: m\n        source: https://example.invalid/c\n"
+        "        subdirs: [noarch, osx-arm64]\n"
+    )
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 0, "mirrors", 0, "subdirs", 1)
+    assert "'osx-arm64' is not served" in error.message
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ("ftp://example.invalid/x", "unsupported source scheme"),
+        ("s3://bucket/x", "unsupported source scheme"),
+        ("https://user:pw@example.invalid/x", "credentials"),
+        ("https:///nohost", "no host"),
+    ],
+)
+def test_bad_sources(write_config: WriteConfig, source: str, needle: str) -> None:
+    text = MINIMAL + f"    mirrors:\n      - name: m\n        source: '{source}'\n"
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 0, "mirrors", 0, "source")
+    assert needle in error.message
+
+
+def test_same_and_nested_channel_paths(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "  - name: b\n    path: ./channels/internal/\n"
+        "  - name: c\n    path: ./channels/internal/sub\n"
+    )
+    errors = errors_of(write_config(text))
+    assert [e.path for e in errors] == [("channels", 1, "path"), ("channels", 2, "path")]
+    assert "same path" in errors[0].message
+    assert "nested" in errors[1].message
+
+
+def test_token_env_unset_warns_for_validate_and_fails_for_apply(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECONCILE_TEST_TOKEN", raising=False)
+    text = MINIMAL + (
+        "    mirrors:\n      - name: m\n        source: https://example.invalid/c\n"
+        "        token_env: RECONCILE_TEST_TOKEN\n"
+    )
+    path = write_config(text)
+    loaded = load_config(path)
+    assert [w.path[-1] for w in loaded.warnings] == ["token_env"]
+    assert loaded.warnings[0].severity is Severity.WARNING
+    error = errors_of(path, require_env=True)
+    assert [e.path[-1] for e in error] == ["token_env"]
+    monkeypatch.setenv("RECONCILE_TEST_TOKEN", "secret")
+    assert load_config(path, require_env=True).warnings == []
+
+
+def test_warnings_for_missing_noarch_and_frequent_schedule(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "    mirrors:\n      - name: m\n        source: https://example.invalid/c\n"
+        "        subdirs: [linux-64]\n        schedule: '*/15 * * * *'\n"
+    )
+    loaded = load_config(write_config(text))
+    messages = sorted(w.message for w in loaded.warnings)
+    assert len(messages) == 2
+    assert "every 15 min" in messages[0]
+    assert "leaves out 'noarch'" in messages[1]
+
+
+def test_patch_files_must_exist(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "ok.json").write_text("{}")
+    text = MINIMAL + "    patches: [ok.json, missing.py, bad.txt]\n"
+    errors = errors_of(write_config(text))
+    assert [e.path for e in errors] == [
+        ("channels", 0, "patches", 1),
+        ("channels", 0, "patches", 2),
+    ]
+    assert "not found" in errors[0].message
+    assert "must end in" in errors[1].message
+
+
+def test_every_mistake_is_reported_in_one_run(write_config: WriteConfig) -> None:
+    text = """
+    version: 1
+    channels:
+      - name: internal
+        path: ./ch
+        subdirs: [linux-64, Linux_64, noarch]
+        pathces: []
+        mirrors:
+          - name: m1
+            source: ftp://example.invalid/x
+            subdirs: [osx-arm64]
+            schedule: "61 * * * *"
+            filters:
+              include:
+                - spec: "numpy >="
+                - {name: scipy, version: ">>1"}
+          - name: m1
+            source: https://example.invalid/c
+      - name: internal
+        path: ./ch/
+        subdirs: [noarch]
+        subdirs: [linux-64]
+    """
+    errors = errors_of(write_config(text))
+    found = {(e.line, e.path[-1] if isinstance(e.path[-1], str) else e.path[-2]) for e in errors}
+    assert found == {
+        (5, "subdirs"),
+        (6, "pathces"),
+        (9, "source"),
+        (10, "subdirs"),
+        (11, "schedule"),
+        (14, "spec"),
+        (15, "version"),
+        (16, "name"),
+        (18, "name"),
+        (19, "path"),
+        (21, "subdirs"),
+    }
+    for error in errors:
+        assert error.format().startswith(f"{error.file}:{error.line}: ")
+
+
+def test_date_window_order(write_config: WriteConfig) -> None:
+    text = MINIMAL + "    filters:\n      date: {after: 2024-01-01, before: 2023-01-01}\n"
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 0, "filters", "date")
+    assert "earlier" in error.message
+
+
+def test_empty_rule_and_unknown_license_family(write_config: WriteConfig) -> None:
+    text = MINIMAL + "    filters:\n      include:\n        - {}\n        - {license_family: GLP}\n"
+    errors = errors_of(write_config(text))
+    assert "empty rule" in errors[0].message
+    assert "unknown license_family 'GLP'" in errors[1].message
+
+
+@pytest.mark.parametrize(
+    ("expression", "minutes"),
+    [("17 3 * * *", 24 * 60), ("*/10 * * * *", 10), ("0,30 3 * * *", 30), ("0 * * * *", 60)],
+)
+def test_shortest_interval(expression: str, minutes: int) -> None:
+    interval = shortest_interval(expression)
+    assert interval is not None
+    assert interval.total_seconds() == minutes * 60
+
+
+def test_shortest_interval_invalid() -> None:
+    assert shortest_interval("not cron") is None
