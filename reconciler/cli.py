@@ -76,6 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("index", "index channel directories, like `conda index`", cmd_index, config=False)
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="channel directory")
+    p.add_argument(
+        "--subdir",
+        action="append",
+        dest="subdirs",
+        metavar="SUBDIR",
+        help="also create and index this subdir (repeatable); existing subdirs are always indexed",
+    )
+    p.add_argument(
+        "--patch",
+        action="append",
+        dest="patches",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="patch file (.py, .json, or a patch package), applied in order (repeatable)",
+    )
+    p.add_argument("--channel-name", help="name shown in index.html (default: folder name)")
+    p.add_argument("--strict", action="store_true", help="fail on any unreadable package")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel readers (default: cores)")
+    _add_index_switches(p)
 
     p = add("plan", "show what apply would do", _not_implemented("plan"))
     p.add_argument("--out", type=Path, metavar="PLAN", help="save the plan to this file")
@@ -138,8 +158,54 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# (flag, option, default) for the index output switches.
+_INDEX_SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("zst", "zst", "repodata.json.zst"),
+    ("bz2", "bz2", "repodata.json.bz2"),
+    ("repodata-from-packages", "repodata_from_packages", "repodata_from_packages.json"),
+    ("current-repodata", "current_repodata", "current_repodata.json"),
+    ("run-exports", "run_exports", "run_exports.json"),
+    ("channeldata", "channeldata", "channeldata.json"),
+    ("shards", "shards", "CEP-16 sharded repodata"),
+    ("html", "html", "index.html files"),
+)
+
+
+def _add_index_switches(parser: argparse.ArgumentParser) -> None:
+    from reconciler.config import IndexOptions
+
+    defaults = IndexOptions()
+    for flag, option, what in _INDEX_SWITCHES:
+        default = getattr(defaults, option)
+        parser.add_argument(
+            f"--{flag}",
+            dest=option,
+            action=argparse.BooleanOptionalAction,
+            default=default,
+            help=f"write {what} (default: {'on' if default else 'off'})",
+        )
+
+
 def cmd_index(args: argparse.Namespace) -> int:
-    raise NotImplementedYet("index")
+    from reconciler.config import IndexOptions
+    from reconciler.index import index_channel
+    from reconciler.progress import default_reporter
+
+    options = IndexOptions(**{option: getattr(args, option) for _, option, _ in _INDEX_SWITCHES})
+    for directory in args.dirs:
+        result = index_channel(
+            directory,
+            options=options,
+            patches=args.patches,
+            subdirs=args.subdirs,
+            channel_name=args.channel_name,
+            strict=args.strict,
+            workers=args.workers,
+            reporter=default_reporter(),
+        )
+        # Each skipped package was already logged as a warning with its reason.
+        print(f"{directory}: {result.summary()}")
+    return ExitCode.OK
 
 
 def _configure_logging(args: argparse.Namespace) -> None:

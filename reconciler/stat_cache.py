@@ -19,7 +19,8 @@ from reconciler.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: metadata stored as a nested msgpack blob, decoded only when needed.
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,58 @@ class FileStat:
     size: int
 
 
-@dataclass
 class CacheEntry:
-    stat: FileStat
-    metadata: PackageMetadata
-    # CEP-47: when this exact file was first indexed (ms); kept across re-index runs.
-    indexed_timestamp: int
+    """One package file as last read: its stat, digest, CEP-47 stamp and metadata.
+
+    The metadata stays an encoded blob until something asks for it, so a no-op
+    re-index of a big channel never decodes it.
+    """
+
+    __slots__ = ("_blob", "_metadata", "indexed_timestamp", "sha256", "stat")
+
+    def __init__(
+        self,
+        stat: FileStat,
+        metadata: PackageMetadata | None = None,
+        indexed_timestamp: int = 0,
+        *,
+        sha256: str | None = None,
+        blob: bytes | None = None,
+    ) -> None:
+        if metadata is None and blob is None:
+            raise ValueError("a cache entry needs metadata or its encoded blob")
+        self.stat = stat
+        self._metadata = metadata
+        self._blob = blob
+        # CEP-47: when this exact file was first indexed (ms); kept across re-index runs.
+        self.indexed_timestamp = indexed_timestamp
+        self.sha256 = sha256 if sha256 is not None else self.metadata.sha256
+
+    @property
+    def metadata(self) -> PackageMetadata:
+        if self._metadata is None:
+            assert self._blob is not None
+            self._metadata = PackageMetadata.from_dict(
+                msgpack.unpackb(self._blob, raw=False, strict_map_key=False)
+            )
+        return self._metadata
+
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = msgpack.packb(self.metadata.to_dict(), use_bin_type=True)
+        return self._blob
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheEntry):
+            return NotImplemented
+        return (self.stat, self.sha256, self.indexed_timestamp, self.metadata) == (
+            other.stat,
+            other.sha256,
+            other.indexed_timestamp,
+            other.metadata,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -59,10 +106,14 @@ class StatCache:
             if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
                 raise ValueError("unknown cache format")
             for name, item in data["entries"].items():
+                mtime_ns, size, sha256, stamp, blob = item
+                if not isinstance(blob, bytes):
+                    raise ValueError(f"bad entry for {name}")
                 cache.entries[str(name)] = CacheEntry(
-                    stat=FileStat(int(item["mtime_ns"]), int(item["size"])),
-                    metadata=PackageMetadata.from_dict(item["metadata"]),
-                    indexed_timestamp=int(item["indexed_timestamp"]),
+                    FileStat(int(mtime_ns), int(size)),
+                    indexed_timestamp=int(stamp),
+                    sha256=str(sha256),
+                    blob=blob,
                 )
         except Exception as exc:  # any corruption means: start over
             log.warning("index cache %s is corrupt (%s); rebuilding it", path, exc)
@@ -95,12 +146,13 @@ class StatCache:
         data: dict[str, Any] = {
             "format": CACHE_FORMAT,
             "entries": {
-                name: {
-                    "mtime_ns": entry.stat.mtime_ns,
-                    "size": entry.stat.size,
-                    "indexed_timestamp": entry.indexed_timestamp,
-                    "metadata": entry.metadata.to_dict(),
-                }
+                name: [
+                    entry.stat.mtime_ns,
+                    entry.stat.size,
+                    entry.sha256,
+                    entry.indexed_timestamp,
+                    entry.blob(),
+                ]
                 for name, entry in sorted(self.entries.items())
             },
         }

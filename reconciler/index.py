@@ -1,0 +1,559 @@
+"""Incremental indexer of one channel folder.
+
+Per subdir: scan package files → read only new or changed ones (stat cache,
+in parallel) → records → patched repodata and the files derived from it.
+Outputs are written atomically and only when their bytes change; when nothing
+that feeds a subdir's outputs changed and the outputs are untouched on disk,
+the derived files are not even recomputed (that keeps a no-op re-index fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reconciler import __version__
+from reconciler.conda.archive import read_package
+from reconciler.conda.channeldata import merge_summaries, summarize_subdir
+from reconciler.conda.current_repodata import build_current_repodata
+from reconciler.conda.index_html import render_channel_html, render_subdir_html
+from reconciler.conda.metadata import PackageMetadata
+from reconciler.conda.names import filename_problem, is_valid_subdir, package_suffix, strip_suffix
+from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patch_source
+from reconciler.conda.records import make_record
+from reconciler.conda.repodata import (
+    build_repodata,
+    compress_bz2,
+    compress_zst,
+    serialize_json,
+)
+from reconciler.conda.run_exports import build_run_exports
+from reconciler.conda.shards import build_shards
+from reconciler.config import IndexOptions
+from reconciler.errors import PackageError, ReconcileError
+from reconciler.progress import NullReporter, Reporter
+from reconciler.stat_cache import CacheEntry, FileStat, StatCache
+from reconciler.storage import clean_temp_files, remove_if_exists, write_if_changed
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".reconciler"
+CACHE_DIR = f"{STATE_DIR}/cache"
+
+# Below this many files, a process pool costs more than it saves.
+PARALLEL_THRESHOLD = 64
+
+
+class IndexError_(ReconcileError):
+    """Indexing refused to go on (``--strict`` with a bad package, a bad folder)."""
+
+
+@dataclass(frozen=True)
+class SkippedPackage:
+    subdir: str
+    filename: str
+    reason: str
+
+    def format(self) -> str:
+        return f"{self.subdir}/{self.filename}: {self.reason}"
+
+
+@dataclass
+class SubdirResult:
+    subdir: str
+    packages: int = 0
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[SkippedPackage] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IndexResult:
+    channel: Path
+    subdirs: list[SubdirResult] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # channel-level files
+
+    @property
+    def skipped(self) -> list[SkippedPackage]:
+        return [s for result in self.subdirs for s in result.skipped]
+
+    def summary(self) -> str:
+        packages = sum(r.packages for r in self.subdirs)
+        added = sum(len(r.added) for r in self.subdirs)
+        updated = sum(len(r.updated) for r in self.subdirs)
+        removed = sum(len(r.removed) for r in self.subdirs)
+        return (
+            f"indexed {packages} packages in {len(self.subdirs)} subdirs: "
+            f"+{added} ~{updated} -{removed}, {len(self.skipped)} skipped"
+        )
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What one subdir's derived files depend on, to skip recomputing them."""
+
+    fingerprint: str
+    files: dict[str, tuple[int, int]]  # name -> (size, mtime_ns) as last written
+
+
+def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Worker: read one package; returns (path, metadata dict, error reason)."""
+    try:
+        return path, read_package(Path(path)).to_dict(), None
+    except PackageError as exc:
+        return path, None, exc.reason
+    except Exception as exc:  # never let one file kill the pool
+        return path, None, f"unreadable package ({type(exc).__name__}: {exc})"
+
+
+def _read_many(
+    paths: Sequence[str], workers: int | None, reporter: Reporter
+) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    if not paths:
+        return []
+    reporter.start("reading packages", len(paths))
+    results: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < PARALLEL_THRESHOLD:
+        for path in paths:
+            results.append(_read_one(path))
+            reporter.advance(1)
+    else:
+        chunk = max(8, min(256, len(paths) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for item in pool.map(_read_one, paths, chunksize=chunk):
+                results.append(item)
+                reporter.advance(1)
+    reporter.finish()
+    return results
+
+
+def _identity_problem(meta: PackageMetadata, subdir: str) -> str | None:
+    """Why the package's metadata disagrees with its filename or folder."""
+    index = meta.index
+    stem = strip_suffix(meta.filename)
+    expected = f"{index.get('name')}-{index.get('version')}-{index.get('build')}"
+    if stem != expected:
+        return f"index.json says {expected}, but the filename says {stem}"
+    declared = index.get("subdir")
+    if declared is None:
+        # Old packages lack `subdir`; noarch ones say so with `noarch`.
+        declared = "noarch" if index.get("noarch") or index.get("arch") is None else None
+    if declared is not None and declared != subdir:
+        return f"index.json subdir is {declared!r} but the file is in {subdir}/"
+    return None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _options_key(options: IndexOptions, patch_digests: Sequence[str]) -> bytes:
+    return orjson.dumps(
+        {"version": __version__, "options": options.model_dump(), "patches": list(patch_digests)},
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+class ChannelIndexer:
+    """Index one channel folder; see :func:`index_channel`."""
+
+    def __init__(
+        self,
+        channel_dir: Path,
+        *,
+        options: IndexOptions | None = None,
+        patches: Iterable[Path] = (),
+        subdirs: Iterable[str] | None = None,
+        channel_name: str | None = None,
+        strict: bool = False,
+        workers: int | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.root = channel_dir
+        self.options = options or IndexOptions()
+        self.patch_paths = list(patches)
+        self.requested_subdirs = list(subdirs) if subdirs is not None else None
+        self.channel_name = channel_name or channel_dir.resolve().name
+        self.strict = strict
+        self.workers = workers
+        self.reporter = reporter or NullReporter()
+
+    # -- discovery -------------------------------------------------------------------
+
+    def subdirs(self) -> list[str]:
+        """Requested subdirs plus every valid subdir folder present, plus noarch."""
+        found = {"noarch"}
+        if self.requested_subdirs:
+            bad = [s for s in self.requested_subdirs if not is_valid_subdir(s)]
+            if bad:
+                raise IndexError_(f"invalid subdir name(s): {', '.join(bad)}")
+            found.update(self.requested_subdirs)
+        try:
+            for entry in os.scandir(self.root):
+                if entry.is_dir() and is_valid_subdir(entry.name):
+                    found.add(entry.name)
+        except FileNotFoundError:
+            pass
+        return sorted(found)
+
+    def _scan(self, subdir: str, result: SubdirResult) -> dict[str, FileStat]:
+        folder = self.root / subdir
+        clean_temp_files(folder)
+        files: dict[str, FileStat] = {}
+        for entry in os.scandir(folder):
+            if package_suffix(entry.name) is None or not entry.is_file():
+                continue
+            problem = filename_problem(entry.name)
+            if problem:
+                result.skipped.append(SkippedPackage(subdir, entry.name, problem))
+                continue
+            st = entry.stat()
+            files[entry.name] = FileStat(st.st_mtime_ns, st.st_size)
+        return files
+
+    # -- main ------------------------------------------------------------------------
+
+    def run(self) -> IndexResult:
+        if self.root.exists() and not self.root.is_dir():
+            raise IndexError_(f"{self.root} is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        sources = [load_patch_source(path) for path in self.patch_paths]
+        options_key = _options_key(self.options, [s.digest() for s in sources])
+
+        subdirs = self.subdirs()
+        results = {s: SubdirResult(s) for s in subdirs}
+        caches: dict[str, StatCache] = {}
+        stats: dict[str, dict[str, FileStat]] = {}
+        baselines: dict[str, dict[str, tuple[str, int]]] = {}
+        to_read: list[str] = []
+        for subdir in subdirs:
+            (self.root / subdir).mkdir(exist_ok=True)
+            cache = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
+            caches[subdir] = cache
+            baselines[subdir] = self._baseline(subdir, cache)
+            stats[subdir] = files = self._scan(subdir, results[subdir])
+            for name, stat in files.items():
+                if cache.lookup(name, stat) is None:
+                    to_read.append(str(self.root / subdir / name))
+
+        read = {p: (meta, err) for p, meta, err in _read_many(to_read, self.workers, self.reporter)}
+
+        for subdir in subdirs:
+            self._update_cache(
+                subdir, caches[subdir], stats[subdir], read, baselines[subdir], results[subdir]
+            )
+
+        if self.strict and any(r.skipped for r in results.values()):
+            skipped = [s.format() for r in results.values() for s in r.skipped]
+            raise IndexError_(
+                f"{len(skipped)} package(s) could not be indexed:\n  " + "\n  ".join(skipped),
+                hint="fix or remove them, or run without --strict to skip them",
+            )
+
+        fingerprints = []
+        for subdir in subdirs:
+            fingerprints.append(
+                self._write_subdir(subdir, caches[subdir], sources, options_key, results[subdir])
+            )
+            caches[subdir].save()
+
+        index_result = IndexResult(self.root, [results[s] for s in subdirs])
+        channel_key = hashlib.sha256(
+            options_key
+            + "".join(f"{s}={f};" for s, f in zip(subdirs, fingerprints, strict=True)).encode()
+        ).hexdigest()
+        self._write_channel_files(subdirs, caches, fingerprints, channel_key, index_result)
+        return index_result
+
+    def _baseline(self, subdir: str, cache: StatCache) -> dict[str, tuple[str, int]]:
+        """filename → (sha256, indexed_timestamp) as last indexed.
+
+        From the stat cache, or, when the cache is gone, from the published
+        ``repodata_from_packages.json`` so timestamps and change counts survive.
+        """
+        if cache.entries:
+            return {name: (e.sha256, e.indexed_timestamp) for name, e in cache.entries.items()}
+        path = self.root / subdir / "repodata_from_packages.json"
+        try:
+            data = orjson.loads(path.read_bytes())
+            baseline = {}
+            for key in ("packages", "packages.conda"):
+                for name, record in (data.get(key) or {}).items():
+                    baseline[name] = (
+                        str(record.get("sha256", "")),
+                        int(record.get("indexed_timestamp") or 0),
+                    )
+            return baseline
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _update_cache(
+        self,
+        subdir: str,
+        cache: StatCache,
+        files: Mapping[str, FileStat],
+        read: Mapping[str, tuple[dict[str, Any] | None, str | None]],
+        baseline: Mapping[str, tuple[str, int]],
+        result: SubdirResult,
+    ) -> None:
+        """Bring the cache up to date with the files on disk; counts go into ``result``."""
+        now = _now_ms()
+        good: set[str] = set()
+        for name, stat in sorted(files.items()):
+            entry = cache.lookup(name, stat)
+            if entry is None:
+                meta_dict, error = read.get(str(self.root / subdir / name), (None, "not read"))
+                if meta_dict is None:
+                    result.skipped.append(SkippedPackage(subdir, name, error or "unreadable"))
+                    continue
+                meta = PackageMetadata.from_dict(meta_dict)
+                problem = _identity_problem(meta, subdir)
+                if problem:
+                    result.skipped.append(SkippedPackage(subdir, name, problem))
+                    continue
+                old_sha, old_stamp = baseline.get(name, ("", 0))
+                stamp = old_stamp if old_sha == meta.sha256 and old_stamp else now
+                entry = CacheEntry(stat, meta, stamp)
+                cache.put(name, entry)
+            good.add(name)
+            previous = baseline.get(name)
+            if previous is None:
+                result.added.append(name)
+            elif previous[0] != entry.sha256:
+                result.updated.append(name)
+        result.removed = sorted(set(baseline) - good)
+        cache.retain(good)
+        result.packages = len(good)
+        for skipped in result.skipped:
+            log.warning("skipping %s", skipped.format())
+
+    # -- outputs ---------------------------------------------------------------------
+
+    def _write_subdir(
+        self,
+        subdir: str,
+        cache: StatCache,
+        sources: Sequence[PatchSource],
+        options_key: bytes,
+        result: SubdirResult,
+    ) -> str:
+        """Write the subdir's index files; returns the fingerprint of their inputs."""
+        folder = self.root / subdir
+        # Same files (by digest and CEP-47 stamp), same options and patches: same
+        # outputs. Cheap to compute, so a no-op never decodes the cached metadata.
+        digest = hashlib.sha256(options_key + b"\0" + subdir.encode())
+        for name, entry in sorted(cache.entries.items()):
+            digest.update(f"\0{name}\0{entry.sha256}\0{entry.indexed_timestamp}".encode())
+        fingerprint = digest.hexdigest()
+        state_path = self.root / CACHE_DIR / f"{subdir}.outputs.json"
+        previous = _load_outputs(state_path)
+        if previous and previous.fingerprint == fingerprint and _untouched(folder, previous):
+            return fingerprint
+
+        records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
+        from_packages = build_repodata(subdir, records)
+        from_packages_bytes = serialize_json(from_packages)
+
+        opts = self.options
+        outputs: dict[str, bytes | None] = {}  # None: the file must not exist
+        patched = apply_patch_sources(from_packages, subdir, sources)
+        repodata_bytes = serialize_json(patched)
+
+        outputs["repodata_from_packages.json"] = (
+            from_packages_bytes if opts.repodata_from_packages else None
+        )
+        outputs["run_exports.json"] = (
+            serialize_json(
+                build_run_exports(
+                    subdir, {n: e.metadata.run_exports for n, e in cache.entries.items()}
+                )
+            )
+            if opts.run_exports
+            else None
+        )
+        outputs["current_repodata.json"] = (
+            serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
+            if opts.current_repodata
+            else None
+        )
+        shard_files: dict[str, bytes] = {}
+        if opts.shards:
+            sharded = build_shards(patched)
+            shard_files = sharded.shards
+            outputs["repodata_shards.msgpack.zst"] = sharded.index_bytes
+        else:
+            outputs["repodata_shards.msgpack.zst"] = None
+        outputs["repodata.json.zst"] = compress_zst(repodata_bytes) if opts.zst else None
+        outputs["repodata.json.bz2"] = compress_bz2(repodata_bytes) if opts.bz2 else None
+        outputs["index.html"] = (
+            render_subdir_html(self.channel_name, subdir, patched, None).encode()
+            if opts.html
+            else None
+        )
+        # repodata.json last: a client reading it finds every file it names, and the
+        # compressed twins already agree with it.
+        outputs["repodata.json"] = repodata_bytes
+
+        # Shards first, so the shard index never names a missing shard.
+        shard_dir = folder / "shards"
+        for shard_name, shard in sorted(shard_files.items()):
+            if write_if_changed(shard_dir / f"{shard_name}.msgpack.zst", shard):
+                result.written.append(f"shards/{shard_name}.msgpack.zst")
+        for name, data in outputs.items():
+            path = folder / name
+            if data is None:
+                if remove_if_exists(path):
+                    result.deleted.append(name)
+            elif write_if_changed(path, data):
+                result.written.append(name)
+        self._collect_shards(shard_dir, set(shard_files), result)
+
+        files = {}
+        for name, data in outputs.items():
+            if data is not None:
+                st = (folder / name).stat()
+                files[name] = (st.st_size, st.st_mtime_ns)
+        _save_outputs(state_path, _Outputs(fingerprint, files))
+        return fingerprint
+
+    def _collect_shards(self, shard_dir: Path, keep: set[str], result: SubdirResult) -> None:
+        """Delete shard files the current shard index no longer names."""
+        try:
+            entries = list(os.scandir(shard_dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            digest = entry.name.removesuffix(".msgpack.zst")
+            if entry.name.endswith(".msgpack.zst") and digest not in keep:
+                remove_if_exists(Path(entry.path))
+                result.deleted.append(f"shards/{entry.name}")
+        if not keep:
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                shard_dir.rmdir()
+
+    @staticmethod
+    def _record(entry: CacheEntry) -> dict[str, Any]:
+        meta = entry.metadata
+        record = make_record(meta.index, meta.md5, meta.sha256, meta.size)
+        record["indexed_timestamp"] = entry.indexed_timestamp
+        return record
+
+    def _channeldata_summary(self, subdir: str, cache: StatCache, key: str) -> dict[str, Any]:
+        """The subdir's part of channeldata, recomputed only when the subdir changed."""
+        path = self.root / CACHE_DIR / f"{subdir}.channeldata.json"
+        try:
+            saved = orjson.loads(path.read_bytes())
+            if saved.get("fingerprint") == key:
+                return dict(saved["summary"])
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            pass
+        summary = summarize_subdir({name: e.metadata for name, e in cache.entries.items()})
+        write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
+        return summary
+
+    def _write_channel_files(
+        self,
+        subdirs: list[str],
+        caches: Mapping[str, StatCache],
+        subdir_keys: Sequence[str],
+        fingerprint: str,
+        result: IndexResult,
+    ) -> None:
+        state_path = self.root / CACHE_DIR / "channel.outputs.json"
+        previous = _load_outputs(state_path)
+        if previous and previous.fingerprint == fingerprint and _untouched(self.root, previous):
+            return
+        channeldata: dict[str, Any] | None = None
+        if self.options.channeldata or self.options.html:
+            channeldata = merge_summaries(
+                {
+                    subdir: self._channeldata_summary(subdir, caches[subdir], key)
+                    for subdir, key in zip(subdirs, subdir_keys, strict=True)
+                }
+            )
+        targets: dict[str, bytes | None] = {
+            "channeldata.json": serialize_json(channeldata)
+            if self.options.channeldata and channeldata is not None
+            else None,
+            "index.html": render_channel_html(self.channel_name, channeldata, subdirs).encode()
+            if self.options.html
+            else None,
+        }
+        for name, data in targets.items():
+            path = self.root / name
+            if data is None:
+                remove_if_exists(path)
+            elif write_if_changed(path, data):
+                result.written.append(name)
+        files = {}
+        for name, data in targets.items():
+            if data is not None:
+                st = (self.root / name).stat()
+                files[name] = (st.st_size, st.st_mtime_ns)
+        _save_outputs(state_path, _Outputs(fingerprint, files))
+
+
+def _load_outputs(path: Path) -> _Outputs | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+        return _Outputs(
+            str(data["fingerprint"]),
+            {str(k): (int(v[0]), int(v[1])) for k, v in data["files"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _save_outputs(path: Path, outputs: _Outputs) -> None:
+    data = {"fingerprint": outputs.fingerprint, "files": outputs.files}
+    write_if_changed(path, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+
+def _untouched(folder: Path, outputs: _Outputs) -> bool:
+    """True when every output is still on disk exactly as last written."""
+    for name, (size, mtime_ns) in outputs.files.items():
+        try:
+            st = (folder / name).stat()
+        except FileNotFoundError:
+            return False
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            return False
+    return True
+
+
+def index_channel(
+    channel_dir: Path,
+    *,
+    options: IndexOptions | None = None,
+    patches: Iterable[Path] = (),
+    subdirs: Iterable[str] | None = None,
+    channel_name: str | None = None,
+    strict: bool = False,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> IndexResult:
+    """Index ``channel_dir`` incrementally and return what changed."""
+    return ChannelIndexer(
+        channel_dir,
+        options=options,
+        patches=patches,
+        subdirs=subdirs,
+        channel_name=channel_name,
+        strict=strict,
+        workers=workers,
+        reporter=reporter,
+    ).run()
