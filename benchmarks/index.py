@@ -98,7 +98,7 @@ def run_child(tool: str, channel: Path) -> None:
 
 def timed(tool: str, channel: Path) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", tool, str(channel)]
-    for attempt in range(3):
+    for _attempt in range(3):
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode == 0:
             result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-name", help="name shown in index.html (default: folder name)")
     p.add_argument("--strict", action="store_true", help="fail on any unreadable package")
     p.add_argument("--workers", type=int, metavar="N", help="parallel readers (default: cores)")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for another run on the same channel to finish (default: 60)",
+    )
     _add_index_switches(p)
 
     p = add("plan", "show what apply would do", _not_implemented("plan"))
@@ -189,20 +196,25 @@ def _add_index_switches(parser: argparse.ArgumentParser) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     from reconciler.config import IndexOptions
     from reconciler.index import index_channel
+    from reconciler.lock import channel_lock
     from reconciler.progress import default_reporter
 
     options = IndexOptions(**{option: getattr(args, option) for _, option, _ in _INDEX_SWITCHES})
     for directory in args.dirs:
-        result = index_channel(
-            directory,
-            options=options,
-            patches=args.patches,
-            subdirs=args.subdirs,
-            channel_name=args.channel_name,
-            strict=args.strict,
-            workers=args.workers,
-            reporter=default_reporter(),
-        )
+        if directory.exists() and not directory.is_dir():
+            raise ReconcileError(f"{directory} is not a folder")
+        # The same lock as apply and watch: two indexers never write one channel at once.
+        with channel_lock(directory, timeout=args.lock_timeout, command="reconcile index"):
+            result = index_channel(
+                directory,
+                options=options,
+                patches=args.patches,
+                subdirs=args.subdirs,
+                channel_name=args.channel_name,
+                strict=args.strict,
+                workers=args.workers,
+                reporter=default_reporter(),
+            )
         # Each skipped package was already logged as a warning with its reason.
         print(f"{directory}: {result.summary()}")
     return ExitCode.OK

@@ -43,7 +43,7 @@ from reconciler.config import IndexOptions
 from reconciler.errors import PackageError, ReconcileError
 from reconciler.progress import NullReporter, Reporter
 from reconciler.stat_cache import CacheEntry, FileStat, StatCache
-from reconciler.storage import clean_temp_files, remove_if_exists, write_if_changed
+from reconciler.storage import TEMP_PREFIX, remove_if_exists, write_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +210,19 @@ class ChannelIndexer:
             pass
         return sorted(found)
 
-    def _scan(self, subdir: str, result: SubdirResult) -> dict[str, FileStat]:
+    def _scan(self, subdir: str, cache: StatCache, result: SubdirResult) -> dict[str, FileStat]:
+        """Package files of a subdir with their stat; leftovers of a crashed run go."""
         folder = self.root / subdir
-        clean_temp_files(folder)
         files: dict[str, FileStat] = {}
         for entry in os.scandir(folder):
+            if entry.name.startswith(TEMP_PREFIX):
+                if entry.is_file(follow_symlinks=False):
+                    remove_if_exists(Path(entry.path))
+                continue
             if package_suffix(entry.name) is None or not entry.is_file():
                 continue
-            problem = filename_problem(entry.name)
+            # A cached name passed the check when it was first read.
+            problem = None if entry.name in cache.entries else filename_problem(entry.name)
             if problem:
                 result.skipped.append(SkippedPackage(subdir, entry.name, problem))
                 continue
@@ -245,7 +250,7 @@ class ChannelIndexer:
             cache = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
             caches[subdir] = cache
             baselines[subdir] = self._baseline(subdir, cache)
-            stats[subdir] = files = self._scan(subdir, results[subdir])
+            stats[subdir] = files = self._scan(subdir, cache, results[subdir])
             for name, stat in files.items():
                 if cache.lookup(name, stat) is None:
                     to_read.append(str(self.root / subdir / name))

@@ -62,3 +62,19 @@ def test_bad_package_warns_and_strict_fails(
 def test_invalid_subdir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["index", str(tmp_path), "--subdir", "Linux_64"]) == ExitCode.ERROR
     assert "invalid subdir name(s): Linux_64" in capsys.readouterr().err
+
+
+def test_index_waits_for_the_channel_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_lock import hold_in_child
+
+    channel = make_channel(tmp_path / "ch")
+    child = hold_in_child(channel, 30)
+    try:
+        assert cli.main(["index", str(channel), "--lock-timeout", "0.2"]) == ExitCode.ERROR
+        assert f"is locked by pid {child.pid}" in capsys.readouterr().err
+    finally:
+        child.kill()
+        child.wait()
+    assert cli.main(["index", str(channel)]) == ExitCode.OK

@@ -350,3 +350,24 @@ def test_not_a_folder(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(IndexError_, match="is not a folder"):
         index_channel(target)
+
+
+def test_leftovers_of_a_crashed_run_are_removed(channel: Path) -> None:
+    leftover = channel / "linux-64" / ".reconcile-tmp-repodata.json.1234"
+    leftover.write_text("{half")
+    index_channel(channel)
+    assert not leftover.exists()
+
+
+def test_committed_example_upstream_is_up_to_date(tmp_path: Path) -> None:
+    """Re-indexing the bundled demo channel reproduces its committed index byte for byte."""
+    import shutil
+
+    from tests.conftest import REPO_ROOT
+
+    copy = tmp_path / "demo"
+    shutil.copytree(REPO_ROOT / "examples" / "upstream" / "demo", copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    result = index_channel(copy, channel_name="demo")
+    assert result.summary() == "indexed 10 packages in 3 subdirs: +0 ~0 -0, 0 skipped"
+    assert {p: p.read_bytes() for p in before} == before
