@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -72,6 +73,7 @@ def _to_utc_datetime(value: Any) -> Any:
 UtcDateTime = Annotated[
     dt.datetime,
     BeforeValidator(_to_utc_datetime),
+    AfterValidator(_to_utc_datetime),  # strings parse to naive date-times: UTC too
     WithJsonSchema(
         {
             "anyOf": [

@@ -1,0 +1,198 @@
+"""The filter engine: which records a filter block lets through, and why.
+
+A block applies in this order: ``include`` (a record must match one rule, when
+any are given), ``exclude`` (a match removes it unless one of that rule's
+``except`` rules also matches), ``date`` (on the record's ``timestamp``, ms or
+s; a record without one is kept), then ``latest: N`` (newest N versions per
+name among what is left). ``dependencies`` is resolved by the mirror planner,
+which knows the upstream. Every decision carries the rule that made it, for
+plans and ``explain``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rattler
+from rattler.package import BuildString
+
+from reconciler.config import FilterBlock, Rule
+from reconciler.licenses import family_matches, license_matches
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One record considered by a filter."""
+
+    subdir: str
+    filename: str
+    record: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.record.get("name", ""))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.subdir, self.filename)
+
+
+@dataclass(frozen=True)
+class Decision:
+    selected: bool
+    reason: str  # which rule decided, e.g. "excluded by filters.exclude[0] (license: GPL)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_spec(text: str) -> rattler.VersionSpec:
+    return rattler.VersionSpec(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _match_spec(text: str) -> rattler.MatchSpec:
+    return rattler.MatchSpec(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _version(text: str) -> rattler.Version | None:
+    try:
+        return rattler.Version(text)
+    except Exception:
+        return None
+
+
+def _package_record(candidate: Candidate) -> rattler.PackageRecord:
+    r = candidate.record
+    return rattler.PackageRecord(
+        name=candidate.name,
+        version=str(r.get("version", "0")),
+        build=BuildString(str(r.get("build", ""))),
+        build_number=int(r.get("build_number") or 0),
+        subdir=str(r.get("subdir") or candidate.subdir),
+        depends=list(r.get("depends") or []),
+        constrains=list(r.get("constrains") or []),
+        license=r.get("license"),
+        license_family=r.get("license_family"),
+    )
+
+
+def describe_rule(rule: Rule) -> str:
+    """``license: GPL, subdir: win-*`` — the keys a rule sets, for messages."""
+    parts = [
+        f"{key}: {getattr(rule, key)}"
+        for key in ("name", "version", "build", "spec", "license", "license_family", "subdir")
+        if getattr(rule, key) is not None
+    ]
+    return ", ".join(parts)
+
+
+def rule_matches(rule: Rule, candidate: Candidate) -> bool:
+    """Every key the rule gives must match (AND)."""
+    record = candidate.record
+    if rule.name is not None and not fnmatch.fnmatchcase(candidate.name, rule.name):
+        return False
+    if rule.subdir is not None and not fnmatch.fnmatchcase(candidate.subdir, rule.subdir):
+        return False
+    if rule.build is not None and not fnmatch.fnmatchcase(str(record.get("build", "")), rule.build):
+        return False
+    if rule.version is not None:
+        version = _version(str(record.get("version", "")))
+        if version is None or not _version_spec(rule.version).matches(version):
+            return False
+    if rule.license_family is not None and not family_matches(
+        rule.license_family, record.get("license_family")
+    ):
+        return False
+    if rule.license is not None and not license_matches(
+        rule.license, record.get("license"), record.get("license_family")
+    ):
+        return False
+    if rule.spec is not None:
+        try:
+            if not _match_spec(rule.spec).matches(_package_record(candidate)):
+                return False
+        except Exception:
+            return False  # a record rattler cannot represent matches no spec
+    return True
+
+
+def _timestamp(record: Mapping[str, Any]) -> dt.datetime | None:
+    value = record.get("timestamp")
+    if not isinstance(value, int | float) or value <= 0:
+        return None
+    seconds = value / 1000 if value > 10**11 else value  # ms in modern records, s in old
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+
+
+def _by_version(item: tuple[str, rattler.Version | None]) -> rattler.Version:
+    assert item[1] is not None
+    return item[1]
+
+
+class FilterEngine:
+    """Evaluate one filter block; ``where`` names it in reasons (e.g. ``filters``)."""
+
+    def __init__(self, block: FilterBlock, where: str = "filters") -> None:
+        self.block = block
+        self.where = where
+
+    @property
+    def is_empty(self) -> bool:
+        b = self.block
+        return not (b.include or b.exclude or b.date or b.latest)
+
+    def digest_source(self) -> str:
+        """A stable text of the block, for fingerprints."""
+        return self.block.model_dump_json(by_alias=True)
+
+    def _rules(self, candidate: Candidate) -> Decision:
+        block = self.block
+        if block.include and not any(rule_matches(r, candidate) for r in block.include):
+            return Decision(False, f"matches no {self.where}.include rule")
+        for i, exclude in enumerate(block.exclude):
+            if rule_matches(exclude, candidate) and not any(
+                rule_matches(keep, candidate) for keep in exclude.except_
+            ):
+                return Decision(
+                    False, f"excluded by {self.where}.exclude[{i}] ({describe_rule(exclude)})"
+                )
+        window = block.date
+        if window is not None:
+            stamp = _timestamp(candidate.record)
+            if stamp is not None:
+                if window.after is not None and stamp < window.after:
+                    return Decision(False, f"built before {self.where}.date.after")
+                if window.before is not None and stamp >= window.before:
+                    return Decision(False, f"built on or after {self.where}.date.before")
+        return Decision(True, "selected")
+
+    def evaluate(self, candidates: Iterable[Candidate]) -> dict[tuple[str, str], Decision]:
+        """A decision for every candidate, keyed by ``(subdir, filename)``."""
+        decisions: dict[tuple[str, str], Decision] = {}
+        survivors: dict[str, list[Candidate]] = {}
+        for candidate in candidates:
+            decision = self._rules(candidate)
+            decisions[candidate.key] = decision
+            if decision.selected:
+                survivors.setdefault(candidate.name, []).append(candidate)
+        latest = self.block.latest
+        if latest is not None:
+            for group in survivors.values():
+                versions = {str(c.record.get("version", "")) for c in group}
+                parsed = [(v, _version(v)) for v in versions]
+                # Unparseable versions count as the oldest.
+                ordered = sorted((p for p in parsed if p[1] is not None), key=_by_version)
+                ordered.reverse()
+                ranked = [v for v, _ in ordered] + sorted(v for v, p in parsed if p is None)
+                keep = set(ranked[:latest])
+                for candidate in group:
+                    if str(candidate.record.get("version", "")) not in keep:
+                        decisions[candidate.key] = Decision(
+                            False, f"older than the newest {latest} by {self.where}.latest"
+                        )
+        return decisions
