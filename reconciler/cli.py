@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_index_switches(p)
 
-    p = add("plan", "show what apply would do", _not_implemented("plan"))
+    p = add("plan", "show what apply would do", _run("cmd_plan"))
     p.add_argument("--out", type=Path, metavar="PLAN", help="save the plan to this file")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument(
@@ -114,16 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+    p.add_argument("--full", action="store_true", help="list every action, even in long plans")
 
-    p = add("apply", "converge the channels to the configuration", _not_implemented("apply"))
+    p = add("apply", "converge the channels to the configuration", _run("cmd_apply"))
     p.add_argument("plan_file", nargs="?", type=Path, metavar="PLAN", help="a saved plan")
     p.add_argument("--run-now", action="store_true", help="run mirrors regardless of schedule")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the run report here")
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a channel locked by another run (default: fail at once)",
+    )
 
-    add("status", "show channels and mirrors, last and next runs", _not_implemented("status"))
-    add("history", "show the run history of each mirror", _not_implemented("history"))
+    p = add("status", "show channels and mirrors, last runs and drift", _run("cmd_status"))
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p = add("history", "show the run history, newest first", _run("cmd_history"))
+    p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
+    p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (0: all)")
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
 
     p = add("explain", "say why a package is in or out", _not_implemented("explain"))
     p.add_argument("package", metavar="SPEC_OR_FILENAME")
@@ -134,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("watch", "re-plan on config change and run due schedules", _not_implemented("watch"))
     return parser
+
+
+def _run(name: str) -> Command:
+    """A command implemented in reconciler.commands, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from reconciler import commands
+
+        return int(getattr(commands, name)(args))
+
+    return run
 
 
 def _not_implemented(name: str) -> Command:

@@ -41,6 +41,7 @@ from reconciler.conda.run_exports import build_run_exports
 from reconciler.conda.shards import build_shards
 from reconciler.config import IndexOptions
 from reconciler.errors import PackageError, ReconcileError
+from reconciler.filters import Candidate, FilterEngine
 from reconciler.progress import NullReporter, Reporter
 from reconciler.stat_cache import CacheEntry, FileStat, StatCache
 from reconciler.storage import TEMP_PREFIX, remove_if_exists, write_if_changed
@@ -78,6 +79,10 @@ class SubdirResult:
     skipped: list[SkippedPackage] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    # Filled when the outputs were recomputed (always in a dry run that found changes):
+    recomputed: bool = False
+    desired: dict[str, Any] | None = None  # the patched repodata it publishes
+    excluded: dict[str, str] = field(default_factory=dict)  # filename -> filter reason
 
 
 @dataclass
@@ -85,6 +90,15 @@ class IndexResult:
     channel: Path
     subdirs: list[SubdirResult] = field(default_factory=list)
     written: list[str] = field(default_factory=list)  # channel-level files
+    deleted: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changes_outputs(self) -> bool:
+        """True when some published file was (or, in a dry run, would be) written or deleted."""
+        return bool(
+            self.written or self.deleted or any(r.written or r.deleted for r in self.subdirs)
+        )
 
     @property
     def skipped(self) -> list[SkippedPackage]:
@@ -161,9 +175,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _options_key(options: IndexOptions, patch_digests: Sequence[str]) -> bytes:
+def _options_key(
+    options: IndexOptions, patch_digests: Sequence[str], filters: FilterEngine | None
+) -> bytes:
     return orjson.dumps(
-        {"version": __version__, "options": options.model_dump(), "patches": list(patch_digests)},
+        {
+            "version": __version__,
+            "options": options.model_dump(),
+            "patches": list(patch_digests),
+            "filters": filters.digest_source() if filters else None,
+        },
         option=orjson.OPT_SORT_KEYS,
     )
 
@@ -182,6 +203,8 @@ class ChannelIndexer:
         strict: bool = False,
         workers: int | None = None,
         reporter: Reporter | None = None,
+        filters: FilterEngine | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.root = channel_dir
         self.options = options or IndexOptions()
@@ -191,6 +214,9 @@ class ChannelIndexer:
         self.strict = strict
         self.workers = workers
         self.reporter = reporter or NullReporter()
+        self.filters = filters if filters is not None and not filters.is_empty else None
+        # A dry run computes everything and writes nothing (not even the cache).
+        self.dry_run = dry_run
 
     # -- discovery -------------------------------------------------------------------
 
@@ -214,9 +240,13 @@ class ChannelIndexer:
         """Package files of a subdir with their stat; leftovers of a crashed run go."""
         folder = self.root / subdir
         files: dict[str, FileStat] = {}
-        for entry in os.scandir(folder):
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return files
+        for entry in entries:
             if entry.name.startswith(TEMP_PREFIX):
-                if entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) and not self.dry_run:
                     remove_if_exists(Path(entry.path))
                 continue
             if package_suffix(entry.name) is None or not entry.is_file():
@@ -235,9 +265,10 @@ class ChannelIndexer:
     def run(self) -> IndexResult:
         if self.root.exists() and not self.root.is_dir():
             raise IndexError_(f"{self.root} is not a folder")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.dry_run:
+            self.root.mkdir(parents=True, exist_ok=True)
         sources = [load_patch_source(path) for path in self.patch_paths]
-        options_key = _options_key(self.options, [s.digest() for s in sources])
+        options_key = _options_key(self.options, [s.digest() for s in sources], self.filters)
 
         subdirs = self.subdirs()
         results = {s: SubdirResult(s) for s in subdirs}
@@ -246,7 +277,8 @@ class ChannelIndexer:
         baselines: dict[str, dict[str, tuple[str, int]]] = {}
         to_read: list[str] = []
         for subdir in subdirs:
-            (self.root / subdir).mkdir(exist_ok=True)
+            if not self.dry_run:
+                (self.root / subdir).mkdir(exist_ok=True)
             cache = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
             caches[subdir] = cache
             baselines[subdir] = self._baseline(subdir, cache)
@@ -274,14 +306,18 @@ class ChannelIndexer:
             fingerprints.append(
                 self._write_subdir(subdir, caches[subdir], sources, options_key, results[subdir])
             )
-            caches[subdir].save()
+            if not self.dry_run:
+                caches[subdir].save()
 
-        index_result = IndexResult(self.root, [results[s] for s in subdirs])
+        index_result = IndexResult(self.root, [results[s] for s in subdirs], dry_run=self.dry_run)
         channel_key = hashlib.sha256(
             options_key
             + "".join(f"{s}={f};" for s, f in zip(subdirs, fingerprints, strict=True)).encode()
         ).hexdigest()
-        self._write_channel_files(subdirs, caches, fingerprints, channel_key, index_result)
+        excluded = {r.subdir: r.excluded for r in index_result.subdirs}
+        self._write_channel_files(
+            subdirs, caches, fingerprints, excluded, channel_key, index_result
+        )
         return index_result
 
     def _baseline(self, subdir: str, cache: StatCache) -> dict[str, tuple[str, int]]:
@@ -370,6 +406,15 @@ class ChannelIndexer:
             return fingerprint
 
         records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
+        if self.filters is not None:
+            decisions = self.filters.evaluate(
+                Candidate(subdir, name, record) for name, record in records.items()
+            )
+            for (_, name), decision in decisions.items():
+                if not decision.selected:
+                    result.excluded[name] = decision.reason
+                    del records[name]
+            result.packages = len(records)
         from_packages = build_repodata(subdir, records)
         from_packages_bytes = serialize_json(from_packages)
 
@@ -384,7 +429,7 @@ class ChannelIndexer:
         outputs["run_exports.json"] = (
             serialize_json(
                 build_run_exports(
-                    subdir, {n: e.metadata.run_exports for n, e in cache.entries.items()}
+                    subdir, {n: cache.entries[n].metadata.run_exports for n in records}
                 )
             )
             if opts.run_exports
@@ -413,8 +458,13 @@ class ChannelIndexer:
         # compressed twins already agree with it.
         outputs["repodata.json"] = repodata_bytes
 
-        # Shards first, so the shard index never names a missing shard.
+        result.recomputed = True
+        result.desired = patched
         shard_dir = folder / "shards"
+        if self.dry_run:
+            self._compare_outputs(folder, outputs, shard_dir, shard_files, result)
+            return fingerprint
+        # Shards first, so the shard index never names a missing shard.
         for shard_name, shard in sorted(shard_files.items()):
             if write_if_changed(shard_dir / f"{shard_name}.msgpack.zst", shard):
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
@@ -434,6 +484,31 @@ class ChannelIndexer:
                 files[name] = (st.st_size, st.st_mtime_ns)
         _save_outputs(state_path, _Outputs(fingerprint, files))
         return fingerprint
+
+    def _compare_outputs(
+        self,
+        folder: Path,
+        outputs: Mapping[str, bytes | None],
+        shard_dir: Path,
+        shard_files: Mapping[str, bytes],
+        result: SubdirResult,
+    ) -> None:
+        """Dry run: note which files a real run would write or delete."""
+        for shard_name in sorted(shard_files):
+            if not (shard_dir / f"{shard_name}.msgpack.zst").exists():
+                result.written.append(f"shards/{shard_name}.msgpack.zst")
+        for name, data in outputs.items():
+            path = folder / name
+            if data is None:
+                if path.exists():
+                    result.deleted.append(name)
+            elif not _same_bytes(path, data):
+                result.written.append(name)
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(shard_dir):
+                digest = entry.name.removesuffix(".msgpack.zst")
+                if entry.name.endswith(".msgpack.zst") and digest not in shard_files:
+                    result.deleted.append(f"shards/{entry.name}")
 
     def _collect_shards(self, shard_dir: Path, keep: set[str], result: SubdirResult) -> None:
         """Delete shard files the current shard index no longer names."""
@@ -457,7 +532,9 @@ class ChannelIndexer:
         record["indexed_timestamp"] = entry.indexed_timestamp
         return record
 
-    def _channeldata_summary(self, subdir: str, cache: StatCache, key: str) -> dict[str, Any]:
+    def _channeldata_summary(
+        self, subdir: str, cache: StatCache, key: str, excluded_names: set[str] | None = None
+    ) -> dict[str, Any]:
         """The subdir's part of channeldata, recomputed only when the subdir changed."""
         path = self.root / CACHE_DIR / f"{subdir}.channeldata.json"
         try:
@@ -466,8 +543,12 @@ class ChannelIndexer:
                 return dict(saved["summary"])
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             pass
-        summary = summarize_subdir({name: e.metadata for name, e in cache.entries.items()})
-        write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
+        excluded = excluded_names or set()
+        summary = summarize_subdir(
+            {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
+        )
+        if not self.dry_run:
+            write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
         return summary
 
     def _write_channel_files(
@@ -475,6 +556,7 @@ class ChannelIndexer:
         subdirs: list[str],
         caches: Mapping[str, StatCache],
         subdir_keys: Sequence[str],
+        excluded: Mapping[str, Mapping[str, str]],
         fingerprint: str,
         result: IndexResult,
     ) -> None:
@@ -486,7 +568,9 @@ class ChannelIndexer:
         if self.options.channeldata or self.options.html:
             channeldata = merge_summaries(
                 {
-                    subdir: self._channeldata_summary(subdir, caches[subdir], key)
+                    subdir: self._channeldata_summary(
+                        subdir, caches[subdir], key, set(excluded.get(subdir, {}))
+                    )
                     for subdir, key in zip(subdirs, subdir_keys, strict=True)
                 }
             )
@@ -498,10 +582,20 @@ class ChannelIndexer:
             if self.options.html
             else None,
         }
+        if self.dry_run:
+            for name, data in targets.items():
+                path = self.root / name
+                if data is None:
+                    if path.exists():
+                        result.deleted.append(name)
+                elif not _same_bytes(path, data):
+                    result.written.append(name)
+            return
         for name, data in targets.items():
             path = self.root / name
             if data is None:
-                remove_if_exists(path)
+                if remove_if_exists(path):
+                    result.deleted.append(name)
             elif write_if_changed(path, data):
                 result.written.append(name)
         files = {}
@@ -510,6 +604,15 @@ class ChannelIndexer:
                 st = (self.root / name).stat()
                 files[name] = (st.st_size, st.st_mtime_ns)
         _save_outputs(state_path, _Outputs(fingerprint, files))
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _load_outputs(path: Path) -> _Outputs | None:
@@ -550,8 +653,10 @@ def index_channel(
     strict: bool = False,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    filters: FilterEngine | None = None,
+    dry_run: bool = False,
 ) -> IndexResult:
-    """Index ``channel_dir`` incrementally and return what changed."""
+    """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run)."""
     return ChannelIndexer(
         channel_dir,
         options=options,
@@ -561,4 +666,6 @@ def index_channel(
         strict=strict,
         workers=workers,
         reporter=reporter,
+        filters=filters,
+        dry_run=dry_run,
     ).run()

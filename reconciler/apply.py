@@ -1,0 +1,191 @@
+"""Carry a plan out: per channel, under its lock, converge and record what happened.
+
+Apply is idempotent: it re-derives everything from the configuration and the
+disk, so a second apply finds nothing to do and writes nothing. A saved plan is
+applied only if the configuration and every channel's files are still what the
+plan saw; otherwise it is refused as stale, saying what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reconciler.config import Channel, LoadedConfig
+from reconciler.errors import ReconcileError
+from reconciler.filters import FilterEngine
+from reconciler.history import History, new_run
+from reconciler.index import IndexResult, index_channel
+from reconciler.lock import channel_lock
+from reconciler.plan import ChannelPlan, Plan
+from reconciler.planner import make_plan
+from reconciler.report import ApplyReport, ChannelReport
+from reconciler.stat_cache import StatCache
+from reconciler.state import ChannelState, InventoryEntry
+
+log = logging.getLogger(__name__)
+
+
+class StalePlanError(ReconcileError):
+    """The saved plan no longer describes the configuration or the channels."""
+
+
+def check_not_stale(saved: Plan, fresh: Plan) -> None:
+    """Refuse ``saved`` when what it was made from has changed since."""
+    problems: list[str] = []
+    if saved.config_digest != fresh.config_digest:
+        problems.append(f"the configuration {fresh.config} changed")
+    fresh_channels = {c.name: c for c in fresh.channels}
+    for channel in saved.channels:
+        now = fresh_channels.get(channel.name)
+        if now is None:
+            problems.append(f"channel {channel.name} is no longer in the configuration")
+            continue
+        changed = sorted(
+            key
+            for key in channel.observed.keys() | now.observed.keys()
+            if channel.observed.get(key) != now.observed.get(key)
+        )
+        if changed:
+            where = ", ".join("top folder" if k == "." else f"{k}/" for k in changed)
+            problems.append(f"channel {channel.name} changed on disk ({where})")
+    if problems:
+        raise StalePlanError(
+            "the saved plan is stale: " + "; ".join(problems),
+            hint="run `reconcile plan` again and review the new plan",
+        )
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _update_state(channel: Channel, result: IndexResult, plan: Plan) -> ChannelState:
+    path = Path(channel.path)
+    state = ChannelState.load(path, channel.name)
+    files: dict[str, InventoryEntry] = {}
+    for subdir_result in result.subdirs:
+        cache = StatCache.load(path / ".reconciler" / "cache" / f"{subdir_result.subdir}.msgpack")
+        for name, entry in cache.entries.items():
+            if name in subdir_result.excluded:
+                continue
+            key = f"{subdir_result.subdir}/{name}"
+            previous = state.files.get(key)
+            source = previous.source if previous is not None else "local"
+            files[key] = InventoryEntry(source=source, sha256=entry.sha256, size=entry.stat.size)
+    state.files = files
+    state.serial += 1
+    state.config_digest = plan.config_digest
+    state.revision = plan.revision
+    state.updated = _utc_now()
+    state.save(path)
+    return state
+
+
+def apply_channel(
+    channel: Channel, index: int, planned: ChannelPlan, plan: Plan, lock_timeout: float
+) -> ChannelReport:
+    """Converge one channel; failures are recorded, not raised."""
+    path = Path(channel.path)
+    report = ChannelReport(name=channel.name, path=str(path), state="completed")
+    if not planned.has_changes:
+        report.state = "unchanged"
+        return report
+    started = time.monotonic()
+    path.mkdir(parents=True, exist_ok=True)
+    history = History(path)
+    with channel_lock(path, timeout=lock_timeout, command="reconcile apply"):
+        run = history.append(
+            new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
+        )
+        report.run_id = run.run_id
+        run = history.transition(run, "running")
+        try:
+            result = index_channel(
+                path,
+                options=channel.index,
+                patches=channel.patches,
+                subdirs=channel.served_subdirs,
+                channel_name=channel.name,
+                filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
+            )
+            for action in planned.actions:
+                where = f"{action.subdir}/{action.filename}"
+                if action.kind == "add":
+                    report.added.append(where)
+                elif action.kind == "update":
+                    report.updated.append(where)
+                elif action.kind == "remove":
+                    report.removed.append(where)
+            report.written = sorted(
+                [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
+            )
+            report.failures = [f"skipped {s.format()}" for s in result.skipped]
+            state = _update_state(channel, result, plan)
+            report.serial = state.serial
+        except (ReconcileError, OSError) as exc:
+            message = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            report.state = "failed"
+            report.failures.append(message)
+            report.duration_s = round(time.monotonic() - started, 3)
+            history.transition(run, "failed", error=message)
+            log.error("channel %s: %s", channel.name, message)
+            return report
+        report.duration_s = round(time.monotonic() - started, 3)
+        counts = {
+            "added": len(report.added),
+            "updated": len(report.updated),
+            "removed": len(report.removed),
+        }
+        if report.failures:
+            # What worked is published and kept; the run still did not do everything.
+            report.state = "failed"
+            error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
+            history.transition(run, "failed", error=error, **counts)
+        else:
+            history.transition(run, "completed", **counts)
+    return report
+
+
+def apply(
+    loaded: LoadedConfig,
+    *,
+    saved_plan: Path | None = None,
+    channels: Sequence[str] | None = None,
+    lock_timeout: float = 0.0,
+) -> tuple[Plan, ApplyReport]:
+    """Plan (or check the saved plan), then converge every channel with changes."""
+    started = _utc_now()
+    names = list(channels or [])
+    saved: Plan | None = None
+    if saved_plan is not None:
+        saved = Plan.load(saved_plan)
+        names = names or [c.name for c in saved.channels]
+    fresh = make_plan(loaded, names or None)
+    if saved is not None:
+        check_not_stale(saved, fresh)
+    config = loaded.config
+    reports: list[ChannelReport] = []
+    planned = {c.name: c for c in fresh.channels}
+    for i, channel in enumerate(config.channels):
+        if channel.name in planned:
+            reports.append(apply_channel(channel, i, planned[channel.name], fresh, lock_timeout))
+    if not fresh.has_changes:
+        result = "no-changes"
+    elif any(r.state == "failed" or r.failures for r in reports):
+        result = "failed"
+    else:
+        result = "completed"
+    report = ApplyReport(
+        started=started,
+        finished=_utc_now(),
+        config=str(loaded.path),
+        config_digest=fresh.config_digest,
+        revision=fresh.revision,
+        result=result,
+        channels=reports,
+    )
+    return fresh, report

@@ -1,0 +1,189 @@
+"""The plan, apply, status and history commands (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reconciler.config import Config, LoadedConfig, load_config
+from reconciler.errors import ExitCode, ReconcileError
+
+
+def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
+    loaded = load_config(args.config, require_env=require_env)
+    for diagnostic in loaded.warnings:
+        print(diagnostic.format(), file=sys.stderr)
+    return loaded
+
+
+def _refuse_mirror_selection(args: argparse.Namespace) -> None:
+    if getattr(args, "mirror", None):
+        raise ReconcileError(
+            "--mirror: mirroring is not implemented in this version",
+            hint="plan and apply reconcile the channels' own packages, patches and index",
+        )
+
+
+def _mirror_warnings(config: Config) -> list[str]:
+    return [
+        f"mirror {channel.name}/{mirror.name} is not run: mirroring is not implemented in "
+        "this version"
+        for channel in config.channels
+        for mirror in channel.mirrors
+    ]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler.plan_render import print_plan
+    from reconciler.planner import make_plan
+
+    _refuse_mirror_selection(args)
+    loaded = _load(args, require_env=False)
+    for warning in _mirror_warnings(loaded.config):
+        print(f"warning: {warning}", file=sys.stderr)
+    plan = make_plan(loaded, args.channel)
+    if args.out:
+        from reconciler.storage import write_atomic
+
+        write_atomic(args.out, plan.to_json().encode())
+    if args.json:
+        sys.stdout.write(plan.to_json())
+    else:
+        print_plan(plan, full=args.full, colour=sys.stdout.isatty())
+        if args.out:
+            print(f"Saved the plan to {args.out}; apply it with `reconcile apply {args.out}`.")
+    if args.detailed_exitcode and plan.has_changes:
+        return ExitCode.CHANGES
+    return ExitCode.OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.apply import apply
+    from reconciler.plan_render import print_plan
+    from reconciler.report import append_step_summary
+
+    _refuse_mirror_selection(args)
+    loaded = _load(args, require_env=True)
+    for warning in _mirror_warnings(loaded.config):
+        print(f"warning: {warning}", file=sys.stderr)
+    plan, report = apply(
+        loaded,
+        saved_plan=args.plan_file,
+        channels=args.channel,
+        lock_timeout=args.lock_timeout,
+    )
+    if plan.has_changes:
+        print_plan(plan, full=False, colour=sys.stdout.isatty())
+        print()
+    for channel in report.channels:
+        for failure in channel.failures:
+            print(f"error: {channel.name}: {failure}", file=sys.stderr)
+    print(report.summary())
+    if args.report:
+        report.write_json(args.report)
+        args.report.with_suffix(".md").write_text(_markdown(report), encoding="utf-8")
+    append_step_summary(report)
+    return ExitCode.ERROR if report.result == "failed" else ExitCode.OK
+
+
+def _markdown(report: object) -> str:
+    from reconciler.report import ApplyReport, render_markdown
+
+    assert isinstance(report, ApplyReport)
+    return render_markdown(report)
+
+
+def _published_counts(channel_dir: Path, subdirs: list[str]) -> dict[str, int | None]:
+    counts: dict[str, int | None] = {}
+    for subdir in subdirs:
+        try:
+            data = orjson.loads((channel_dir / subdir / "repodata.json").read_bytes())
+            counts[subdir] = len(data.get("packages") or {}) + len(data.get("packages.conda") or {})
+        except (OSError, ValueError, AttributeError):
+            counts[subdir] = None
+    return counts
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.history import History
+    from reconciler.planner import plan_channel
+
+    loaded = _load(args, require_env=False)
+    rows: list[dict[str, Any]] = []
+    for i, channel in enumerate(loaded.config.channels):
+        path = Path(channel.path)
+        planned, _ = plan_channel(channel, i)
+        last = History(path).last_run(None)
+        rows.append(
+            {
+                "channel": channel.name,
+                "path": str(path),
+                "subdirs": _published_counts(path, channel.served_subdirs),
+                "last_run": last.to_json() if last else None,
+                "drift": planned.has_changes,
+                "mirrors": [
+                    {"name": m.name, "mode": m.mode, "schedule": m.schedule}
+                    for m in channel.mirrors
+                ],
+            }
+        )
+    if args.json:
+        print(json.dumps({"channels": rows}, indent=2))
+        return ExitCode.OK
+    for row in rows:
+        print(f"channel {row['channel']} ({row['path']})")
+        counts = row["subdirs"]
+        assert isinstance(counts, dict)
+        shown = ", ".join(f"{s}: {'not indexed' if n is None else n}" for s, n in counts.items())
+        print(f"  packages   {shown}")
+        last = row["last_run"]
+        if isinstance(last, dict):
+            counts_text = f"+{last['added']} ~{last['updated']} -{last['removed']}"
+            when = last["finished"] or last["started"]
+            line = f"  last run   {last['state']} at {when} ({counts_text})"
+            if last.get("error"):
+                line += f": {last['error']}"
+            print(line)
+        else:
+            print("  last run   never")
+        print(f"  drift      {'yes: `reconcile plan` shows changes' if row['drift'] else 'none'}")
+        for mirror in row["mirrors"]:
+            print(
+                f"  mirror     {mirror['name']} ({mirror['mode']}, "
+                f"schedule {mirror['schedule'] or 'every apply'}): not implemented in this version"
+            )
+    return ExitCode.OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from reconciler.history import History
+
+    loaded = _load(args, require_env=False)
+    runs = []
+    for channel in loaded.config.channels:
+        if args.channel and channel.name not in args.channel:
+            continue
+        for run in History(Path(channel.path)).runs():
+            if args.mirror and run.mirror not in args.mirror:
+                continue
+            runs.append(run)
+    runs.sort(key=lambda r: r.started, reverse=True)
+    runs = runs[: args.limit] if args.limit else runs
+    if args.json:
+        print(json.dumps([r.to_json() for r in runs], indent=2))
+        return ExitCode.OK
+    if not runs:
+        print("No runs recorded yet.")
+        return ExitCode.OK
+    print(f"{'started':26} {'target':28} {'state':10} {'+':>5} {'~':>5} {'-':>5}  error")
+    for run in runs:
+        print(
+            f"{run.started:26} {run.target:28} {run.state:10} {run.added:5} {run.updated:5} "
+            f"{run.removed:5}  {run.error or ''}"
+        )
+    return ExitCode.OK

@@ -1,0 +1,233 @@
+"""Desired state (channels.yaml) against observed state (disk): the plan.
+
+For each channel the indexer runs as a dry run with the channel's options,
+patches and filters: it reads what is new on disk and computes every output
+without writing. The patched repodata it would publish is compared record by
+record with the published ``repodata.json`` (adds, updates with a field diff,
+removes with the reason), and output files whose bytes would change become a
+``reindex`` action. A channel whose outputs are already exactly right costs only
+a scan and the fingerprint check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+from deepdiff import DeepDiff
+
+from reconciler.config import Channel, LoadedConfig
+from reconciler.filters import FilterEngine
+from reconciler.index import IndexResult, SubdirResult, index_channel
+from reconciler.plan import Action, ChannelPlan, Plan
+
+# Fields that say nothing about the package itself: a change in them alone is
+# still shown, but never as the reason.
+_VOLATILE = frozenset({"indexed_timestamp"})
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_revision(folder: Path) -> str | None:
+    """The commit checked out in ``folder``'s git work tree, if it is one."""
+    try:
+        run = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    revision = run.stdout.strip()
+    return revision if run.returncode == 0 and len(revision) == 40 else None
+
+
+def observed_digests(channel_dir: Path, subdirs: Sequence[str]) -> dict[str, str]:
+    """A digest per subdir (and '.' for the top) of every file's name, size and mtime."""
+    digests: dict[str, str] = {}
+    for key, folder in [(".", channel_dir)] + [(s, channel_dir / s) for s in subdirs]:
+        h = hashlib.sha256()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            digests[key] = "absent"
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue  # state, caches and temp files are not what clients see
+            st = entry.stat()
+            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digests[key] = h.hexdigest()
+    return digests
+
+
+def _path_text(path: str) -> str:
+    """``root['depends'][1]`` → ``depends``."""
+    inner = path.removeprefix("root")
+    if inner.startswith("['"):
+        return inner[2:].split("']", 1)[0]
+    return inner or "record"
+
+
+def field_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Readable changes between two records, e.g. ``depends: + "libzlib >=1.3"``."""
+    diff = DeepDiff(dict(old), dict(new), ignore_order=True, verbose_level=2)
+    lines: list[str] = []
+
+    def show(value: Any) -> str:
+        return orjson.dumps(value).decode()
+
+    for path, value in diff.get("dictionary_item_added", {}).items():
+        lines.append(f"{_path_text(path)}: + {show(value)}")
+    for path, value in diff.get("dictionary_item_removed", {}).items():
+        lines.append(f"{_path_text(path)}: - {show(value)}")
+    for path, change in diff.get("values_changed", {}).items():
+        lines.append(
+            f"{_path_text(path)}: {show(change['old_value'])} → {show(change['new_value'])}"
+        )
+    for path, change in diff.get("type_changes", {}).items():
+        lines.append(
+            f"{_path_text(path)}: {show(change['old_value'])} → {show(change['new_value'])}"
+        )
+    for path, value in diff.get("iterable_item_added", {}).items():
+        lines.append(f"{_path_text(path)}: + {show(value)}")
+    for path, value in diff.get("iterable_item_removed", {}).items():
+        lines.append(f"{_path_text(path)}: - {show(value)}")
+    return sorted(lines)
+
+
+def _records(repodata: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not repodata:
+        return {}
+    return {**(repodata.get("packages") or {}), **(repodata.get("packages.conda") or {})}
+
+
+def _published(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads((folder / "repodata.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> list[Action]:
+    subdir = result.subdir
+    actions: list[Action] = []
+    if result.recomputed and result.desired is not None:
+        folder = channel_dir / subdir
+        published_repodata = _published(folder)
+        published = _records(published_repodata)
+        desired = _records(result.desired)
+        removed_by_patch = set(result.desired.get("removed") or ())
+        for filename in sorted(desired.keys() - published.keys()):
+            actions.append(
+                Action(kind="add", subdir=subdir, filename=filename, reason="new local package")
+            )
+        for filename in sorted(desired.keys() & published.keys()):
+            old, new = published[filename], desired[filename]
+            if old == new:
+                continue
+            if old.get("sha256") != new.get("sha256"):
+                reason = "package file replaced (sha256 changed)"
+            elif {k for k in old.keys() ^ new.keys()} | {
+                k for k in old.keys() & new.keys() if old[k] != new[k]
+            } <= _VOLATILE:
+                reason = "indexed_timestamp reassigned"
+            else:
+                reason = "record changed by a patch" if patched else "record changed"
+            actions.append(
+                Action(
+                    kind="update",
+                    subdir=subdir,
+                    filename=filename,
+                    reason=reason,
+                    diff=field_diff(old, new),
+                )
+            )
+        for filename in sorted(published.keys() - desired.keys()):
+            if filename in result.excluded:
+                reason = f"filter now excludes it: {result.excluded[filename]}"
+            elif filename in removed_by_patch:
+                reason = "removed by a patch"
+            elif not (folder / filename).exists():
+                reason = "package file deleted"
+            else:
+                reason = "no longer published"
+            actions.append(Action(kind="remove", subdir=subdir, filename=filename, reason=reason))
+    files = sorted(result.written) + [f"{name} (delete)" for name in sorted(result.deleted)]
+    if files:
+        missing = [n for n in result.written if not (channel_dir / subdir / n).exists()]
+        reason = "index files missing" if missing else "index files out of date"
+        if not actions and not missing:
+            reason = "index options, patches or filters changed"
+        actions.append(Action(kind="reindex", subdir=subdir, reason=reason, files=files))
+    return actions
+
+
+def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult]:
+    """The plan for one channel of the configuration (``index`` is its position)."""
+    path = Path(channel.path)
+    create = not path.exists()
+    observed = observed_digests(path, channel.served_subdirs)
+    result = index_channel(
+        path,
+        options=channel.index,
+        patches=channel.patches,
+        subdirs=channel.served_subdirs,
+        channel_name=channel.name,
+        filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
+        dry_run=True,
+    )
+    actions: list[Action] = []
+    for subdir_result in result.subdirs:
+        actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches)))
+    top = sorted(result.written) + [f"{n} (delete)" for n in sorted(result.deleted)]
+    if top:
+        actions.append(
+            Action(kind="reindex", subdir=None, reason="channel index files out of date", files=top)
+        )
+    warnings = [f"skipping {s.format()}" for s in result.skipped]
+    plan = ChannelPlan(
+        name=channel.name,
+        path=str(path),
+        create=create,
+        observed=observed,
+        actions=actions,
+        warnings=warnings,
+    )
+    return plan, result
+
+
+def make_plan(loaded: LoadedConfig, channels: Sequence[str] | None = None) -> Plan:
+    """Plan every channel of the configuration, or only those named."""
+    config = loaded.config
+    wanted = set(channels or [])
+    unknown = wanted - {c.name for c in config.channels}
+    if unknown:
+        from reconciler.errors import ReconcileError
+
+        raise ReconcileError(
+            f"no channel named {', '.join(sorted(unknown))} in {loaded.path}",
+            hint="channels: " + ", ".join(c.name for c in config.channels),
+        )
+    plans = [
+        plan_channel(channel, i)[0]
+        for i, channel in enumerate(config.channels)
+        if not wanted or channel.name in wanted
+    ]
+    return Plan(
+        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        config=str(loaded.path),
+        config_digest=file_digest(loaded.path),
+        revision=git_revision(loaded.path.parent),
+        channels=plans,
+    )
