@@ -12,8 +12,8 @@ fresh copies of the same channel:
 
 for ``reconcile index`` (in-process ``index_channel``) and ``rattler.index.index_fs``
 (repodata.json + .zst, no shards, as our default writes no shards either). Each
-timed run happens in a child process so peak memory (max RSS of the process and
-its workers) is measured per run. Prints medians and the ratio ours/rattler.
+timed run happens in a child process whose memory (the resident size of it and its
+workers, sampled together) is measured per run. Prints medians and the ratio ours/rattler.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 SUBDIRS = ("noarch", "linux-64", "osx-arm64", "win-64")
 
@@ -76,24 +76,22 @@ def extra_package(root: Path, index: int) -> None:
 
 
 def run_child(tool: str, channel: Path) -> None:
-    start = time.perf_counter()
-    if tool == "ours":
-        from reconciler.index import index_channel
+    import asyncio
 
-        index_channel(channel)
-    else:
-        import asyncio
+    from memory import PeakMemory
+    from rattler.index import index_fs
 
-        from rattler.index import index_fs
+    from reconciler.index import index_channel
 
-        asyncio.run(index_fs(channel, write_zst=True, write_shards=False))
-    elapsed = time.perf_counter() - start
-    # Peak memory: the main process plus, when it used a worker pool, every worker
-    # (each counted at the largest worker's peak, an upper bound).
-    own_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    workers = (os.cpu_count() or 1) if worker_kb else 0
-    print(json.dumps({"seconds": elapsed, "peak_mb": (own_kb + workers * worker_kb) / 1024}))
+    # Imports happen before the clock starts: both tools are timed on the work alone.
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        if tool == "ours":
+            index_channel(channel)
+        else:
+            asyncio.run(index_fs(channel, write_zst=True, write_shards=False))
+        elapsed = time.perf_counter() - start
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak.mb}))
 
 
 def timed(tool: str, channel: Path) -> dict[str, float]:

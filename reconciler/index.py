@@ -83,6 +83,9 @@ class SubdirResult:
     recomputed: bool = False
     desired: dict[str, Any] | None = None  # the patched repodata it publishes
     excluded: dict[str, str] = field(default_factory=dict)  # filename -> filter reason
+    # Digests of the folder as scanned: package files only, and every visible file.
+    scan_digest: str = ""
+    observed: str = ""
 
 
 @dataclass
@@ -121,6 +124,13 @@ class _Outputs:
 
     fingerprint: str
     files: dict[str, tuple[int, int]]  # name -> (size, mtime_ns) as last written
+    # For skipping a subdir before its cache is even loaded: the package files'
+    # scan digest and the options they were indexed with, and what that produced.
+    scan: str = ""
+    options: str = ""
+    packages: int = 0
+    excluded: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0  # bad packages are re-read (and reported) on every run
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -215,8 +225,15 @@ class ChannelIndexer:
         self.workers = workers
         self.reporter = reporter or NullReporter()
         self.filters = filters if filters is not None and not filters.is_empty else None
-        # A dry run computes everything and writes nothing (not even the cache).
+        # A dry run computes everything and publishes nothing. It still keeps the
+        # indexer's own cache (facts about files, under .reconciler/) when the
+        # channel exists, so the apply that follows reads nothing twice and assigns
+        # the same indexed_timestamp the plan showed.
         self.dry_run = dry_run
+
+    @property
+    def _may_cache(self) -> bool:
+        return not self.dry_run or self.root.is_dir()
 
     # -- discovery -------------------------------------------------------------------
 
@@ -236,28 +253,42 @@ class ChannelIndexer:
             pass
         return sorted(found)
 
-    def _scan(self, subdir: str, cache: StatCache, result: SubdirResult) -> dict[str, FileStat]:
-        """Package files of a subdir with their stat; leftovers of a crashed run go."""
+    def _scan(self, subdir: str, result: SubdirResult) -> dict[str, FileStat]:
+        """Package files of a subdir with their stat; leftovers of a crashed run go.
+
+        Also sets the scan digests on ``result``: one over the package files (to
+        skip an unchanged subdir cheaply) and one over every visible file (what a
+        plan saw, to refuse it later if the folder changed).
+        """
         folder = self.root / subdir
         files: dict[str, FileStat] = {}
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except FileNotFoundError:
+            result.scan_digest = result.observed = "absent"
             return files
+        packages = hashlib.sha256()
+        visible = hashlib.sha256()
         for entry in entries:
             if entry.name.startswith(TEMP_PREFIX):
                 if entry.is_file(follow_symlinks=False) and not self.dry_run:
                     remove_if_exists(Path(entry.path))
                 continue
-            if package_suffix(entry.name) is None or not entry.is_file():
+            if entry.name.startswith(".") or not entry.is_file():
                 continue
-            # A cached name passed the check when it was first read.
-            problem = None if entry.name in cache.entries else filename_problem(entry.name)
+            st = entry.stat()
+            line = f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            visible.update(line)
+            if package_suffix(entry.name) is None:
+                continue
+            packages.update(line)
+            problem = filename_problem(entry.name)
             if problem:
                 result.skipped.append(SkippedPackage(subdir, entry.name, problem))
                 continue
-            st = entry.stat()
             files[entry.name] = FileStat(st.st_mtime_ns, st.st_size)
+        result.scan_digest = packages.hexdigest()
+        result.observed = visible.hexdigest()
         return files
 
     # -- main ------------------------------------------------------------------------
@@ -275,21 +306,39 @@ class ChannelIndexer:
         caches: dict[str, StatCache] = {}
         stats: dict[str, dict[str, FileStat]] = {}
         baselines: dict[str, dict[str, tuple[str, int]]] = {}
+        unchanged: dict[str, str] = {}  # subdir -> fingerprint, for subdirs skipped outright
+        options_digest = hashlib.sha256(options_key).hexdigest()
         to_read: list[str] = []
         for subdir in subdirs:
             if not self.dry_run:
                 (self.root / subdir).mkdir(exist_ok=True)
-            cache = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
-            caches[subdir] = cache
+            result = results[subdir]
+            files = self._scan(subdir, result)
+            previous = _load_outputs(self.root / CACHE_DIR / f"{subdir}.outputs.json")
+            if (
+                previous is not None
+                and previous.scan == result.scan_digest
+                and previous.options == options_digest
+                and previous.skipped == 0
+                and not result.skipped
+                and _untouched(self.root / subdir, previous)
+            ):
+                # Same package files, same options, outputs as written: nothing to do,
+                # not even loading the cache.
+                unchanged[subdir] = previous.fingerprint
+                result.packages = previous.packages
+                result.excluded = dict(previous.excluded)
+                continue
+            cache = self._cache(subdir, caches)
             baselines[subdir] = self._baseline(subdir, cache)
-            stats[subdir] = files = self._scan(subdir, cache, results[subdir])
+            stats[subdir] = files
             for name, stat in files.items():
                 if cache.lookup(name, stat) is None:
                     to_read.append(str(self.root / subdir / name))
 
         read = {p: (meta, err) for p, meta, err in _read_many(to_read, self.workers, self.reporter)}
 
-        for subdir in subdirs:
+        for subdir in stats:
             self._update_cache(
                 subdir, caches[subdir], stats[subdir], read, baselines[subdir], results[subdir]
             )
@@ -303,10 +352,13 @@ class ChannelIndexer:
 
         fingerprints = []
         for subdir in subdirs:
+            if subdir in unchanged:
+                fingerprints.append(unchanged[subdir])
+                continue
             fingerprints.append(
                 self._write_subdir(subdir, caches[subdir], sources, options_key, results[subdir])
             )
-            if not self.dry_run:
+            if self._may_cache:
                 caches[subdir].save()
 
         index_result = IndexResult(self.root, [results[s] for s in subdirs], dry_run=self.dry_run)
@@ -319,6 +371,11 @@ class ChannelIndexer:
             subdirs, caches, fingerprints, excluded, channel_key, index_result
         )
         return index_result
+
+    def _cache(self, subdir: str, caches: dict[str, StatCache]) -> StatCache:
+        if subdir not in caches:
+            caches[subdir] = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
+        return caches[subdir]
 
     def _baseline(self, subdir: str, cache: StatCache) -> dict[str, tuple[str, int]]:
         """filename → (sha256, indexed_timestamp) as last indexed.
@@ -401,8 +458,25 @@ class ChannelIndexer:
             digest.update(f"\0{name}\0{entry.sha256}\0{entry.indexed_timestamp}".encode())
         fingerprint = digest.hexdigest()
         state_path = self.root / CACHE_DIR / f"{subdir}.outputs.json"
+        options_digest = hashlib.sha256(options_key).hexdigest()
         previous = _load_outputs(state_path)
         if previous and previous.fingerprint == fingerprint and _untouched(folder, previous):
+            result.packages = previous.packages
+            result.excluded = dict(previous.excluded)
+            if self._may_cache:
+                # Files may have been touched but not changed: remember the new scan.
+                _save_outputs(
+                    state_path,
+                    _Outputs(
+                        fingerprint,
+                        previous.files,
+                        result.scan_digest,
+                        options_digest,
+                        previous.packages,
+                        previous.excluded,
+                        len(result.skipped),
+                    ),
+                )
             return fingerprint
 
         records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
@@ -482,7 +556,18 @@ class ChannelIndexer:
             if data is not None:
                 st = (folder / name).stat()
                 files[name] = (st.st_size, st.st_mtime_ns)
-        _save_outputs(state_path, _Outputs(fingerprint, files))
+        _save_outputs(
+            state_path,
+            _Outputs(
+                fingerprint,
+                files,
+                result.scan_digest,
+                options_digest,
+                result.packages,
+                dict(result.excluded),
+                len(result.skipped),
+            ),
+        )
         return fingerprint
 
     def _compare_outputs(
@@ -533,7 +618,11 @@ class ChannelIndexer:
         return record
 
     def _channeldata_summary(
-        self, subdir: str, cache: StatCache, key: str, excluded_names: set[str] | None = None
+        self,
+        subdir: str,
+        caches: dict[str, StatCache],
+        key: str,
+        excluded_names: set[str] | None = None,
     ) -> dict[str, Any]:
         """The subdir's part of channeldata, recomputed only when the subdir changed."""
         path = self.root / CACHE_DIR / f"{subdir}.channeldata.json"
@@ -544,17 +633,18 @@ class ChannelIndexer:
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             pass
         excluded = excluded_names or set()
+        cache = self._cache(subdir, caches)
         summary = summarize_subdir(
             {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
         )
-        if not self.dry_run:
+        if self._may_cache:
             write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
         return summary
 
     def _write_channel_files(
         self,
         subdirs: list[str],
-        caches: Mapping[str, StatCache],
+        caches: dict[str, StatCache],
         subdir_keys: Sequence[str],
         excluded: Mapping[str, Mapping[str, str]],
         fingerprint: str,
@@ -569,7 +659,7 @@ class ChannelIndexer:
             channeldata = merge_summaries(
                 {
                     subdir: self._channeldata_summary(
-                        subdir, caches[subdir], key, set(excluded.get(subdir, {}))
+                        subdir, caches, key, set(excluded.get(subdir, {}))
                     )
                     for subdir, key in zip(subdirs, subdir_keys, strict=True)
                 }
@@ -621,13 +711,26 @@ def _load_outputs(path: Path) -> _Outputs | None:
         return _Outputs(
             str(data["fingerprint"]),
             {str(k): (int(v[0]), int(v[1])) for k, v in data["files"].items()},
+            str(data.get("scan", "")),
+            str(data.get("options", "")),
+            int(data.get("packages", 0)),
+            {str(k): str(v) for k, v in (data.get("excluded") or {}).items()},
+            int(data.get("skipped", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
 
 
 def _save_outputs(path: Path, outputs: _Outputs) -> None:
-    data = {"fingerprint": outputs.fingerprint, "files": outputs.files}
+    data = {
+        "fingerprint": outputs.fingerprint,
+        "files": outputs.files,
+        "scan": outputs.scan,
+        "options": outputs.options,
+        "packages": outputs.packages,
+        "excluded": outputs.excluded,
+        "skipped": outputs.skipped,
+    }
     write_if_changed(path, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
 
 

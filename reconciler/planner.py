@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,19 +36,50 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _git_dir(folder: Path) -> Path | None:
+    for candidate in [folder, *folder.parents]:
+        dot_git = candidate / ".git"
+        if dot_git.is_dir():
+            return dot_git
+        if dot_git.is_file():  # a worktree or submodule: "gitdir: <path>"
+            text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+            if text.startswith("gitdir:"):
+                target = Path(text.removeprefix("gitdir:").strip())
+                return target if target.is_absolute() else (candidate / target).resolve()
+    return None
+
+
 def git_revision(folder: Path) -> str | None:
-    """The commit checked out in ``folder``'s git work tree, if it is one."""
+    """The commit checked out in ``folder``'s git work tree, if it is one.
+
+    Read from ``.git`` directly: no git binary needed, and no fork of a big process.
+    """
     try:
-        run = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
+        git_dir = _git_dir(folder.resolve())
+        if git_dir is None:
+            return None
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+        if not head.startswith("ref:"):
+            return head if len(head) == 40 else None
+        ref = head.removeprefix("ref:").strip()
+        common = git_dir
+        commondir = git_dir / "commondir"
+        if commondir.is_file():  # worktrees keep refs in the main repository
+            common = (git_dir / commondir.read_text(encoding="utf-8").strip()).resolve()
+        for base in (git_dir, common):
+            loose = base / ref
+            if loose.is_file():
+                value = loose.read_text(encoding="utf-8").strip()
+                return value if len(value) == 40 else None
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref and len(parts[0]) == 40:
+                    return parts[0]
+    except OSError:
         return None
-    revision = run.stdout.strip()
-    return revision if run.returncode == 0 and len(revision) == 40 else None
+    return None
 
 
 def observed_digests(channel_dir: Path, subdirs: Sequence[str]) -> dict[str, str]:
@@ -80,11 +111,25 @@ def _path_text(path: str) -> str:
 
 def field_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Readable changes between two records, e.g. ``depends: + "libzlib >=1.3"``."""
-    diff = DeepDiff(dict(old), dict(new), ignore_order=True, verbose_level=2)
     lines: list[str] = []
 
     def show(value: Any) -> str:
         return orjson.dumps(value).decode()
+
+    # Lists (depends, constrains, track_features...) read best as items in and out.
+    list_keys = [
+        k for k in old.keys() & new.keys() if isinstance(old[k], list) and isinstance(new[k], list)
+    ]
+    for key in list_keys:
+        before, after = Counter(map(show, old[key])), Counter(map(show, new[key]))
+        lines.extend(f"{key}: + {item}" for item in (after - before).elements())
+        lines.extend(f"{key}: - {item}" for item in (before - after).elements())
+    diff = DeepDiff(
+        {k: v for k, v in old.items() if k not in list_keys},
+        {k: v for k, v in new.items() if k not in list_keys},
+        ignore_order=True,
+        verbose_level=2,
+    )
 
     for path, value in diff.get("dictionary_item_added", {}).items():
         lines.append(f"{_path_text(path)}: + {show(value)}")
@@ -177,7 +222,7 @@ def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult
     """The plan for one channel of the configuration (``index`` is its position)."""
     path = Path(channel.path)
     create = not path.exists()
-    observed = observed_digests(path, channel.served_subdirs)
+    top = observed_digests(path, [])
     result = index_channel(
         path,
         options=channel.index,
@@ -190,11 +235,17 @@ def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult
     actions: list[Action] = []
     for subdir_result in result.subdirs:
         actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches)))
-    top = sorted(result.written) + [f"{n} (delete)" for n in sorted(result.deleted)]
-    if top:
+    channel_files = sorted(result.written) + [f"{n} (delete)" for n in sorted(result.deleted)]
+    if channel_files:
         actions.append(
-            Action(kind="reindex", subdir=None, reason="channel index files out of date", files=top)
+            Action(
+                kind="reindex",
+                subdir=None,
+                reason="channel index files out of date",
+                files=channel_files,
+            )
         )
+    observed = top | {r.subdir: r.observed for r in result.subdirs}
     warnings = [f"skipping {s.format()}" for s in result.skipped]
     plan = ChannelPlan(
         name=channel.name,

@@ -375,3 +375,19 @@ def test_committed_example_upstream_is_up_to_date(tmp_path: Path) -> None:
     result = index_channel(copy, channel_name="demo")
     assert result.summary() == "indexed 10 packages in 3 subdirs: +0 ~0 -0, 0 skipped"
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_touched_package_and_deleted_output(channel: Path) -> None:
+    index_channel(channel)
+    before = output_mtimes(channel)
+    package = channel / "linux-64" / "base-1.0-0.conda"
+    os.utime(package, ns=(package.stat().st_atime_ns, package.stat().st_mtime_ns + 10**9))
+    result = index_channel(channel)
+    assert result.summary() == "indexed 9 packages in 3 subdirs: +0 ~0 -0, 0 skipped"
+    assert output_mtimes(channel) == before  # same bytes: nothing rewritten
+
+    (channel / "noarch" / "repodata.json.zst").unlink()
+    result = index_channel(channel)
+    noarch = next(r for r in result.subdirs if r.subdir == "noarch")
+    assert noarch.written == ["repodata.json.zst"]
+    assert (channel / "noarch" / "repodata.json.zst").exists()

@@ -259,3 +259,20 @@ def test_two_applies_at_once(project: Path) -> None:
         text=True,
     )
     assert again.stdout == "Apply complete: no changes.\n"
+
+
+def test_bundled_example_applies_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    examples = tmp_path / "examples"
+    shutil.copytree(
+        REPO_ROOT / "examples", examples, ignore=shutil.ignore_patterns(".reconciler", "channels")
+    )
+    config = str(examples / "channels.yaml")
+    assert cli.main(["apply", "-c", config]) == ExitCode.OK
+    assert (examples / "channels" / "internal" / "noarch" / "repodata.json").is_file()
+    assert (examples / "channels" / "scratch" / "linux-64" / "repodata.json").is_file()
+    assert cli.main(["plan", "-c", config, "--detailed-exitcode"]) == ExitCode.OK
+    assert "mirroring is not implemented" in capsys.readouterr().err

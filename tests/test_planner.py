@@ -1,0 +1,63 @@
+"""Planner helpers: field diffs, git revision, observed digests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.planner import field_diff, git_revision, observed_digests
+
+
+def test_field_diff_lists_each_change() -> None:
+    old = {"depends": ["a", "b"], "license": "MIT", "gone": 1, "build_number": 0}
+    new = {"depends": ["a", "c"], "license": "BSD", "added": True, "build_number": 1}
+    assert field_diff(old, new) == [
+        "added: + true",
+        "build_number: 0 → 1",
+        'depends: + "c"',
+        'depends: - "b"',
+        "gone: - 1",
+        'license: "MIT" → "BSD"',
+    ]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary to make a repo")
+def test_git_revision_reads_head(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    assert git_revision(tmp_path) is None
+    git("init", "-q")
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.org",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+    )
+    (tmp_path / "sub").mkdir()
+    assert git_revision(tmp_path / "sub") == git("rev-parse", "HEAD")
+    git("pack-refs", "--all")
+    assert git_revision(tmp_path) == git("rev-parse", "HEAD")
+
+
+def test_observed_digests_follow_files_not_state(tmp_path: Path) -> None:
+    (tmp_path / "noarch").mkdir()
+    (tmp_path / "noarch" / "a-1-0.conda").write_bytes(b"x")
+    first = observed_digests(tmp_path, ["noarch", "linux-64"])
+    assert first["linux-64"] == "absent"
+    (tmp_path / ".reconciler").mkdir()
+    (tmp_path / ".reconciler" / "history.jsonl").write_text("{}")
+    (tmp_path / "noarch" / ".reconcile-tmp-x").write_text("partial")
+    assert observed_digests(tmp_path, ["noarch", "linux-64"]) == first
+    (tmp_path / "noarch" / "b-1-0.conda").write_bytes(b"y")
+    assert observed_digests(tmp_path, ["noarch", "linux-64"])["noarch"] != first["noarch"]
