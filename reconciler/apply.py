@@ -17,14 +17,18 @@ from pathlib import Path
 from reconciler.config import Channel, LoadedConfig
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
-from reconciler.history import History, new_run
+from reconciler.history import History, RunState, new_run
 from reconciler.index import IndexResult, index_channel
 from reconciler.lock import channel_lock
+from reconciler.mirror.download import download_all
+from reconciler.mirror.resolve import ResolvedMirrors
 from reconciler.plan import ChannelPlan, Plan
-from reconciler.planner import make_plan
+from reconciler.planner import make_plan, mirror_selection, resolve_channel_mirrors
+from reconciler.progress import default_reporter
 from reconciler.report import ApplyReport, ChannelReport
 from reconciler.stat_cache import StatCache
 from reconciler.state import ChannelState, InventoryEntry
+from reconciler.storage import remove_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,9 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _update_state(channel: Channel, result: IndexResult, plan: Plan) -> ChannelState:
+def _update_state(
+    channel: Channel, result: IndexResult, plan: Plan, mirrors: ResolvedMirrors | None
+) -> ChannelState:
     path = Path(channel.path)
     state = ChannelState.load(path, channel.name)
     files: dict[str, InventoryEntry] = {}
@@ -76,7 +82,17 @@ def _update_state(channel: Channel, result: IndexResult, plan: Plan) -> ChannelS
             previous = state.files.get(key)
             source = previous.source if previous is not None else "local"
             files[key] = InventoryEntry(source=source, sha256=entry.sha256, size=entry.stat.size)
-    state.files = files
+    if mirrors is not None:
+        modes = {m.mirror.name: m.mirror.mode for m in mirrors.mirrors}
+        for subdir, records in mirrors.records.items():
+            for name, mirrored in records.items():
+                files[f"{subdir}/{name}"] = InventoryEntry(
+                    source=mirrored.mirror,
+                    sha256=str(mirrored.record.get("sha256", "")),
+                    size=int(mirrored.record.get("size") or 0),
+                    passive=modes.get(mirrored.mirror) == "passive",
+                )
+    state.files = dict(sorted(files.items()))
     state.serial += 1
     state.config_digest = plan.config_digest
     state.revision = plan.revision
@@ -85,8 +101,37 @@ def _update_state(channel: Channel, result: IndexResult, plan: Plan) -> ChannelS
     return state
 
 
+def _download(path: Path, mirrors: ResolvedMirrors, report: ChannelReport) -> None:
+    """Fetch what active mirrors need; a failed file is left out of this publish."""
+    upstreams = {m.mirror.name: m.upstream for m in mirrors.mirrors}
+    parallel = {m.mirror.name: m.mirror.parallel_downloads for m in mirrors.mirrors}
+    downloaded = download_all(
+        path, mirrors.downloads, upstreams, parallel=parallel, reporter=default_reporter()
+    )
+    report.bytes += downloaded.bytes
+    for item, reason in downloaded.failed:
+        report.failures.append(reason)
+        mirrors.records.get(item.subdir, {}).pop(item.filename, None)
+
+
+def _prune(path: Path, mirrors: ResolvedMirrors, report: ChannelReport) -> None:
+    """Delete files mirrors no longer want, now that no published index names them."""
+    for _mirror, subdir, filename in mirrors.prune:
+        if mirrors.owner(subdir, filename) is not None:
+            continue
+        target = path / subdir / filename
+        if remove_if_exists(target):
+            log.info("pruned %s/%s", subdir, filename)
+
+
 def apply_channel(
-    channel: Channel, index: int, planned: ChannelPlan, plan: Plan, lock_timeout: float
+    channel: Channel,
+    index: int,
+    planned: ChannelPlan,
+    plan: Plan,
+    lock_timeout: float,
+    config_dir: Path | None = None,
+    only_mirrors: set[str] | None = None,
 ) -> ChannelReport:
     """Converge one channel; failures are recorded, not raised."""
     path = Path(channel.path)
@@ -103,7 +148,27 @@ def apply_channel(
         )
         report.run_id = run.run_id
         run = history.transition(run, "running")
+        mirror_runs = {
+            m.name: history.transition(
+                history.append(
+                    new_run(
+                        channel.name,
+                        m.name,
+                        config_digest=plan.config_digest,
+                        revision=plan.revision,
+                    )
+                ),
+                "running",
+            )
+            for m in channel.mirrors
+            if only_mirrors is None or m.name in only_mirrors
+        }
+        mirrors: ResolvedMirrors | None = None
         try:
+            mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors)
+            if mirrors is not None:
+                # Files go in place before any published index names them.
+                _download(path, mirrors, report)
             result = index_channel(
                 path,
                 options=channel.index,
@@ -111,7 +176,12 @@ def apply_channel(
                 subdirs=channel.served_subdirs,
                 channel_name=channel.name,
                 filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
+                mirrored=mirrors.records if mirrors else None,
+                upstream_removed=mirrors.removed if mirrors else None,
             )
+            if mirrors is not None:
+                # ...and are deleted only once the published index stopped naming them.
+                _prune(path, mirrors, report)
             for action in planned.actions:
                 where = f"{action.subdir}/{action.filename}"
                 if action.kind == "add":
@@ -123,8 +193,8 @@ def apply_channel(
             report.written = sorted(
                 [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
             )
-            report.failures = [f"skipped {s.format()}" for s in result.skipped]
-            state = _update_state(channel, result, plan)
+            report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
+            state = _update_state(channel, result, plan, mirrors)
             report.serial = state.serial
         except (ReconcileError, OSError) as exc:
             message = exc.message if isinstance(exc, ReconcileError) else str(exc)
@@ -132,21 +202,29 @@ def apply_channel(
             report.failures.append(message)
             report.duration_s = round(time.monotonic() - started, 3)
             history.transition(run, "failed", error=message)
+            for mirror_run in mirror_runs.values():
+                history.transition(mirror_run, "failed", error=message)
             log.error("channel %s: %s", channel.name, message)
             return report
         report.duration_s = round(time.monotonic() - started, 3)
-        counts = {
-            "added": len(report.added),
-            "updated": len(report.updated),
-            "removed": len(report.removed),
-        }
+        error = None
         if report.failures:
             # What worked is published and kept; the run still did not do everything.
             report.state = "failed"
             error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
-            history.transition(run, "failed", error=error, **counts)
-        else:
-            history.transition(run, "completed", **counts)
+        final: RunState = "failed" if error else "completed"
+
+        def counts(source: str | None) -> dict[str, int]:
+            chosen = [a for a in planned.actions if source is None or a.source == source]
+            return {
+                "added": sum(1 for a in chosen if a.kind == "add"),
+                "updated": sum(1 for a in chosen if a.kind == "update"),
+                "removed": sum(1 for a in chosen if a.kind == "remove"),
+            }
+
+        history.transition(run, final, error=error, bytes=report.bytes, **counts(None))
+        for name, mirror_run in mirror_runs.items():
+            history.transition(mirror_run, final, error=error, **counts(name))
     return report
 
 
@@ -155,6 +233,7 @@ def apply(
     *,
     saved_plan: Path | None = None,
     channels: Sequence[str] | None = None,
+    mirrors: Sequence[str] | None = None,
     lock_timeout: float = 0.0,
 ) -> tuple[Plan, ApplyReport]:
     """Plan (or check the saved plan), then converge every channel with changes."""
@@ -164,7 +243,7 @@ def apply(
     if saved_plan is not None:
         saved = Plan.load(saved_plan)
         names = names or [c.name for c in saved.channels]
-    fresh = make_plan(loaded, names or None)
+    fresh = make_plan(loaded, names or None, mirrors)
     if saved is not None:
         check_not_stale(saved, fresh)
     config = loaded.config
@@ -172,7 +251,17 @@ def apply(
     planned = {c.name: c for c in fresh.channels}
     for i, channel in enumerate(config.channels):
         if channel.name in planned:
-            reports.append(apply_channel(channel, i, planned[channel.name], fresh, lock_timeout))
+            reports.append(
+                apply_channel(
+                    channel,
+                    i,
+                    planned[channel.name],
+                    fresh,
+                    lock_timeout,
+                    loaded.base_dir,
+                    mirror_selection(loaded, mirrors),
+                )
+            )
     if not fresh.has_changes:
         result = "no-changes"
     elif any(r.state == "failed" or r.failures for r in reports):

@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from reconciler.config import Config, LoadedConfig, load_config
-from reconciler.errors import ExitCode, ReconcileError
+from reconciler.config import LoadedConfig, load_config
+from reconciler.errors import ExitCode
 
 
 def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
@@ -21,32 +21,12 @@ def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
     return loaded
 
 
-def _refuse_mirror_selection(args: argparse.Namespace) -> None:
-    if getattr(args, "mirror", None):
-        raise ReconcileError(
-            "--mirror: mirroring is not implemented in this version",
-            hint="plan and apply reconcile the channels' own packages, patches and index",
-        )
-
-
-def _mirror_warnings(config: Config) -> list[str]:
-    return [
-        f"mirror {channel.name}/{mirror.name} is not run: mirroring is not implemented in "
-        "this version"
-        for channel in config.channels
-        for mirror in channel.mirrors
-    ]
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.plan_render import print_plan
     from reconciler.planner import make_plan
 
-    _refuse_mirror_selection(args)
     loaded = _load(args, require_env=False)
-    for warning in _mirror_warnings(loaded.config):
-        print(f"warning: {warning}", file=sys.stderr)
-    plan = make_plan(loaded, args.channel)
+    plan = make_plan(loaded, args.channel, args.mirror)
     if args.out:
         from reconciler.storage import write_atomic
 
@@ -67,14 +47,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.plan_render import print_plan
     from reconciler.report import append_step_summary
 
-    _refuse_mirror_selection(args)
     loaded = _load(args, require_env=True)
-    for warning in _mirror_warnings(loaded.config):
-        print(f"warning: {warning}", file=sys.stderr)
     plan, report = apply(
         loaded,
         saved_plan=args.plan_file,
         channels=args.channel,
+        mirrors=args.mirror,
         lock_timeout=args.lock_timeout,
     )
     if plan.has_changes:
@@ -109,6 +87,11 @@ def _published_counts(channel_dir: Path, subdirs: list[str]) -> dict[str, int | 
     return counts
 
 
+def _last(history: Any, mirror: str | None) -> dict[str, Any] | None:
+    run = history.last_run(mirror)
+    return run.to_json() if run is not None else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.history import History
     from reconciler.planner import plan_channel
@@ -117,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for i, channel in enumerate(loaded.config.channels):
         path = Path(channel.path)
-        planned, _ = plan_channel(channel, i)
+        planned = plan_channel(channel, i, loaded.base_dir).plan
         last = History(path).last_run(None)
         rows.append(
             {
@@ -127,7 +110,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "last_run": last.to_json() if last else None,
                 "drift": planned.has_changes,
                 "mirrors": [
-                    {"name": m.name, "mode": m.mode, "schedule": m.schedule}
+                    {
+                        "name": m.name,
+                        "mode": m.mode,
+                        "schedule": m.schedule,
+                        "last_run": _last(History(path), m.name),
+                    }
                     for m in channel.mirrors
                 ],
             }
@@ -153,9 +141,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("  last run   never")
         print(f"  drift      {'yes: `reconcile plan` shows changes' if row['drift'] else 'none'}")
         for mirror in row["mirrors"]:
+            last_mirror = mirror["last_run"]
+            when = "never run"
+            if last_mirror:
+                stamp = last_mirror["finished"] or last_mirror["started"]
+                when = f"last run {last_mirror['state']} at {stamp}"
             print(
                 f"  mirror     {mirror['name']} ({mirror['mode']}, "
-                f"schedule {mirror['schedule'] or 'every apply'}): not implemented in this version"
+                f"schedule {mirror['schedule'] or 'every apply'}): {when}"
             )
     return ExitCode.OK
 

@@ -171,6 +171,15 @@ class FilterEngine:
                     return Decision(False, f"built on or after {self.where}.date.before")
         return Decision(True, "selected")
 
+    def exclusion(self, candidate: Candidate) -> str | None:
+        """The exclude rule (as a reason) that removes ``candidate``, ignoring the rest."""
+        for i, exclude in enumerate(self.block.exclude):
+            if rule_matches(exclude, candidate) and not any(
+                rule_matches(keep, candidate) for keep in exclude.except_
+            ):
+                return f"{self.where}.exclude[{i}] ({describe_rule(exclude)})"
+        return None
+
     def evaluate(self, candidates: Iterable[Candidate]) -> dict[tuple[str, str], Decision]:
         """A decision for every candidate, keyed by ``(subdir, filename)``."""
         decisions: dict[tuple[str, str], Decision] = {}

@@ -42,6 +42,7 @@ from reconciler.conda.shards import build_shards
 from reconciler.config import IndexOptions
 from reconciler.errors import PackageError, ReconcileError
 from reconciler.filters import Candidate, FilterEngine
+from reconciler.mirror.records import MirroredRecord
 from reconciler.progress import NullReporter, Reporter
 from reconciler.stat_cache import CacheEntry, FileStat, StatCache
 from reconciler.storage import TEMP_PREFIX, remove_if_exists, write_if_changed
@@ -215,6 +216,8 @@ class ChannelIndexer:
         reporter: Reporter | None = None,
         filters: FilterEngine | None = None,
         dry_run: bool = False,
+        mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
+        upstream_removed: Mapping[str, set[str]] | None = None,
     ) -> None:
         self.root = channel_dir
         self.options = options or IndexOptions()
@@ -225,6 +228,11 @@ class ChannelIndexer:
         self.workers = workers
         self.reporter = reporter or NullReporter()
         self.filters = filters if filters is not None and not filters.is_empty else None
+        # Records mirrors bring in (subdir -> filename -> record): published as
+        # upstream wrote them, never read from the files.
+        self.mirrored = mirrored or {}
+        self.upstream_removed = upstream_removed or {}
+        self._mirrored_digests: dict[str, str] = {}
         # A dry run computes everything and publishes nothing. It still keeps the
         # indexer's own cache (facts about files, under .reconciler/) when the
         # channel exists, so the apply that follows reads nothing twice and assigns
@@ -314,11 +322,13 @@ class ChannelIndexer:
                 (self.root / subdir).mkdir(exist_ok=True)
             result = results[subdir]
             files = self._scan(subdir, result)
+            owned = self.mirrored.get(subdir, {})
+            files = {name: stat for name, stat in files.items() if name not in owned}
             previous = _load_outputs(self.root / CACHE_DIR / f"{subdir}.outputs.json")
             if (
                 previous is not None
                 and previous.scan == result.scan_digest
-                and previous.options == options_digest
+                and previous.options == self._subdir_options(subdir, options_digest)
                 and previous.skipped == 0
                 and not result.skipped
                 and _untouched(self.root / subdir, previous)
@@ -371,6 +381,26 @@ class ChannelIndexer:
             subdirs, caches, fingerprints, excluded, channel_key, index_result
         )
         return index_result
+
+    def _mirrored_digest(self, subdir: str) -> str:
+        if subdir not in self._mirrored_digests:
+            records = {
+                name: [entry.mirror, entry.record]
+                for name, entry in self.mirrored.get(subdir, {}).items()
+            }
+            removed = sorted(self.upstream_removed.get(subdir, ()))
+            self._mirrored_digests[subdir] = hashlib.sha256(
+                orjson.dumps([records, removed], option=orjson.OPT_SORT_KEYS)
+            ).hexdigest()
+        return self._mirrored_digests[subdir]
+
+    def _subdir_options(self, subdir: str, options_digest: str) -> str:
+        """The options digest, plus what the mirrors bring into this subdir."""
+        if not self.mirrored.get(subdir) and not self.upstream_removed.get(subdir):
+            return options_digest
+        return hashlib.sha256(
+            f"{options_digest}\0{self._mirrored_digest(subdir)}".encode()
+        ).hexdigest()
 
     def _cache(self, subdir: str, caches: dict[str, StatCache]) -> StatCache:
         if subdir not in caches:
@@ -456,9 +486,10 @@ class ChannelIndexer:
         digest = hashlib.sha256(options_key + b"\0" + subdir.encode())
         for name, entry in sorted(cache.entries.items()):
             digest.update(f"\0{name}\0{entry.sha256}\0{entry.indexed_timestamp}".encode())
+        options_digest = self._subdir_options(subdir, hashlib.sha256(options_key).hexdigest())
+        digest.update(options_digest.encode())
         fingerprint = digest.hexdigest()
         state_path = self.root / CACHE_DIR / f"{subdir}.outputs.json"
-        options_digest = hashlib.sha256(options_key).hexdigest()
         previous = _load_outputs(state_path)
         if previous and previous.fingerprint == fingerprint and _untouched(folder, previous):
             result.packages = previous.packages
@@ -489,7 +520,11 @@ class ChannelIndexer:
                     result.excluded[name] = decision.reason
                     del records[name]
             result.packages = len(records)
+        for name, mirrored in self.mirrored.get(subdir, {}).items():
+            records[name] = mirrored.record
+        result.packages = len(records)
         from_packages = build_repodata(subdir, records)
+        from_packages["removed"] = sorted(self.upstream_removed.get(subdir, ()))
         from_packages_bytes = serialize_json(from_packages)
 
         opts = self.options
@@ -503,7 +538,11 @@ class ChannelIndexer:
         outputs["run_exports.json"] = (
             serialize_json(
                 build_run_exports(
-                    subdir, {n: cache.entries[n].metadata.run_exports for n in records}
+                    subdir,
+                    {
+                        n: cache.entries[n].metadata.run_exports if n in cache.entries else {}
+                        for n in records
+                    },
                 )
             )
             if opts.run_exports
@@ -634,9 +673,10 @@ class ChannelIndexer:
             pass
         excluded = excluded_names or set()
         cache = self._cache(subdir, caches)
-        summary = summarize_subdir(
-            {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
-        )
+        packages = {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
+        for name, entry in self.mirrored.get(subdir, {}).items():
+            packages[name] = metadata_from_record(name, entry.record)
+        summary = summarize_subdir(packages)
         if self._may_cache:
             write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
         return summary
@@ -694,6 +734,19 @@ class ChannelIndexer:
                 st = (self.root / name).stat()
                 files[name] = (st.st_size, st.st_mtime_ns)
         _save_outputs(state_path, _Outputs(fingerprint, files))
+
+
+def metadata_from_record(filename: str, record: Mapping[str, Any]) -> PackageMetadata:
+    """What channeldata can know of a mirrored package: its repodata record."""
+    about = {k: record[k] for k in ("license", "summary", "home") if record.get(k)}
+    return PackageMetadata(
+        filename=filename,
+        index=dict(record),
+        about=about,
+        md5=str(record.get("md5", "")),
+        sha256=str(record.get("sha256", "")),
+        size=int(record.get("size") or 0),
+    )
 
 
 def _same_bytes(path: Path, data: bytes) -> bool:
@@ -758,6 +811,8 @@ def index_channel(
     reporter: Reporter | None = None,
     filters: FilterEngine | None = None,
     dry_run: bool = False,
+    mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
+    upstream_removed: Mapping[str, set[str]] | None = None,
 ) -> IndexResult:
     """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run)."""
     return ChannelIndexer(
@@ -771,4 +826,6 @@ def index_channel(
         reporter=reporter,
         filters=filters,
         dry_run=dry_run,
+        mirrored=mirrored,
+        upstream_removed=upstream_removed,
     ).run()

@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ import orjson
 from deepdiff import DeepDiff
 
 from reconciler.config import Channel, LoadedConfig
+from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.index import IndexResult, SubdirResult, index_channel
+from reconciler.mirror.resolve import ResolvedMirrors, resolve_mirrors
 from reconciler.plan import Action, ChannelPlan, Plan
+from reconciler.state import ChannelState
 
 # Fields that say nothing about the package itself: a change in them alone is
 # still shown, but never as the reason.
@@ -164,8 +168,32 @@ def _published(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> list[Action]:
+def _file_list(written: Sequence[str], deleted: Sequence[str]) -> list[str]:
+    """Index files to write and delete; shards are summarised by count."""
+    files = sorted(n for n in written if not n.startswith("shards/"))
+    files += [f"{n} (delete)" for n in sorted(deleted) if not n.startswith("shards/")]
+    new_shards = sum(1 for n in written if n.startswith("shards/"))
+    old_shards = sum(1 for n in deleted if n.startswith("shards/"))
+    if new_shards:
+        files.append(f"shards/ ({new_shards} new)")
+    if old_shards:
+        files.append(f"shards/ ({old_shards} to delete)")
+    return files
+
+
+def _subdir_actions(
+    channel_dir: Path,
+    result: SubdirResult,
+    patched: bool,
+    mirrors: ResolvedMirrors | None = None,
+) -> list[Action]:
     subdir = result.subdir
+    pruned = {(s, f): m for m, s, f in mirrors.prune} if mirrors is not None else {}
+    fetch = {(d.subdir, d.filename) for d in mirrors.downloads} if mirrors is not None else set()
+
+    def owner(subdir: str, filename: str) -> str | None:
+        return mirrors.owner(subdir, filename) if mirrors is not None else None
+
     actions: list[Action] = []
     if result.recomputed and result.desired is not None:
         folder = channel_dir / subdir
@@ -174,14 +202,32 @@ def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> l
         desired = _records(result.desired)
         removed_by_patch = set(result.desired.get("removed") or ())
         for filename in sorted(desired.keys() - published.keys()):
+            mirror = owner(subdir, filename)
+            if mirror is None:
+                reason = "new local package"
+            elif (subdir, filename) in fetch:
+                reason = f"new from mirror {mirror} (download)"
+            else:
+                reason = f"new from mirror {mirror}"
             actions.append(
-                Action(kind="add", subdir=subdir, filename=filename, reason="new local package")
+                Action(
+                    kind="add",
+                    subdir=subdir,
+                    filename=filename,
+                    source=mirror or "local",
+                    reason=reason,
+                )
             )
         for filename in sorted(desired.keys() & published.keys()):
             old, new = published[filename], desired[filename]
             if old == new:
                 continue
-            if old.get("sha256") != new.get("sha256"):
+            mirror = owner(subdir, filename)
+            if mirror is not None and old.get("sha256") != new.get("sha256"):
+                reason = f"file changed upstream in mirror {mirror} (download)"
+            elif mirror is not None:
+                reason = f"record changed upstream in mirror {mirror}"
+            elif old.get("sha256") != new.get("sha256"):
                 reason = "package file replaced (sha256 changed)"
             elif {k for k in old.keys() ^ new.keys()} | {
                 k for k in old.keys() & new.keys() if old[k] != new[k]
@@ -194,12 +240,15 @@ def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> l
                     kind="update",
                     subdir=subdir,
                     filename=filename,
+                    source=mirror or "local",
                     reason=reason,
                     diff=field_diff(old, new),
                 )
             )
         for filename in sorted(published.keys() - desired.keys()):
-            if filename in result.excluded:
+            if (subdir, filename) in pruned:
+                reason = f"no longer wanted by mirror {pruned[(subdir, filename)]}; file deleted"
+            elif filename in result.excluded:
                 reason = f"filter now excludes it: {result.excluded[filename]}"
             elif filename in removed_by_patch:
                 reason = "removed by a patch"
@@ -208,7 +257,7 @@ def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> l
             else:
                 reason = "no longer published"
             actions.append(Action(kind="remove", subdir=subdir, filename=filename, reason=reason))
-    files = sorted(result.written) + [f"{name} (delete)" for name in sorted(result.deleted)]
+    files = _file_list(result.written, result.deleted)
     if files:
         missing = [n for n in result.written if not (channel_dir / subdir / n).exists()]
         reason = "index files missing" if missing else "index files out of date"
@@ -218,11 +267,35 @@ def _subdir_actions(channel_dir: Path, result: SubdirResult, patched: bool) -> l
     return actions
 
 
-def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult]:
+@dataclass
+class ChannelPlanning:
+    """A channel's plan with what it was computed from, for apply to carry out."""
+
+    plan: ChannelPlan
+    index: IndexResult
+    mirrors: ResolvedMirrors | None
+
+
+def resolve_channel_mirrors(
+    channel: Channel, index: int, config_dir: Path | None, only: set[str] | None = None
+) -> ResolvedMirrors | None:
+    if not channel.mirrors:
+        return None
+    inventory = ChannelState.load(Path(channel.path), channel.name).files
+    return resolve_mirrors(channel, index, inventory, config_dir=config_dir, only=only)
+
+
+def plan_channel(
+    channel: Channel,
+    index: int,
+    config_dir: Path | None = None,
+    mirrors: set[str] | None = None,
+) -> ChannelPlanning:
     """The plan for one channel of the configuration (``index`` is its position)."""
     path = Path(channel.path)
     create = not path.exists()
     top = observed_digests(path, [])
+    resolved = resolve_channel_mirrors(channel, index, config_dir, mirrors)
     result = index_channel(
         path,
         options=channel.index,
@@ -231,10 +304,26 @@ def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult
         channel_name=channel.name,
         filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
         dry_run=True,
+        mirrored=resolved.records if resolved else None,
+        upstream_removed=resolved.removed if resolved else None,
     )
     actions: list[Action] = []
     for subdir_result in result.subdirs:
-        actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches)))
+        actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches), resolved))
+    if resolved is not None:
+        # Pruned files that are no longer published still have to go from disk.
+        listed = {(a.subdir, a.filename) for a in actions}
+        for mirror, subdir, filename in resolved.prune:
+            if (subdir, filename) not in listed and (path / subdir / filename).exists():
+                actions.append(
+                    Action(
+                        kind="remove",
+                        subdir=subdir,
+                        filename=filename,
+                        source=mirror,
+                        reason=f"no longer wanted by mirror {mirror}; file deleted",
+                    )
+                )
     channel_files = sorted(result.written) + [f"{n} (delete)" for n in sorted(result.deleted)]
     if channel_files:
         actions.append(
@@ -247,6 +336,8 @@ def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult
         )
     observed = top | {r.subdir: r.observed for r in result.subdirs}
     warnings = [f"skipping {s.format()}" for s in result.skipped]
+    if resolved is not None:
+        warnings.extend(resolved.warnings)
     plan = ChannelPlan(
         name=channel.name,
         path=str(path),
@@ -255,23 +346,40 @@ def plan_channel(channel: Channel, index: int) -> tuple[ChannelPlan, IndexResult
         actions=actions,
         warnings=warnings,
     )
-    return plan, result
+    return ChannelPlanning(plan, result, resolved)
 
 
-def make_plan(loaded: LoadedConfig, channels: Sequence[str] | None = None) -> Plan:
+def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set[str] | None:
+    """``--mirror`` names, checked against the configuration (None: every mirror)."""
+    if not mirrors:
+        return None
+    known = {m.name for c in loaded.config.channels for m in c.mirrors}
+    unknown = sorted(set(mirrors) - known)
+    if unknown:
+        raise ReconcileError(
+            f"no mirror named {', '.join(unknown)} in {loaded.path}",
+            hint="mirrors: " + (", ".join(sorted(known)) or "none"),
+        )
+    return set(mirrors)
+
+
+def make_plan(
+    loaded: LoadedConfig,
+    channels: Sequence[str] | None = None,
+    mirrors: Sequence[str] | None = None,
+) -> Plan:
     """Plan every channel of the configuration, or only those named."""
     config = loaded.config
     wanted = set(channels or [])
     unknown = wanted - {c.name for c in config.channels}
     if unknown:
-        from reconciler.errors import ReconcileError
-
         raise ReconcileError(
             f"no channel named {', '.join(sorted(unknown))} in {loaded.path}",
             hint="channels: " + ", ".join(c.name for c in config.channels),
         )
+    only = mirror_selection(loaded, mirrors)
     plans = [
-        plan_channel(channel, i)[0]
+        plan_channel(channel, i, loaded.base_dir, only).plan
         for i, channel in enumerate(config.channels)
         if not wanted or channel.name in wanted
     ]

@@ -24,6 +24,9 @@ class InventoryEntry(BaseModel):
     source: str = Field(description="'local' or the mirror that placed the file")
     sha256: str
     size: int
+    passive: bool = Field(
+        False, description="listed from a passive mirror: the file is fetched on demand"
+    )
 
 
 class ChannelState(BaseModel):

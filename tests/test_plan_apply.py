@@ -219,7 +219,7 @@ def test_unknown_channel_and_mirror_selection(
     code, _, err = run(project, "plan", "--channel", "nope", capsys=capsys)
     assert code == ExitCode.ERROR and "no channel named nope" in err
     code, _, err = run(project, "plan", "--mirror", "m", capsys=capsys)
-    assert code == ExitCode.ERROR and "mirroring is not implemented" in err
+    assert code == ExitCode.ERROR and "no mirror named m" in err
 
 
 APPLY_SCRIPT = textwrap.dedent(
@@ -275,4 +275,14 @@ def test_bundled_example_applies_offline(
     assert (examples / "channels" / "internal" / "noarch" / "repodata.json").is_file()
     assert (examples / "channels" / "scratch" / "linux-64" / "repodata.json").is_file()
     assert cli.main(["plan", "-c", config, "--detailed-exitcode"]) == ExitCode.OK
-    assert "mirroring is not implemented" in capsys.readouterr().err
+    assert capsys.readouterr().out.endswith("No changes. Channels match the configuration.\n")
+    internal = examples / "channels" / "internal"
+    linux = json.loads((internal / "linux-64" / "repodata.json").read_text())
+    names = sorted({**linux["packages"], **linux["packages.conda"]})
+    # GPL is excluded at channel level, except the GCC runtime.
+    assert "libgcc-ng-13.2.0-0.conda" in names
+    assert not any(n.startswith("demo-core") for n in names)
+    assert (internal / "linux-64" / "demo-app-2.0-py311_0.conda").is_file()  # active
+    osx = json.loads((internal / "osx-arm64" / "repodata.json").read_text())
+    assert list(osx["packages.conda"]) == ["demo-app-2.0-py311_0.conda"]
+    assert not (internal / "osx-arm64" / "demo-app-2.0-py311_0.conda").exists()  # passive

@@ -45,7 +45,7 @@ class _Candidate:
 
 
 @dataclass(frozen=True)
-class _Dependency:
+class Dependency:
     name: str
     version: rattler.VersionSpec | None
     build: str | None
@@ -57,9 +57,20 @@ class _Dependency:
             return False
         return self.build is None or fnmatch.fnmatchcase(candidate.build, self.build)
 
+    def matches_record(self, record: Mapping[str, Any]) -> bool:
+        """The same test on a repodata record."""
+        if record.get("name") != self.name:
+            return False
+        if self.version is not None:
+            version = _parse_version(str(record.get("version", "")))
+            if version is None or not self.version.matches(version):
+                return False
+        return self.build is None or fnmatch.fnmatchcase(str(record.get("build", "")), self.build)
+
 
 @functools.lru_cache(maxsize=65536)
-def _parse_dependency(spec: str) -> _Dependency | None:
+def parse_dependency(spec: str) -> Dependency | None:
+    """A dependency string as name + version spec + build glob (None if unparseable)."""
     try:
         match = rattler.MatchSpec(spec)
     except Exception:  # an unparseable dependency cannot be satisfied; ignore it
@@ -68,7 +79,7 @@ def _parse_dependency(spec: str) -> _Dependency | None:
     if not name:
         return None
     version = rattler.VersionSpec(match.version) if match.version else None
-    return _Dependency(name, version, match.build)
+    return Dependency(name, version, match.build)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -156,7 +167,7 @@ def build_current_repodata(
         for filename in pending:
             record = records[filename]
             for spec in record.get("depends") or ():
-                dependency = _parse_dependency(spec) if isinstance(spec, str) else None
+                dependency = parse_dependency(spec) if isinstance(spec, str) else None
                 if dependency is None or dependency.name not in groups:
                     continue  # unparseable, or provided by another subdir (noarch)
                 if any(dependency.matches(c) for c in kept.get(dependency.name, ())):

@@ -1,0 +1,1 @@
+"""Mirroring upstream conda channels: upstream client, selection, downloads."""

@@ -1,0 +1,328 @@
+"""Talking to an upstream channel: repodata with conditional GET, and verified downloads.
+
+Sources are ``http(s)://`` URLs (one pooled ``requests`` session per upstream),
+``file://`` URLs and plain paths. Repodata is fetched ``.zst`` first, falling back
+to ``.json`` on 404; the body and its ``ETag`` / ``Last-Modified`` are kept under the
+channel's state folder so a ``304`` reuses them. Failures retry with backoff on
+5xx, connection errors and truncated bodies, then raise an error naming the URL
+(credentials redacted). A token from ``token_env`` goes into anaconda.org-style
+``/t/<token>/`` URLs and never into messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import orjson
+import requests
+import zstandard
+
+from reconciler.conda.repodata import load_repodata
+from reconciler.errors import ReconcileError
+from reconciler.storage import TEMP_PREFIX, write_atomic
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+# Repodata bigger than this is refused: no real channel comes near it.
+MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024
+
+
+class UpstreamError(ReconcileError):
+    """An upstream that cannot be reached, or sent something unusable."""
+
+
+class NotFound(UpstreamError):
+    pass
+
+
+def redact(url: str) -> str:
+    """``https://h/t/SECRET/c`` → ``https://h/t/***/c``; user:password@ likewise."""
+    url = re.sub(r"/t/[^/]+/", "/t/***/", url)
+    return re.sub(r"://[^/@]+@", "://***@", url)
+
+
+@dataclass(frozen=True)
+class FetchedRepodata:
+    repodata: dict[str, Any]
+    url: str  # redacted
+    not_modified: bool  # True when a 304 let us reuse the cached copy
+
+
+class Upstream:
+    """One upstream channel; ``state_dir`` holds its conditional-GET cache."""
+
+    def __init__(
+        self,
+        source: str,
+        state_dir: Path,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        config_dir: Path | None = None,
+    ) -> None:
+        self.source = source.rstrip("/")
+        self.state_dir = state_dir
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        lowered = source.lower()
+        self.is_http = lowered.startswith(("http://", "https://"))
+        self.local_root: Path | None = None
+        if not self.is_http:
+            if lowered.startswith("file://"):
+                self.local_root = Path(unquote(urlparse(source).path))
+            else:
+                path = Path(source)
+                self.local_root = path if path.is_absolute() else (config_dir or Path()) / path
+        self._session: requests.Session | None = None
+
+    # -- URLs ------------------------------------------------------------------------
+
+    def url(self, subdir: str, filename: str) -> str:
+        """The real URL of a file (with the token); never log it, use :meth:`shown`."""
+        base = self.source
+        if self.token and self.is_http:
+            parsed = urlparse(base)
+            base = f"{parsed.scheme}://{parsed.netloc}/t/{self.token}{parsed.path}"
+        return f"{base}/{subdir}/{filename}"
+
+    def shown(self, subdir: str, filename: str) -> str:
+        return redact(f"{self.source}/{subdir}/{filename}")
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers["User-Agent"] = "conda-reconcile"
+            self._session = session
+        return self._session
+
+    # -- retries -----------------------------------------------------------------------
+
+    def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
+        delay = self.backoff
+        for number in range(self.retries + 1):
+            try:
+                return attempt()
+            except _Retryable as exc:
+                if number == self.retries:
+                    raise UpstreamError(
+                        f"{what}: {exc} (gave up after {self.retries + 1} attempts)",
+                        hint="check the mirror's source, or raise its timeout/retries",
+                    ) from None
+                log.info("%s: %s; retrying in %.1f s", what, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- repodata ----------------------------------------------------------------------
+
+    def fetch_repodata(self, subdir: str) -> FetchedRepodata:
+        """The subdir's repodata; :class:`NotFound` when the upstream has no such subdir."""
+        if self.local_root is not None:
+            return self._local_repodata(subdir)
+        for name in ("repodata.json.zst", "repodata.json"):
+            try:
+                return self._http_repodata(subdir, name)
+            except NotFound:
+                continue
+        raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
+
+    def _local_repodata(self, subdir: str) -> FetchedRepodata:
+        assert self.local_root is not None
+        folder = self.local_root / subdir
+        for name in ("repodata.json.zst", "repodata.json"):
+            path = folder / name
+            if path.is_file():
+                data = path.read_bytes()
+                if name.endswith(".zst"):
+                    data = _unzstd(data, str(path))
+                return FetchedRepodata(load_repodata(data, str(path)), str(path), False)
+        raise NotFound(f"{folder / 'repodata.json'}: not found")
+
+    def _cache_paths(self, subdir: str, name: str) -> tuple[Path, Path]:
+        base = self.state_dir / subdir
+        return base / name, base / f"{name}.headers.json"
+
+    def _http_repodata(self, subdir: str, name: str) -> FetchedRepodata:
+        url, shown = self.url(subdir, name), self.shown(subdir, name)
+        body_path, headers_path = self._cache_paths(subdir, name)
+        cached_headers: dict[str, str] = {}
+        if body_path.is_file():
+            try:
+                cached_headers = orjson.loads(headers_path.read_bytes())
+            except (OSError, ValueError):
+                cached_headers = {}
+
+        def attempt() -> tuple[int, bytes, dict[str, str]]:
+            headers = {}
+            if cached_headers.get("etag"):
+                headers["If-None-Match"] = cached_headers["etag"]
+            if cached_headers.get("last-modified"):
+                headers["If-Modified-Since"] = cached_headers["last-modified"]
+            try:
+                response = self.session.get(
+                    url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=True
+                )
+            except requests.RequestException as exc:
+                raise _Retryable(_describe(exc)) from None
+            with response:
+                if response.status_code == 404:
+                    raise NotFound(f"{shown}: not found (404)")
+                if response.status_code == 304:
+                    return 304, b"", {}
+                if response.status_code >= 500:
+                    raise _Retryable(f"HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise UpstreamError(f"{shown}: HTTP {response.status_code}")
+                body = _read_body(response, MAX_REPODATA_BYTES)
+                kept = {
+                    k: response.headers[k]
+                    for k in ("etag", "last-modified")
+                    if k in response.headers
+                }
+                return 200, body, kept
+
+        status, body, headers = self._retrying(shown, attempt)
+        if status == 304:
+            body = body_path.read_bytes()
+            not_modified = True
+        else:
+            not_modified = False
+        data = _unzstd(body, shown) if name.endswith(".zst") else body
+        repodata = load_repodata(data, shown)
+        if status == 200:
+            write_atomic(body_path, body)
+            write_atomic(headers_path, orjson.dumps(headers))
+        return FetchedRepodata(repodata, shown, not_modified)
+
+    # -- files -------------------------------------------------------------------------
+
+    def download(
+        self, subdir: str, filename: str, target: Path, size: int | None, sha256: str | None
+    ) -> int:
+        """Fetch a package into ``target`` (atomically), checking size and sha256.
+
+        Returns the bytes written. On any mismatch the temporary file is removed,
+        ``target`` is left as it was, and :class:`UpstreamError` names the file.
+        """
+        shown = self.shown(subdir, filename)
+        tmp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}")
+
+        def attempt() -> int:
+            digest = hashlib.sha256()
+            written = 0
+            try:
+                with tmp.open("wb") as out:
+                    for chunk in self._chunks(subdir, filename, shown, size):
+                        written += len(chunk)
+                        if size is not None and written > size:
+                            raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
+                        digest.update(chunk)
+                        out.write(chunk)
+                if size is not None and written != size:
+                    raise _Retryable(f"truncated: got {written} of {size} bytes")
+                if sha256 and digest.hexdigest() != sha256:
+                    raise UpstreamError(
+                        f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})",
+                        hint="the upstream file does not match its repodata; nothing was replaced",
+                    )
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, target)
+            return written
+
+        result: int = self._retrying(shown, attempt)
+        return result
+
+    def _chunks(self, subdir: str, filename: str, shown: str, size: int | None) -> Any:
+        if self.local_root is not None:
+            path = self.local_root / subdir / filename
+            try:
+                with path.open("rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        yield chunk
+            except FileNotFoundError:
+                raise UpstreamError(f"{path}: not found upstream") from None
+            return
+        try:
+            response = self.session.get(
+                self.url(subdir, filename), timeout=self.timeout, stream=True
+            )
+        except requests.RequestException as exc:
+            raise _Retryable(_describe(exc)) from None
+        with response:
+            if response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise UpstreamError(f"{shown}: HTTP {response.status_code}")
+            try:
+                yield from response.iter_content(CHUNK)
+            except requests.RequestException as exc:
+                raise _Retryable(_describe(exc)) from None
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (5xx, connection trouble, a short body)."""
+
+
+def _describe(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    return type(exc).__name__
+
+
+def _read_body(response: requests.Response, limit: int) -> bytes:
+    chunks = []
+    total = 0
+    try:
+        for chunk in response.iter_content(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise UpstreamError(f"{redact(response.url)}: response larger than {limit} bytes")
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        raise _Retryable(_describe(exc)) from None
+    expected = response.headers.get("content-length")
+    encoding = response.headers.get("content-encoding")
+    if expected and not encoding and expected.isdigit() and int(expected) != total:
+        raise _Retryable(f"truncated body: {total} of {expected} bytes")
+    return b"".join(chunks)
+
+
+def _unzstd(data: bytes, source: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            while chunk := reader.read(CHUNK * 8):
+                total += len(chunk)
+                if total > MAX_REPODATA_BYTES:
+                    raise UpstreamError(f"{source}: decompressed repodata is larger than the limit")
+                chunks.append(chunk)
+    except zstandard.ZstdError as exc:
+        raise UpstreamError(f"{source}: not valid zstd data ({exc})") from None
+    return b"".join(chunks)
