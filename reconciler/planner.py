@@ -256,7 +256,12 @@ def _subdir_actions(
                 reason = "package file deleted"
             else:
                 reason = "no longer published"
-            actions.append(Action(kind="remove", subdir=subdir, filename=filename, reason=reason))
+            source = pruned.get((subdir, filename)) or owner(subdir, filename) or "local"
+            actions.append(
+                Action(
+                    kind="remove", subdir=subdir, filename=filename, source=source, reason=reason
+                )
+            )
     files = _file_list(result.written, result.deleted)
     if files:
         missing = [n for n in result.written if not (channel_dir / subdir / n).exists()]
@@ -311,8 +316,21 @@ def plan_channel(
     for subdir_result in result.subdirs:
         actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches), resolved))
     if resolved is not None:
-        # Pruned files that are no longer published still have to go from disk.
         listed = {(a.subdir, a.filename) for a in actions}
+        # Files an active mirror must fetch although their records are already
+        # published (the mirror became active, or a file went missing).
+        for item in resolved.downloads:
+            if (item.subdir, item.filename) not in listed:
+                actions.append(
+                    Action(
+                        kind="add",
+                        subdir=item.subdir,
+                        filename=item.filename,
+                        source=item.mirror,
+                        reason=f"file missing: download from mirror {item.mirror}",
+                    )
+                )
+        # Pruned files that are no longer published still have to go from disk.
         for mirror, subdir, filename in resolved.prune:
             if (subdir, filename) not in listed and (path / subdir / filename).exists():
                 actions.append(

@@ -1,0 +1,383 @@
+"""Mirroring end to end: a real upstream channel served on 127.0.0.1, plan/apply, a real client."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import cli
+from reconciler.errors import ExitCode
+from reconciler.index import index_channel
+from tests.client import solve
+from tests.faulty_server import faulty_server
+from tests.packages import PackageSpec, build_package
+
+UPSTREAM: list[tuple[PackageSpec, str]] = [
+    (PackageSpec("python", "3.12.0", subdir="linux-64", license="PSF-2.0"), ".conda"),
+    (
+        PackageSpec(
+            "libgcc-ng",
+            "13.2.0",
+            subdir="linux-64",
+            license="GPL-3.0-only WITH GCC-exception-3.1",
+            license_family="GPL",
+        ),
+        ".conda",
+    ),
+    (
+        PackageSpec(
+            "readline", "8.2", subdir="linux-64", license="GPL-3.0-only", license_family="GPL3"
+        ),
+        ".conda",
+    ),
+    (PackageSpec("zlib", "1.2.13", subdir="linux-64", license="Zlib"), ".tar.bz2"),
+    (PackageSpec("zlib", "1.3.1", subdir="linux-64", license="Zlib"), ".conda"),
+    (
+        PackageSpec("numpy", "1.25.0", subdir="linux-64", depends=["python >=3.12", "zlib >=1.2"]),
+        ".conda",
+    ),
+    (
+        PackageSpec(
+            "numpy",
+            "1.26.0",
+            subdir="linux-64",
+            depends=["python >=3.12", "zlib >=1.3", "libgcc-ng >=13"],
+        ),
+        ".conda",
+    ),
+    (
+        PackageSpec(
+            "numpy",
+            "1.26.4",
+            subdir="linux-64",
+            depends=["python >=3.12", "zlib >=1.3", "libgcc-ng >=13"],
+        ),
+        ".conda",
+    ),
+    (PackageSpec("cli", "1.0", subdir="linux-64", depends=["readline >=8"]), ".conda"),
+    (PackageSpec("tqdm", "4.66", noarch="python", depends=["python >=3.8"]), ".conda"),
+]
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Path:
+    root = tmp_path / "upstream"
+    for spec, fmt in UPSTREAM:
+        build_package(root, spec, fmt)
+    index_channel(root)
+    return root
+
+
+@pytest.fixture
+def served(upstream: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with faulty_server(upstream) as server:
+        yield server
+
+
+class Project:
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.capsys = capsys
+        self.config = root / "channels.yaml"
+        self.channel = root / "mirror"
+
+    def write(self, text: str) -> None:
+        self.config.write_text(textwrap.dedent(text))
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        code = cli.main([*args, "-c", str(self.config)])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def names(self, subdir: str) -> list[str]:
+        data = json.loads((self.channel / subdir / "repodata.json").read_text())
+        return sorted({**data["packages"], **data["packages.conda"]})
+
+    def files(self, subdir: str) -> list[str]:
+        folder = self.channel / subdir
+        return sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name.endswith((".conda", ".bz2")) and not p.name.startswith("repodata")
+        )
+
+
+@pytest.fixture
+def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
+    return Project(tmp_path, capsys)
+
+
+def config(
+    source: str, mode: str = "active", filters: str = "", channel_filters: str = "", extra: str = ""
+) -> str:
+    return f"""\
+        version: 1
+        channels:
+          - name: mirror
+            path: ./mirror
+            subdirs: [linux-64, noarch]
+            {channel_filters}
+            mirrors:
+              - name: up
+                source: {source}
+                mode: {mode}
+                {filters}
+        {extra}"""
+
+
+GPL_EXCEPT_GCC = """filters:
+              exclude:
+                - license: GPL
+                  except: [{name: "libgcc*"}]"""
+
+
+def test_active_mirror_with_filters_then_solve(
+    project: Project, served: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    url, _ = served
+    project.write(config(url, channel_filters=GPL_EXCEPT_GCC))
+    code, out, _ = project.run("plan", "--detailed-exitcode")
+    assert code == ExitCode.CHANGES
+    assert "+ numpy-1.26.4-0.conda [up]  (new from mirror up (download))" in out
+    assert "readline" not in out and "cli-1.0" in out  # cli itself is not GPL
+    code, out, _ = project.run("apply")
+    assert code == ExitCode.OK, out
+    names = project.names("linux-64")
+    assert "libgcc-ng-13.2.0-0.conda" in names and "readline-8.2-0.conda" not in names
+    assert project.files("linux-64") == names  # active: every listed file is here
+    # Records are upstream's, byte for byte (same sha256 as upstream lists).
+    upstream_repodata = json.loads(
+        (project.root / "upstream" / "linux-64" / "repodata.json").read_text()
+    )
+    ours = json.loads((project.channel / "linux-64" / "repodata.json").read_text())
+    assert (
+        ours["packages.conda"]["numpy-1.26.4-0.conda"]
+        == upstream_repodata["packages.conda"]["numpy-1.26.4-0.conda"]
+    )
+    code, out, _ = project.run("plan", "--detailed-exitcode")
+    assert code == ExitCode.OK, out
+    solved = solve(project.channel.as_uri(), ["numpy"], "linux-64", tmp_path / "cache")
+    assert solved["numpy"] == "numpy-1.26.4-0.conda"
+    assert solved["zlib"] == "zlib-1.3.1-0.conda"
+
+
+def test_passive_mirror_lists_without_files(
+    project: Project, served: tuple[str, dict[str, Any]]
+) -> None:
+    url, state = served
+    project.write(config(url, mode="passive"))
+    assert project.run("apply")[0] == ExitCode.OK
+    assert "numpy-1.26.4-0.conda" in project.names("linux-64")
+    assert project.files("linux-64") == []
+    assert not any(r.endswith(".conda") and "repodata" not in r for r in state["requests"])
+    inventory = json.loads((project.channel / ".reconciler" / "state.json").read_text())
+    entry = inventory["files"]["linux-64/numpy-1.26.4-0.conda"]
+    assert entry["source"] == "up" and entry["passive"] is True
+    # Passive to active downloads what is listed.
+    project.write(config(url, mode="active"))
+    assert project.run("apply")[0] == ExitCode.OK
+    assert project.files("linux-64") == project.names("linux-64")
+
+
+def test_include_latest_and_dependencies(
+    project: Project, served: tuple[str, dict[str, Any]]
+) -> None:
+    url, _ = served
+    filters = """filters:
+                  include:
+                    - {name: numpy}
+                    - {name: cli}
+                  latest: 1
+                  dependencies: true"""
+    project.write(config(url, filters=filters, channel_filters=GPL_EXCEPT_GCC))
+    code, out, _ = project.run("plan")
+    assert code == ExitCode.OK
+    # readline is needed by cli but excluded by the channel's GPL rule: a warning says so.
+    assert (
+        "warning: mirror up: linux-64/cli-1.0-0.conda needs 'readline >=8', but "
+        "readline-8.2-0.conda is excluded by channels[0].filters.exclude[0] (license: GPL)"
+    ) in out
+    project.run("apply")
+    assert project.names("linux-64") == [
+        "cli-1.0-0.conda",
+        "libgcc-ng-13.2.0-0.conda",
+        "numpy-1.26.4-0.conda",
+        "python-3.12.0-0.conda",
+        "zlib-1.3.1-0.conda",
+    ]
+    assert project.names("noarch") == []
+
+
+def test_upstream_adds_removes_and_hotfixes(
+    project: Project, served: tuple[str, dict[str, Any]], upstream: Path
+) -> None:
+    url, _ = served
+    project.write(config(url, filters="filters: {include: [{name: 'zlib'}, {name: 'tqdm'}]}"))
+    project.run("apply")
+    assert "zlib-1.2.13-0.tar.bz2" in project.files("linux-64")
+
+    build_package(upstream, PackageSpec("zlib", "1.3.2", subdir="linux-64", license="Zlib"))
+    (upstream / "linux-64" / "zlib-1.2.13-0.tar.bz2").unlink()
+    hotfix = upstream.parent / "hotfix.json"
+    hotfix.write_text(
+        json.dumps(
+            {"noarch": {"packages.conda": {"tqdm-4.66-0.conda": {"depends": ["python >=3.9"]}}}}
+        )
+    )
+    index_channel(upstream, patches=[hotfix])
+
+    code, out, _ = project.run("plan", "--detailed-exitcode")
+    assert code == ExitCode.CHANGES
+    assert "+ zlib-1.3.2-0.conda [up]" in out
+    assert "- zlib-1.2.13-0.tar.bz2 [up]  (no longer wanted by mirror up; file deleted)" in out
+    assert "~ tqdm-4.66-0.conda [up]  (record changed upstream in mirror up)" in out
+    assert 'depends: + "python >=3.9"' in out and 'depends: - "python >=3.8"' in out
+    assert project.run("apply")[0] == ExitCode.OK
+    assert "zlib-1.2.13-0.tar.bz2" not in project.files("linux-64")  # pruned
+    assert "zlib-1.3.2-0.conda" in project.files("linux-64")
+
+
+def test_local_packages_are_never_pruned(
+    project: Project, served: tuple[str, dict[str, Any]]
+) -> None:
+    url, _ = served
+    project.write(config(url, filters="filters: {include: [{name: zlib}]}"))
+    project.run("apply")
+    build_package(project.channel, PackageSpec("mine", "1.0", subdir="linux-64"))
+    project.write(config(url, filters="filters: {include: [{name: python}]}"))
+    assert project.run("apply")[0] == ExitCode.OK
+    assert project.files("linux-64") == ["mine-1.0-0.conda", "python-3.12.0-0.conda"]
+
+
+def test_two_mirrors_same_file_and_conflict(
+    project: Project, served: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    url, _ = served
+    other = tmp_path / "other"
+    build_package(
+        other, PackageSpec("zlib", "1.3.1", subdir="linux-64", license="Zlib", build_number=7)
+    )
+    index_channel(other)
+    text = f"""\
+        version: 1
+        channels:
+          - name: mirror
+            path: ./mirror
+            subdirs: [linux-64, noarch]
+            {{conflict}}
+            mirrors:
+              - {{name: a, source: "{url}", filters: {{include: [{{name: zlib}}]}}}}
+              - {{name: b, source: "{other}", filters: {{include: [{{name: zlib}}]}}}}
+        """
+    project.write(text.replace("{conflict}", ""))
+    code, _, err = project.run("plan")
+    assert code == ExitCode.ERROR
+    assert "linux-64/zlib-1.3.1-0.conda: mirrors a and b offer different files" in err
+    project.write(text.replace("{conflict}", "on_conflict: first"))
+    code, out, _ = project.run("apply")
+    assert code == ExitCode.OK
+    assert "keeping a's" in out
+    # Same file from the same upstream twice is simply one package.
+    project.write(text.replace("{conflict}", "").replace(str(other), url))
+    assert project.run("plan")[0] == ExitCode.OK
+
+
+def test_unsafe_upstream_names_are_refused(project: Project, upstream: Path) -> None:
+    repodata_path = upstream / "linux-64" / "repodata.json"
+    data = json.loads(repodata_path.read_text())
+    record = data["packages.conda"]["python-3.12.0-0.conda"]
+    data["packages.conda"]["../../escape-1-0.conda"] = dict(record, name="escape")
+    data["packages"]["wrongsub-1-0.tar.bz2"] = dict(record, name="wrongsub", subdir="win-64")
+    repodata_path.write_text(json.dumps(data))
+    (upstream / "linux-64" / "repodata.json.zst").unlink()
+    project.write(config(str(upstream)))
+    code, out, _ = project.run("apply")
+    assert code == ExitCode.OK
+    assert "refusing '../../escape-1-0.conda': filename contains a path separator" in out
+    assert "refusing 'wrongsub-1-0.tar.bz2': record says subdir 'win-64'" in out
+    assert not (project.root / "escape-1-0.conda").exists()
+    assert "python-3.12.0-0.conda" in project.names("linux-64")
+
+
+def test_wrong_sha256_fails_that_package_only(project: Project, upstream: Path) -> None:
+    repodata_path = upstream / "linux-64" / "repodata.json"
+    data = json.loads(repodata_path.read_text())
+    data["packages.conda"]["zlib-1.3.1-0.conda"]["sha256"] = "0" * 64
+    repodata_path.write_text(json.dumps(data))
+    (upstream / "linux-64" / "repodata.json.zst").unlink()
+    project.write(config(str(upstream)))
+    code, _, err = project.run("apply")
+    assert code == ExitCode.ERROR
+    assert "zlib-1.3.1-0.conda: sha256 mismatch" in err
+    assert "zlib-1.3.1-0.conda" not in project.names("linux-64")
+    assert "numpy-1.26.4-0.conda" in project.names("linux-64")
+    assert list(project.channel.rglob(".reconcile-tmp-*")) == []
+
+
+def test_truncated_repodata_leaves_the_channel_as_it_was(
+    project: Project, served: tuple[str, dict[str, Any]], upstream: Path
+) -> None:
+    url, _ = served
+    project.write(config(url))
+    project.run("apply")
+    before = (project.channel / "linux-64" / "repodata.json").read_bytes()
+    zst = upstream / "linux-64" / "repodata.json.zst"
+    zst.write_bytes(zst.read_bytes()[:40])
+    build_package(upstream, PackageSpec("zlib", "9.9", subdir="linux-64"))  # changes the ETag
+    code, _, err = project.run("apply")
+    assert code == ExitCode.ERROR
+    assert "linux-64/repodata.json.zst" in err
+    assert (project.channel / "linux-64" / "repodata.json").read_bytes() == before
+
+
+def test_second_run_gets_304_and_rewrites_nothing(
+    project: Project, served: tuple[str, dict[str, Any]]
+) -> None:
+    url, state = served
+    project.write(config(url))
+    project.run("apply")
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in project.channel.rglob("*")
+        if p.is_file() and ".reconciler" not in p.parts
+    }
+    downloads = [r for r in state["requests"] if not r.split("/")[-1].startswith("repodata")]
+    code, out, _ = project.run("apply")
+    assert (code, out) == (ExitCode.OK, "Apply complete: no changes.\n")
+    assert "/linux-64/repodata.json.zst" in state["not_modified"]
+    assert [
+        r for r in state["requests"] if not r.split("/")[-1].startswith("repodata")
+    ] == downloads
+    after = {
+        p: p.stat().st_mtime_ns
+        for p in project.channel.rglob("*")
+        if p.is_file() and ".reconciler" not in p.parts
+    }
+    assert after == before
+
+
+def test_not_enough_disk_space(
+    project: Project, served: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.mirror import download
+
+    url, _ = served
+    monkeypatch.setattr(download, "DISK_MARGIN", 1 << 60)
+    project.write(config(url))
+    code, _, err = project.run("apply")
+    assert code == ExitCode.ERROR
+    assert "not enough free disk space" in err
+    assert not any(project.channel.rglob("*.conda"))
+
+
+def test_missing_noarch_upstream_is_an_error(project: Project, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "linux-64").mkdir(parents=True)
+    project.write(config(str(empty)))
+    code, _, err = project.run("plan")
+    assert code == ExitCode.ERROR and "noarch/repodata.json: not found" in err
