@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (0: all)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
 
-    p = add("explain", "say why a package is in or out", _not_implemented("explain"))
-    p.add_argument("package", metavar="SPEC_OR_FILENAME")
+    p = add("explain", "say why a package is in or out of each channel", _run("cmd_explain"))
+    p.add_argument("package", metavar="SPEC_OR_FILENAME", help="e.g. numpy, 'numpy >=1.26'")
+    p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
+    p.add_argument("--json", action="store_true", help="print the explanations as JSON")
 
     p = add("serve", "serve the channels over HTTP", _not_implemented("serve"))
     p.add_argument("--host", default="127.0.0.1")

@@ -180,3 +180,19 @@ def cmd_history(args: argparse.Namespace) -> int:
             f"{run.removed:5}  {run.error or ''}"
         )
     return ExitCode.OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from reconciler.explain import explain
+
+    loaded = _load(args, require_env=False)
+    found = list(explain(loaded, args.package, args.channel))
+    if args.json:
+        print(json.dumps([e.to_json() for e in found], indent=2))
+        return ExitCode.OK
+    if not found:
+        print(f"No package matching {args.package!r} upstream or in any channel.")
+        return ExitCode.OK
+    for explanation in found:
+        print(explanation.format())
+    return ExitCode.OK

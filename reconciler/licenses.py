@@ -119,6 +119,7 @@ def _matches_expression(rule: str, node: LicenseExpression) -> bool:
     return _matches_token(rule, _symbol_name(node))
 
 
+@functools.lru_cache(maxsize=65536)
 def license_matches(rule: str, license: str | None, license_family: str | None) -> bool:
     """Does a package with ``license`` / ``license_family`` fall under ``rule``?"""
     rule_upper = rule.strip().upper()
@@ -132,7 +133,7 @@ def license_matches(rule: str, license: str | None, license_family: str | None) 
     if parsed is not None and _matches_expression(rule, parsed):
         return True
     # Free text the SPDX parser refuses or misreads ("GNU GPL v3 or later"): by words.
-    kind, parts = _fallback_split(license)
+    kind, parts = _fallback_split(license)  # cached above: real channels repeat licences
     if kind == "or":
         return all(_matches_token(rule, p) for p in parts)
     return any(_matches_token(rule, p) for p in parts)

@@ -28,6 +28,7 @@ Key = tuple[str, str]
 class Selection:
     selected: dict[Key, dict[str, Any]] = field(default_factory=dict)
     decisions: dict[Key, Decision] = field(default_factory=dict)
+    records: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # every candidate
     warnings: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
@@ -77,15 +78,24 @@ def select(
         for subdir, records in upstream.items()
         for filename, record in records.items()
     ]
-    channel_decisions = channel_filters.evaluate(candidates)
     mirror_decisions = mirror_filters.evaluate(candidates)
+    if channel_filters.per_record:
+        # Without a `latest` cut the channel's decision on a record depends on that
+        # record alone: only what the mirror keeps needs asking (a big upstream
+        # filtered by name is mostly left out here).
+        kept = [c for c in candidates if mirror_decisions[(c.subdir, c.filename)].selected]
+        channel_decisions = channel_filters.evaluate(kept)
+    else:
+        channel_decisions = channel_filters.evaluate(candidates)
     for candidate in candidates:
-        first = channel_decisions[candidate.key]
-        second = mirror_decisions[candidate.key]
-        decision = second if first.selected else first
-        result.decisions[candidate.key] = decision
+        key = (candidate.subdir, candidate.filename)
+        result.records[key] = candidate.record
+        second = mirror_decisions[key]
+        first = channel_decisions.get(key)
+        decision = first if first is not None and not first.selected else second
+        result.decisions[key] = decision
         if decision.selected:
-            result.selected[candidate.key] = dict(candidate.record)
+            result.selected[key] = dict(candidate.record)
     if dependencies:
         _add_dependencies(upstream, channel_filters, mirror_filters, result)
     return result

@@ -381,3 +381,40 @@ def test_missing_noarch_upstream_is_an_error(project: Project, tmp_path: Path) -
     project.write(config(str(empty)))
     code, _, err = project.run("plan")
     assert code == ExitCode.ERROR and "noarch/repodata.json: not found" in err
+
+
+def test_explain_agrees_with_the_plan(project: Project, served: tuple[str, dict[str, Any]]) -> None:
+    url, _ = served
+    filters = """filters:
+                  include: [{name: numpy}, {name: cli}, {name: tqdm}]
+                  latest: 2
+                  dependencies: true"""
+    project.write(config(url, filters=filters, channel_filters=GPL_EXCEPT_GCC))
+    project.run("apply")
+    build_package(
+        project.channel, PackageSpec("mine", "1.0", subdir="linux-64", license="GPL-2.0-only")
+    )
+    code, out, _ = project.run("explain", "numpy")
+    assert code == ExitCode.OK
+    assert "mirror/linux-64/numpy-1.26.4-0.conda (mirror up): in — selected" in out
+    assert (
+        "mirror/linux-64/numpy-1.25.0-0.conda (mirror up): out — older than the newest 2 by "
+        "channels[0].mirrors[0].filters.latest"
+    ) in out
+    code, out, _ = project.run("explain", "zlib >=1.3")
+    assert "zlib-1.3.1-0.conda (mirror up): in — dependency of numpy-1.26" in out
+    assert "zlib-1.2.13" not in out  # the spec leaves it out of the question
+    code, out, _ = project.run("explain", "mine-1.0-0.conda")
+    assert out.strip() == (
+        "mirror/linux-64/mine-1.0-0.conda (local package): out — excluded by "
+        "channels[0].filters.exclude[0] (license: GPL)"
+    )
+    # Everything explain calls "in" is what apply published, and nothing else.
+    code, out, _ = project.run("explain", "*", "--json")
+    explained = {(e["subdir"], e["filename"]) for e in json.loads(out) if e["selected"]}
+    published = {("linux-64", n) for n in project.names("linux-64")} | {
+        ("noarch", n) for n in project.names("noarch")
+    }
+    assert explained == published
+    code, _, err = project.run("explain", ">>>")
+    assert code == ExitCode.ERROR and "neither a package filename nor a match spec" in err

@@ -1,0 +1,241 @@
+"""Mirror benchmarks.
+
+    python benchmarks/mirror.py plan           # (a) plan against 500,000 upstream records
+    python benchmarks/mirror.py download       # (b) active mirror of 2,000 packages over HTTP
+    python benchmarks/mirror.py                # both
+
+(a) generates the repodata of a synthetic upstream subdir (conda-forge linux-64 scale; no
+package files needed) and times ``reconcile plan`` for a passive mirror of it with a name
+filter and a licence filter, in a fresh process: wall time and peak memory.
+
+(b) builds 2,000 real packages, serves them from 127.0.0.1, and times our parallel,
+verified download of all of them (``download_all``, as apply runs it) next to a plain
+parallel download of the same files with the same concurrency (requests + threads, no
+checks), each into an empty folder. Prints MB/s and the ratio; medians of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+LICENSES = [
+    "MIT",
+    "BSD-3-Clause",
+    "Apache-2.0",
+    "GPL-3.0-only",
+    "LGPL-2.1-or-later",
+    "MIT OR GPL-2.0-only",
+]
+
+
+def make_upstream_repodata(root: Path, count: int) -> None:
+    import orjson
+
+    packages = {}
+    names = max(1, count // 20)
+    for i in range(count):
+        n = i % names
+        version = f"{i // names // 10}.{i // names % 10}.0"
+        name = f"pkg{n:06d}"
+        build = f"h{n:06x}_{i // names}"
+        packages[f"{name}-{version}-{build}.conda"] = {
+            "name": name,
+            "version": version,
+            "build": build,
+            "build_number": 0,
+            "depends": [f"pkg{(n + 1) % names:06d} >=0.1", "python >=3.10"],
+            "license": LICENSES[n % len(LICENSES)],
+            "md5": f"{i:032x}",
+            "sha256": f"{i:064x}",
+            "size": 10_000 + i % 5000,
+            "subdir": "linux-64",
+            "timestamp": 1_700_000_000_000 + i,
+        }
+    for subdir, records in (("linux-64", packages), ("noarch", {})):
+        folder = root / subdir
+        folder.mkdir(parents=True)
+        data = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": records}
+        (folder / "repodata.json").write_bytes(orjson.dumps(data))
+
+
+PLAN_CONFIG = """\
+version: 1
+channels:
+  - name: big
+    path: ./channel
+    subdirs: [linux-64, noarch]
+    filters:
+      exclude: [{license: GPL}]
+    mirrors:
+      - name: up
+        source: ./upstream
+        mode: passive
+        filters:
+          include: [{name: "pkg0001*"}]
+"""
+
+
+def plan_child(folder: Path) -> None:
+    from memory import PeakMemory
+
+    from reconciler.config import load_config
+    from reconciler.planner import make_plan
+
+    with PeakMemory() as peak:
+        start = time.perf_counter()
+        plan = make_plan(load_config(folder / "channels.yaml"))
+        elapsed = time.perf_counter() - start
+    adds = plan.count("add")
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak.mb, "adds": adds}))
+
+
+def bench_plan(records: int, repeats: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="reconcile-mirror-plan-"))
+    try:
+        started = time.perf_counter()
+        make_upstream_repodata(work / "upstream", records)
+        size = (work / "upstream" / "linux-64" / "repodata.json").stat().st_size
+        print(
+            f"(a) upstream of {records} records ({size / 1e6:.0f} MB repodata.json) "
+            f"made in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        (work / "channels.yaml").write_text(PLAN_CONFIG)
+        results = []
+        for repeat in range(repeats):
+            run = subprocess.run(
+                [sys.executable, __file__, "--plan-child", str(work)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            result = json.loads(run.stdout.strip().splitlines()[-1])
+            results.append(result)
+            print(
+                f"  repeat {repeat + 1}: plan {result['seconds']:.2f} s, "
+                f"{result['peak_mb']:.0f} MB, {result['adds']} records selected",
+                flush=True,
+            )
+        print(
+            f"(a) plan, median of {repeats}: "
+            f"{statistics.median(r['seconds'] for r in results):.2f} s, "
+            f"peak {max(r['peak_mb'] for r in results):.0f} MB (targets: 15 s, 2048 MB)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_download(count: int, concurrency: int, repeats: int) -> None:
+    import requests
+
+    from reconciler.index import index_channel
+    from reconciler.mirror.download import download_all
+    from reconciler.mirror.resolve import Download
+    from reconciler.mirror.upstream import Upstream
+    from tests.http_server import serve_directory
+    from tests.packages import PackageSpec, build_package
+
+    work = Path(tempfile.mkdtemp(prefix="reconcile-mirror-dl-"))
+    try:
+        upstream = work / "upstream"
+        for i in range(count):
+            # 64 kB of incompressible bytes per package, so the transfer is what is timed.
+            payload = random.Random(i).randbytes(64 * 1024)
+            spec = PackageSpec(
+                f"p{i:05d}", "1.0", subdir="linux-64", files={"lib/data.bin": payload}
+            )
+            build_package(upstream, spec, ".conda")
+        index_channel(upstream)
+        repodata = json.loads((upstream / "linux-64" / "repodata.json").read_text())
+        records = repodata["packages.conda"]
+        total = sum(r["size"] for r in records.values())
+        print(f"(b) {count} packages, {total / 1e6:.0f} MB, concurrency {concurrency}", flush=True)
+        ours, plain = [], []
+        with serve_directory(upstream) as (url, _):
+            for repeat in range(repeats):
+                target = work / f"ours-{repeat}"
+                downloads = [
+                    Download("up", "linux-64", fn, r["size"], r["sha256"])
+                    for fn, r in records.items()
+                ]
+                client = Upstream(url, work / "state")
+                start = time.perf_counter()
+                result = download_all(
+                    target, downloads, {"up": client}, parallel={"up": concurrency}
+                )
+                elapsed = time.perf_counter() - start
+                assert not result.failed, result.failed[:3]
+                ours.append(total / elapsed / 1e6)
+                client.close()
+                shutil.rmtree(target)
+
+                target = work / f"plain-{repeat}"
+                (target / "linux-64").mkdir(parents=True)
+                session = requests.Session()
+                adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
+                session.mount("http://", adapter)
+
+                def fetch(
+                    filename: str, target: Path = target, session: requests.Session = session
+                ) -> None:
+                    with (
+                        session.get(f"{url}/linux-64/{filename}", stream=True) as response,
+                        (target / "linux-64" / filename).open("wb") as out,
+                    ):
+                        for chunk in response.iter_content(1 << 20):
+                            out.write(chunk)
+
+                start = time.perf_counter()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    list(pool.map(fetch, records))
+                elapsed = time.perf_counter() - start
+                plain.append(total / elapsed / 1e6)
+                session.close()
+                shutil.rmtree(target)
+                print(
+                    f"  repeat {repeat + 1}: ours {ours[-1]:.1f} MB/s, plain {plain[-1]:.1f} MB/s",
+                    flush=True,
+                )
+        o, p = statistics.median(ours), statistics.median(plain)
+        print(
+            f"(b) download, median of {repeats}: ours {o:.1f} MB/s, plain {p:.1f} MB/s, "
+            f"ratio {o / p:.2f} (target: 0.8)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", choices=["plan", "download", "all"], default="all")
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--packages", type=int, default=2_000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("-r", "--repeats", type=int, default=3)
+    parser.add_argument("--plan-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plan_child:
+        plan_child(args.plan_child)
+        return
+    if args.which in ("plan", "all"):
+        bench_plan(args.records, args.repeats)
+    if args.which in ("download", "all"):
+        bench_download(args.packages, args.concurrency, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
