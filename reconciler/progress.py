@@ -7,13 +7,13 @@ from typing import Any, Protocol
 
 
 class Reporter(Protocol):
-    def start(self, label: str, total: int) -> None: ...
+    def start(self, label: str, total: int, *, unit: str = "files") -> None: ...
     def advance(self, count: int) -> None: ...
     def finish(self) -> None: ...
 
 
 class NullReporter:
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int, *, unit: str = "files") -> None:
         pass
 
     def advance(self, count: int) -> None:
@@ -27,14 +27,36 @@ class TerminalReporter:
     """A rich progress bar on stderr; only worth it when stderr is a terminal."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import Progress
-
-        # stdout carries the product; progress belongs on stderr.
-        self._progress: Any = Progress(transient=True, console=Console(stderr=True))
+        self._progress: Any = None
         self._task: Any = None
 
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int, *, unit: str = "files") -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        # Bytes get size and rate columns; files get "n/total".
+        counts = (
+            (DownloadColumn(), TransferSpeedColumn())
+            if unit == "bytes"
+            else (MofNCompleteColumn(),)
+        )
+        # stdout carries the product; progress belongs on stderr.
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            *counts,
+            TimeRemainingColumn(),
+            transient=True,
+            console=Console(stderr=True),
+        )
         self._progress.start()
         self._task = self._progress.add_task(label, total=total)
 
@@ -43,7 +65,8 @@ class TerminalReporter:
             self._progress.advance(self._task, count)
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
         self._task = None
 
 

@@ -62,7 +62,9 @@ def download_all(
         return result
     check_free_space(channel_dir, sum(d.size or 0 for d in downloads))
     reporter = reporter or NullReporter()
-    reporter.start("downloading", len(downloads))
+    reporter.start(
+        f"downloading {len(downloads)} files", sum(d.size or 0 for d in downloads), unit="bytes"
+    )
     workers = max(1, max((parallel.get(d.mirror, 4) for d in downloads), default=4))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {}
@@ -81,12 +83,13 @@ def download_all(
         for future in as_completed(futures):
             item = futures[future]
             try:
-                result.bytes += future.result()
+                written = future.result()
+                result.bytes += written
                 result.done.append(item)
+                reporter.advance(written)
             except ReconcileError as exc:
                 result.failed.append((item, exc.message))
             except OSError as exc:
                 result.failed.append((item, f"{item.subdir}/{item.filename}: {exc}"))
-            reporter.advance(1)
     reporter.finish()
     return result
