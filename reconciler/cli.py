@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--json", action="store_true", help="print the explanations as JSON")
 
-    p = add("serve", "serve the channels over HTTP", _not_implemented("serve"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = add("serve", "serve the channels over HTTP, with a status page", _run("cmd_serve"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks one)")
 
     add("watch", "re-plan on config change and run due schedules", _not_implemented("watch"))
     return parser

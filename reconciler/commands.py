@@ -196,3 +196,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for explanation in found:
         print(explanation.format())
     return ExitCode.OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from reconciler.serve.server import serve
+
+    loaded = _load(args, require_env=False)
+    serve(loaded, args.host, args.port)
+    return ExitCode.OK

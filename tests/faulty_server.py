@@ -67,7 +67,7 @@ def faulty_server(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     state: dict[str, Any] = {"faults": {}, "requests": [], "not_modified": []}
     handler = functools.partial(_Handler, root=root, state=state)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", state

@@ -51,7 +51,7 @@ def test_schema_matches_committed_file(capsys: pytest.CaptureFixture[str]) -> No
     )
 
 
-@pytest.mark.parametrize("command", ["watch", "serve"])
+@pytest.mark.parametrize("command", ["watch"])
 def test_unimplemented_commands_say_so(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = [command, "numpy"] if command == "explain" else [command]
     assert cli.main(args) == ExitCode.ERROR

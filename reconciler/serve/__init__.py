@@ -1,0 +1,1 @@
+"""Serving channels over HTTP: files, passive fetches and the status page."""

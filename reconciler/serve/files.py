@@ -1,0 +1,115 @@
+"""Which file a URL names inside a channel, safely; and how to describe it over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+
+from reconciler.conda.names import is_valid_subdir, package_suffix
+
+# Index files change on every publish: clients should revalidate soon.
+SHORT_LIVED = "public, max-age=60"
+# Package files and shards never change under the same name.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+_TYPES = {
+    ".json": "application/json",
+    ".zst": "application/zstd",
+    ".bz2": "application/x-bzip2",
+    ".html": "text/html; charset=utf-8",
+    ".conda": "application/octet-stream",
+}
+
+
+class Refused(Exception):
+    """The URL is not one we serve (404), whatever is on disk."""
+
+
+def split_url_path(raw: str) -> list[str]:
+    """URL path → segments, refusing anything that could leave a channel folder.
+
+    Percent-decoding happens once, here; a decoded segment that is ``..``, ``.``,
+    hidden (``.reconciler``, ``.cache``), or holds a separator or NUL is refused.
+    """
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    segments = [unquote(s) for s in path.split("/")]
+    if segments and segments[0] == "":
+        segments = segments[1:]
+    trailing = bool(segments) and segments[-1] == ""
+    if trailing:
+        segments = segments[:-1]
+    for segment in segments:
+        if (
+            not segment
+            or segment.startswith(".")
+            or "/" in segment
+            or "\\" in segment
+            or "\x00" in segment
+        ):
+            raise Refused(raw)
+    return segments + ([""] if trailing else [])
+
+
+def channel_file(root: Path, rest: list[str]) -> Path:
+    """The file ``rest`` (segments after the channel name) names under ``root``."""
+    if not rest or rest == [""]:
+        return root / "index.html"
+    if len(rest) == 1:
+        if rest[0] in ("channeldata.json", "index.html"):
+            return root / rest[0]
+        raise Refused("/".join(rest))
+    subdir, *inner = rest
+    if not is_valid_subdir(subdir):
+        raise Refused(subdir)
+    if inner == [""]:
+        return root / subdir / "index.html"
+    if len(inner) == 1:
+        return root / subdir / inner[0]
+    if len(inner) == 2 and inner[0] == "shards" and inner[1].endswith(".msgpack.zst"):
+        return root / subdir / "shards" / inner[1]
+    raise Refused("/".join(rest))
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True when ``path`` (symlinks resolved) stays inside ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def content_type(name: str) -> str:
+    if package_suffix(name) is not None:
+        return "application/octet-stream"
+    for suffix, kind in _TYPES.items():
+        if name.endswith(suffix):
+            return kind
+    return "application/octet-stream"
+
+
+def cache_control(path: Path) -> str:
+    if package_suffix(path.name) is not None or path.parent.name == "shards":
+        return IMMUTABLE
+    return SHORT_LIVED
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` (one range) → inclusive (start, end); None when unsatisfiable."""
+    if not header.startswith("bytes=") or "," in header:
+        return None
+    spec = header[len("bytes=") :].strip()
+    first, _, last = spec.partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                return None
+            return max(0, size - length), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or start < 0 or end < start:
+        return None
+    return start, min(end, size - 1)
