@@ -136,9 +136,11 @@ def apply_channel(
     """Converge one channel; failures are recorded, not raised."""
     path = Path(channel.path)
     report = ChannelReport(name=channel.name, path=str(path), state="completed")
-    if not planned.has_changes:
+    unreadable = any(w.startswith("skipping ") for w in planned.warnings)
+    if not planned.has_changes and not unreadable:
         report.state = "unchanged"
         return report
+    # A package that cannot be read fails every run until it is fixed or removed.
     started = time.monotonic()
     path.mkdir(parents=True, exist_ok=True)
     history = History(path)
@@ -262,10 +264,10 @@ def apply(
                     mirror_selection(loaded, mirrors),
                 )
             )
-    if not fresh.has_changes:
-        result = "no-changes"
-    elif any(r.state == "failed" or r.failures for r in reports):
+    if any(r.state == "failed" or r.failures for r in reports):
         result = "failed"
+    elif not fresh.has_changes:
+        result = "no-changes"
     else:
         result = "completed"
     report = ApplyReport(

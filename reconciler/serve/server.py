@@ -11,13 +11,16 @@ and ``/api/status`` its JSON.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,7 +52,19 @@ class ChannelServer(ThreadingHTTPServer):
         self.loaded = loaded
         self.channels: dict[str, Channel] = {c.name: c for c in loaded.config.channels}
         self.passive = PassiveFetcher(loaded)
+        self.access_log: deque[str] = deque(maxlen=1000)  # the last requests, for tests
+        self.connections: set[RequestHandler] = set()
+        self.connections_lock = threading.Lock()
         super().__init__(address, RequestHandler)
+
+    def server_close(self) -> None:
+        """Close idle keep-alive connections, then wait for requests in flight."""
+        with self.connections_lock:
+            idle = [h for h in self.connections if not h.busy]
+        for handler in idle:
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+        super().server_close()
 
     @property
     def url(self) -> str:
@@ -62,9 +77,23 @@ class RequestHandler(BaseHTTPRequestHandler):
     server: ChannelServer
     protocol_version = "HTTP/1.1"
     server_version = "conda-reconcile"
+    timeout = 120  # an idle keep-alive connection is dropped after this many seconds
+    busy = False
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+        line = f"{self.address_string()} - {format % args}"
+        self.server.access_log.append(line)
+        sys.stderr.write(line + "\n")
 
     def do_HEAD(self) -> None:
         self._handle(head=True)
@@ -75,6 +104,13 @@ class RequestHandler(BaseHTTPRequestHandler):
     # -- routing -------------------------------------------------------------------------
 
     def _handle(self, head: bool) -> None:
+        self.busy = True
+        try:
+            self._route(head)
+        finally:
+            self.busy = False
+
+    def _route(self, head: bool) -> None:
         self._responded = False  # one handler serves every request of a keep-alive connection
         try:
             segments = split_url_path(self.path)

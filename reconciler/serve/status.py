@@ -110,8 +110,8 @@ def _timeline(runs: list[dict[str, Any]], now: datetime) -> str:
         end = _parse_time(run.get("finished")) or now
         if start is None or (now - start).total_seconds() > span:
             continue
-        x = width * (1 - (now - start).total_seconds() / span)
-        w = max(2.0, width * (end - start).total_seconds() / span)
+        w = max(3.0, width * (end - start).total_seconds() / span)
+        x = min(width * (1 - (now - start).total_seconds() / span), width - w)
         colour = _COLOURS.get(str(run.get("state")), "#1565c0")
         label = html.escape(f"{run.get('mirror') or run.get('channel')}: {run.get('state')}")
         bars.append(
@@ -138,8 +138,11 @@ def render_status_html(status: dict[str, Any]) -> str:
         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .8em;",
         "text-align:left;border-bottom:1px solid #ddd}th{background:#f4f4f4}",
         ".completed{color:#2e7d32}.failed{color:#c62828}.running{color:#f9a825}",
-        "</style>\n</head>\n<body>\n<h1>conda-reconcile</h1>\n",
-        f'<p>Generated {e(status["generated"])} UTC · <a href="/api/status">JSON</a></p>\n',
+        # An empty icon: no /favicon.ico request, no 404 in the browser console.
+        '</style>\n<link rel="icon" href="data:,">\n</head>\n<body>\n',
+        "<h1>conda-reconcile</h1>\n",
+        f"<p>Generated {e(now.strftime('%Y-%m-%d %H:%M:%S'))} UTC · "
+        '<a href="/api/status">JSON</a></p>\n',
     ]
     for channel in status["channels"]:
         name = e(channel["name"])

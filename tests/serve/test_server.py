@@ -219,7 +219,8 @@ def test_status_page_and_api(setup: dict[str, Any]) -> None:
     assert '<td class="completed">completed</td>' in page.text
     assert '<svg class="timeline"' in page.text
     # Nothing fetched from elsewhere: it must work on an air-gapped network.
-    assert "<script" not in page.text and "<link" not in page.text and 'src="' not in page.text
+    assert "<script" not in page.text and 'src="' not in page.text
+    assert 'href="http' not in page.text
     api = requests.get(setup["url"] + "/api/status", timeout=30).json()
     channel = api["channels"][0]
     assert channel["subdirs"] == {"linux-64": 4, "noarch": 1}
@@ -245,3 +246,20 @@ def test_sigterm_stops_cleanly(setup: dict[str, Any]) -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert list(setup["channel"].rglob(".reconcile-tmp-*")) == []
+
+
+def test_idle_keep_alive_connection_does_not_block_shutdown(tmp_path: Path, upstream: Path) -> None:
+    import time
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nchannels:\n  - {{name: up, path: '{upstream}'}}\n")
+    server = ChannelServer(("127.0.0.1", 0), load_config(config))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    response = raw_get(server.url, "/up/noarch/repodata.json")
+    assert response.status == 200
+    response.read()  # the connection stays open, idle, waiting for a next request
+    started = time.monotonic()
+    server.shutdown()
+    server.server_close()
+    assert time.monotonic() - started < 5
