@@ -19,7 +19,7 @@ from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.history import History, RunState, new_run
 from reconciler.index import IndexResult, index_channel
-from reconciler.lock import channel_lock
+from reconciler.lock import LockTimeout, channel_lock
 from reconciler.mirror.download import download_all
 from reconciler.mirror.resolve import ResolvedMirrors
 from reconciler.plan import ChannelPlan, Plan
@@ -132,8 +132,13 @@ def apply_channel(
     lock_timeout: float,
     config_dir: Path | None = None,
     only_mirrors: set[str] | None = None,
+    wait: bool = True,
 ) -> ChannelReport:
-    """Converge one channel; failures are recorded, not raised."""
+    """Converge one channel; failures are recorded, not raised.
+
+    A channel locked by another run is ``skipped`` (recorded with the holder)
+    unless ``wait``, when the lock timeout raises.
+    """
     path = Path(channel.path)
     report = ChannelReport(name=channel.name, path=str(path), state="completed")
     unreadable = any(w.startswith("skipping ") for w in planned.warnings)
@@ -144,89 +149,125 @@ def apply_channel(
     started = time.monotonic()
     path.mkdir(parents=True, exist_ok=True)
     history = History(path)
-    with channel_lock(path, timeout=lock_timeout, command="reconcile apply"):
-        run = history.append(
-            new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
+    try:
+        lock = channel_lock(path, timeout=lock_timeout, command="reconcile apply")
+        lock.__enter__()
+    except LockTimeout as exc:
+        if wait:
+            raise
+        # Another run holds the channel: this one is skipped, not failed.
+        skipped = new_run(
+            channel.name, None, config_digest=plan.config_digest, revision=plan.revision
         )
-        report.run_id = run.run_id
-        run = history.transition(run, "running")
-        mirror_runs = {
-            m.name: history.transition(
-                history.append(
-                    new_run(
-                        channel.name,
-                        m.name,
-                        config_digest=plan.config_digest,
-                        revision=plan.revision,
-                    )
-                ),
-                "running",
-            )
-            for m in channel.mirrors
-            if only_mirrors is None or m.name in only_mirrors
-        }
-        mirrors: ResolvedMirrors | None = None
-        try:
-            mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors)
-            if mirrors is not None:
-                # Files go in place before any published index names them.
-                _download(path, mirrors, report)
-            result = index_channel(
-                path,
-                options=channel.index,
-                patches=channel.patches,
-                subdirs=channel.served_subdirs,
-                channel_name=channel.name,
-                filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
-                mirrored=mirrors.records if mirrors else None,
-                upstream_removed=mirrors.removed if mirrors else None,
-            )
-            if mirrors is not None:
-                # ...and are deleted only once the published index stopped naming them.
-                _prune(path, mirrors, report)
-            for action in planned.actions:
-                where = f"{action.subdir}/{action.filename}"
-                if action.kind == "add":
-                    report.added.append(where)
-                elif action.kind == "update":
-                    report.updated.append(where)
-                elif action.kind == "remove":
-                    report.removed.append(where)
-            report.written = sorted(
-                [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
-            )
-            report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
-            state = _update_state(channel, result, plan, mirrors)
-            report.serial = state.serial
-        except (ReconcileError, OSError) as exc:
-            message = exc.message if isinstance(exc, ReconcileError) else str(exc)
-            report.state = "failed"
-            report.failures.append(message)
-            report.duration_s = round(time.monotonic() - started, 3)
-            history.transition(run, "failed", error=message)
-            for mirror_run in mirror_runs.values():
-                history.transition(mirror_run, "failed", error=message)
-            log.error("channel %s: %s", channel.name, message)
-            return report
+        history.transition(skipped, "skipped", error=exc.message)
+        report.state = "skipped"
+        report.failures = []
+        log.warning("channel %s skipped: %s", channel.name, exc.message)
+        return report
+    try:
+        return _apply_locked(
+            channel, index, planned, plan, config_dir, only_mirrors, history, report, started
+        )
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _apply_locked(
+    channel: Channel,
+    index: int,
+    planned: ChannelPlan,
+    plan: Plan,
+    config_dir: Path | None,
+    only_mirrors: set[str] | None,
+    history: History,
+    report: ChannelReport,
+    started: float,
+) -> ChannelReport:
+    path = Path(channel.path)
+    not_due = {m.name for m in planned.mirrors if not m.due}
+    # The caller holds the channel lock.
+    run = history.append(
+        new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
+    )
+    report.run_id = run.run_id
+    run = history.transition(run, "running")
+    mirror_runs = {
+        m.name: history.transition(
+            history.append(
+                new_run(
+                    channel.name,
+                    m.name,
+                    config_digest=plan.config_digest,
+                    revision=plan.revision,
+                )
+            ),
+            "running",
+        )
+        for m in channel.mirrors
+        if (only_mirrors is None or m.name in only_mirrors) and m.name not in not_due
+    }
+    mirrors: ResolvedMirrors | None = None
+    try:
+        mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors, not_due)
+        if mirrors is not None:
+            # Files go in place before any published index names them.
+            _download(path, mirrors, report)
+        result = index_channel(
+            path,
+            options=channel.index,
+            patches=channel.patches,
+            subdirs=channel.served_subdirs,
+            channel_name=channel.name,
+            filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
+            mirrored=mirrors.records if mirrors else None,
+            upstream_removed=mirrors.removed if mirrors else None,
+        )
+        if mirrors is not None:
+            # ...and are deleted only once the published index stopped naming them.
+            _prune(path, mirrors, report)
+        for action in planned.actions:
+            where = f"{action.subdir}/{action.filename}"
+            if action.kind == "add":
+                report.added.append(where)
+            elif action.kind == "update":
+                report.updated.append(where)
+            elif action.kind == "remove":
+                report.removed.append(where)
+        report.written = sorted(
+            [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
+        )
+        report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
+        state = _update_state(channel, result, plan, mirrors)
+        report.serial = state.serial
+    except (ReconcileError, OSError) as exc:
+        message = exc.message if isinstance(exc, ReconcileError) else str(exc)
+        report.state = "failed"
+        report.failures.append(message)
         report.duration_s = round(time.monotonic() - started, 3)
-        error = None
-        if report.failures:
-            # What worked is published and kept; the run still did not do everything.
-            report.state = "failed"
-            error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
-        final: RunState = "failed" if error else "completed"
+        history.transition(run, "failed", error=message)
+        for mirror_run in mirror_runs.values():
+            history.transition(mirror_run, "failed", error=message)
+        log.error("channel %s: %s", channel.name, message)
+        return report
+    report.duration_s = round(time.monotonic() - started, 3)
+    error = None
+    if report.failures:
+        # What worked is published and kept; the run still did not do everything.
+        report.state = "failed"
+        error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
+    final: RunState = "failed" if error else "completed"
 
-        def counts(source: str | None) -> dict[str, int]:
-            chosen = [a for a in planned.actions if source is None or a.source == source]
-            return {
-                "added": sum(1 for a in chosen if a.kind == "add"),
-                "updated": sum(1 for a in chosen if a.kind == "update"),
-                "removed": sum(1 for a in chosen if a.kind == "remove"),
-            }
+    def counts(source: str | None) -> dict[str, int]:
+        chosen = [a for a in planned.actions if source is None or a.source == source]
+        return {
+            "added": sum(1 for a in chosen if a.kind == "add"),
+            "updated": sum(1 for a in chosen if a.kind == "update"),
+            "removed": sum(1 for a in chosen if a.kind == "remove"),
+        }
 
-        history.transition(run, final, error=error, bytes=report.bytes, **counts(None))
-        for name, mirror_run in mirror_runs.items():
-            history.transition(mirror_run, final, error=error, **counts(name))
+    history.transition(run, final, error=error, bytes=report.bytes, **counts(None))
+    for name, mirror_run in mirror_runs.items():
+        history.transition(mirror_run, final, error=error, **counts(name))
     return report
 
 
@@ -237,6 +278,8 @@ def apply(
     channels: Sequence[str] | None = None,
     mirrors: Sequence[str] | None = None,
     lock_timeout: float = 0.0,
+    run_now: bool = False,
+    wait: bool = True,
 ) -> tuple[Plan, ApplyReport]:
     """Plan (or check the saved plan), then converge every channel with changes."""
     started = _utc_now()
@@ -245,7 +288,7 @@ def apply(
     if saved_plan is not None:
         saved = Plan.load(saved_plan)
         names = names or [c.name for c in saved.channels]
-    fresh = make_plan(loaded, names or None, mirrors)
+    fresh = make_plan(loaded, names or None, mirrors, run_now)
     if saved is not None:
         check_not_stale(saved, fresh)
     config = loaded.config
@@ -262,6 +305,7 @@ def apply(
                     lock_timeout,
                     loaded.base_dir,
                     mirror_selection(loaded, mirrors),
+                    wait,
                 )
             )
     if any(r.state == "failed" or r.failures for r in reports):

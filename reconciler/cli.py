@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
     p.add_argument("--full", action="store_true", help="list every action, even in long plans")
+    p.add_argument("--run-now", action="store_true", help="plan mirrors as if they were due")
 
     p = add("apply", "converge the channels to the configuration", _run("cmd_apply"))
     p.add_argument("plan_file", nargs="?", type=Path, metavar="PLAN", help="a saved plan")
@@ -123,11 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
     p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a channel another run has locked (up to --lock-timeout), "
+        "instead of recording this run as skipped",
+    )
+    p.add_argument(
         "--lock-timeout",
         type=float,
-        default=0.0,
+        default=600.0,
         metavar="SECONDS",
-        help="wait this long for a channel locked by another run (default: fail at once)",
+        help="with --wait: give up (exit 1) after this long (default: 600)",
     )
 
     p = add("status", "show channels and mirrors, last runs and drift", _run("cmd_status"))

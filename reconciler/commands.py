@@ -26,7 +26,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.planner import make_plan
 
     loaded = _load(args, require_env=False)
-    plan = make_plan(loaded, args.channel, args.mirror)
+    plan = make_plan(loaded, args.channel, args.mirror, args.run_now)
     if args.out:
         from reconciler.storage import write_atomic
 
@@ -53,12 +53,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
         saved_plan=args.plan_file,
         channels=args.channel,
         mirrors=args.mirror,
-        lock_timeout=args.lock_timeout,
+        lock_timeout=args.lock_timeout if args.wait else 0.0,
+        run_now=args.run_now,
+        wait=args.wait,
     )
     if plan.has_changes:
         print_plan(plan, full=False, colour=sys.stdout.isatty())
         print()
     for channel in report.channels:
+        if channel.state == "skipped":
+            print(f"skipped channel {channel.name}: locked by another run", file=sys.stderr)
         for failure in channel.failures:
             print(f"error: {channel.name}: {failure}", file=sys.stderr)
     print(report.summary())

@@ -14,7 +14,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,10 @@ FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped"})
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # The schedule's clock, so RECONCILE_NOW rehearsals keep a consistent history.
+    from reconciler.schedule import now
+
+    return now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,16 @@ class Action(_Model):
         return {"add": "+", "update": "~", "remove": "-", "reindex": "~"}[self.kind]
 
 
+class MirrorStatus(_Model):
+    name: str
+    due: bool = Field(description="runs in this apply")
+    reason: str = Field(description="why it is due or not")
+    scheduled: bool = Field(description="has a schedule (a due run is work to do)")
+    last_run: str | None = Field(None, description="start of the last started run (UTC)")
+    next_due: str | None = Field(None, description="next fire time of the schedule (UTC)")
+    warning: str | None = None
+
+
 class ChannelPlan(_Model):
     name: str
     path: str
@@ -52,13 +62,19 @@ class ChannelPlan(_Model):
     )
     actions: list[Action] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    mirrors: list[MirrorStatus] = Field(default_factory=list)
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind == kind)
 
     @property
+    def due_runs(self) -> list[str]:
+        """Scheduled mirrors due now: their run is recorded even if nothing changes."""
+        return [m.name for m in self.mirrors if m.due and m.scheduled]
+
+    @property
     def has_changes(self) -> bool:
-        return self.create or bool(self.actions)
+        return self.create or bool(self.actions) or bool(self.due_runs)
 
 
 class Plan(_Model):
@@ -90,6 +106,9 @@ class Plan(_Model):
             and not any(b.subdir == a.subdir and b.kind != "reindex" for b in c.actions)
         )
         change += sum(1 for c in self.channels if c.create and not c.actions)
+        due = sum(len(c.due_runs) for c in self.channels)
+        if due and not (add or change or remove):
+            return f"Plan: 0 to add, 0 to change, 0 to remove; {due} scheduled mirror run(s) due."
         return f"Plan: {add} to add, {change} to change, {remove} to remove."
 
     def to_json(self) -> str:

@@ -52,7 +52,7 @@ def render_text(plan: Plan, *, full: bool = False) -> list[str]:
     """Plain lines; :func:`print_plan` adds colour on a terminal."""
     lines: list[str] = []
     for channel in plan.channels:
-        if not channel.has_changes and not channel.warnings:
+        if not channel.has_changes and not channel.warnings and not channel.mirrors:
             continue
         header = f"channel {channel.name} ({channel.path})"
         if channel.create:
@@ -60,6 +60,10 @@ def render_text(plan: Plan, *, full: bool = False) -> list[str]:
         lines.append(header)
         for warning in channel.warnings:
             lines.append(f"  warning: {warning}")
+        for mirror in channel.mirrors:
+            state = "due" if mirror.due else "not due"
+            last = f"; last run {mirror.last_run}" if mirror.last_run else "; never run"
+            lines.append(f"  mirror {mirror.name}: {state} ({mirror.reason}{last})")
         for subdir, block in _subdir_blocks(channel, full):
             lines.append(f"  {subdir or '(channel)'}")
             lines.extend(f"    {line}" for line in block)

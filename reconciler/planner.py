@@ -26,9 +26,12 @@ from deepdiff import DeepDiff
 from reconciler.config import Channel, LoadedConfig
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
+from reconciler.history import History
 from reconciler.index import IndexResult, SubdirResult, index_channel
 from reconciler.mirror.resolve import ResolvedMirrors, resolve_mirrors
-from reconciler.plan import Action, ChannelPlan, Plan
+from reconciler.plan import Action, ChannelPlan, MirrorStatus, Plan
+from reconciler.schedule import due, overlap_warning, parse_time
+from reconciler.schedule import now as clock
 from reconciler.state import ChannelState
 
 # Fields that say nothing about the package itself: a change in them alone is
@@ -282,12 +285,48 @@ class ChannelPlanning:
 
 
 def resolve_channel_mirrors(
-    channel: Channel, index: int, config_dir: Path | None, only: set[str] | None = None
+    channel: Channel,
+    index: int,
+    config_dir: Path | None,
+    only: set[str] | None = None,
+    not_due: set[str] | None = None,
 ) -> ResolvedMirrors | None:
     if not channel.mirrors:
         return None
     inventory = ChannelState.load(Path(channel.path), channel.name).files
-    return resolve_mirrors(channel, index, inventory, config_dir=config_dir, only=only)
+    return resolve_mirrors(
+        channel, index, inventory, config_dir=config_dir, only=only, not_due=not_due
+    )
+
+
+def mirror_schedules(
+    channel: Channel, run_now: bool | set[str] = False, at: datetime | None = None
+) -> list[MirrorStatus]:
+    """Whether each mirror of the channel is due, from its schedule and its history."""
+    at = at or clock()
+    history = History(Path(channel.path))
+    statuses = []
+    for mirror in channel.mirrors:
+        last = history.last_run(mirror.name, started_only=True)
+        last_started = parse_time(last.started) if last else None
+        status = due(mirror.schedule, last_started, at)
+        forced = run_now is True or (isinstance(run_now, set) and mirror.name in run_now)
+        duration = None
+        if last and last.finished and last_started:
+            finished = parse_time(last.finished)
+            duration = finished - last_started if finished else None
+        statuses.append(
+            MirrorStatus(
+                name=mirror.name,
+                due=status.due or forced,
+                reason="run now (--run-now)" if forced and not status.due else status.reason,
+                scheduled=bool(mirror.schedule) and (status.due or forced),
+                last_run=last.started if last else None,
+                next_due=status.next_due.isoformat() if status.next_due else None,
+                warning=overlap_warning(mirror.schedule, duration, at),
+            )
+        )
+    return statuses
 
 
 def plan_channel(
@@ -295,12 +334,17 @@ def plan_channel(
     index: int,
     config_dir: Path | None = None,
     mirrors: set[str] | None = None,
+    run_now: bool | set[str] = False,
 ) -> ChannelPlanning:
     """The plan for one channel of the configuration (``index`` is its position)."""
     path = Path(channel.path)
     create = not path.exists()
     top = observed_digests(path, [])
-    resolved = resolve_channel_mirrors(channel, index, config_dir, mirrors)
+    statuses = [
+        s for s in mirror_schedules(channel, run_now) if mirrors is None or s.name in mirrors
+    ]
+    not_due = {s.name for s in statuses if not s.due}
+    resolved = resolve_channel_mirrors(channel, index, config_dir, mirrors, not_due)
     result = index_channel(
         path,
         options=channel.index,
@@ -362,7 +406,8 @@ def plan_channel(
         create=create,
         observed=observed,
         actions=actions,
-        warnings=warnings,
+        warnings=warnings + [f"mirror {s.name}: {s.warning}" for s in statuses if s.warning],
+        mirrors=statuses,
     )
     return ChannelPlanning(plan, result, resolved)
 
@@ -385,8 +430,13 @@ def make_plan(
     loaded: LoadedConfig,
     channels: Sequence[str] | None = None,
     mirrors: Sequence[str] | None = None,
+    run_now: bool = False,
 ) -> Plan:
-    """Plan every channel of the configuration, or only those named."""
+    """Plan every channel of the configuration, or only those named.
+
+    ``run_now`` runs mirrors regardless of their schedule: all of them, or with
+    ``mirrors`` given, those.
+    """
     config = loaded.config
     wanted = set(channels or [])
     unknown = wanted - {c.name for c in config.channels}
@@ -397,7 +447,7 @@ def make_plan(
         )
     only = mirror_selection(loaded, mirrors)
     plans = [
-        plan_channel(channel, i, loaded.base_dir, only).plan
+        plan_channel(channel, i, loaded.base_dir, only, (only or True) if run_now else False).plan
         for i, channel in enumerate(config.channels)
         if not wanted or channel.name in wanted
     ]

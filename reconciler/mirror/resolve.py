@@ -40,6 +40,7 @@ class Download:
 class ResolvedMirror:
     mirror: Mirror
     upstream: Upstream
+    run: bool = True  # False: not due; its records stay as last fetched, nothing is fetched
     selection: Selection = field(default_factory=Selection)
     not_modified: bool = True  # every subdir answered 304 (or came from disk unchanged)
 
@@ -79,6 +80,7 @@ def resolve_mirrors(
     *,
     config_dir: Path | None = None,
     only: set[str] | None = None,
+    not_due: set[str] | None = None,
 ) -> ResolvedMirrors:
     """Resolve the channel's mirrors (or those in ``only``) against their upstreams.
 
@@ -93,14 +95,16 @@ def resolve_mirrors(
         if only is not None and mirror.name not in only:
             continue
         upstream = make_upstream(channel, mirror, config_dir)
-        state = ResolvedMirror(mirror, upstream)
+        state = ResolvedMirror(mirror, upstream, run=mirror.name not in (not_due or set()))
         resolved.mirrors.append(state)
         records: dict[str, dict[str, dict[str, Any]]] = {}
         for subdir in channel.mirror_subdirs(mirror):
             if subdir not in served:
                 continue
             try:
-                fetched = upstream.fetch_repodata(subdir)
+                # A mirror that is not due keeps what it published: its last copy.
+                kept = None if state.run else upstream.cached_repodata(subdir)
+                fetched = kept or upstream.fetch_repodata(subdir)
             except NotFound as exc:
                 if subdir == "noarch":
                     raise ReconcileError(
@@ -152,12 +156,19 @@ def resolve_mirrors(
 def _plan_files(channel: Channel, resolved: ResolvedMirrors, inventory: Mapping[str, Any]) -> None:
     root = Path(channel.path)
     modes = {m.mirror.name: m.mirror for m in resolved.mirrors}
+    running = {m.mirror.name for m in resolved.mirrors if m.run}
+    missing: list[tuple[str, str]] = []
     for subdir, records in sorted(resolved.records.items()):
         for filename, entry in sorted(records.items()):
             mirror = modes[entry.mirror]
+            path = root / subdir / filename
+            if mirror.mode == "active" and entry.mirror not in running:
+                # Not due: nothing is fetched, so nothing may be published without its file.
+                if not path.is_file():
+                    missing.append((subdir, filename))
+                continue
             if mirror.mode != "active":
                 continue
-            path = root / subdir / filename
             known = inventory.get(f"{subdir}/{filename}")
             sha256 = entry.record.get("sha256")
             size = entry.record.get("size")
@@ -175,10 +186,12 @@ def _plan_files(channel: Channel, resolved: ResolvedMirrors, inventory: Mapping[
                     str(sha256) if sha256 else None,
                 )
             )
+    for subdir, filename in missing:
+        del resolved.records[subdir][filename]
     wanted = {(s, f) for s, records in resolved.records.items() for f in records}
     for key, known in sorted(inventory.items()):
         source = getattr(known, "source", "local")
-        if source not in modes or not modes[source].prune:
+        if source not in running or not modes[source].prune:
             continue
         subdir, _, filename = key.partition("/")
         if (subdir, filename) not in wanted:

@@ -28,7 +28,7 @@ import zstandard
 
 from reconciler.conda.repodata import load_repodata
 from reconciler.errors import ReconcileError
-from reconciler.storage import TEMP_PREFIX, write_atomic
+from reconciler.storage import TEMP_PREFIX, write_atomic, write_if_changed
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,24 @@ class Upstream:
         for name in ("repodata.json.zst", "repodata.json"):
             path = folder / name
             if path.is_file():
-                data = path.read_bytes()
-                if name.endswith(".zst"):
-                    data = _unzstd(data, str(path))
-                return FetchedRepodata(load_repodata(data, str(path)), str(path), False)
+                body = path.read_bytes()
+                data = _unzstd(body, str(path)) if name.endswith(".zst") else body
+                repodata = load_repodata(data, str(path))
+                # Kept like an HTTP body, so a mirror that is not due can use it.
+                cached, _ = self._cache_paths(subdir, name)
+                unchanged = not write_if_changed(cached, body)
+                return FetchedRepodata(repodata, str(path), unchanged)
         raise NotFound(f"{folder / 'repodata.json'}: not found")
+
+    def cached_repodata(self, subdir: str) -> FetchedRepodata | None:
+        """The copy kept from the last fetch, without asking the upstream (None: none kept)."""
+        for name in ("repodata.json.zst", "repodata.json"):
+            body_path, _ = self._cache_paths(subdir, name)
+            if body_path.is_file():
+                body = body_path.read_bytes()
+                data = _unzstd(body, str(body_path)) if name.endswith(".zst") else body
+                return FetchedRepodata(load_repodata(data, str(body_path)), str(body_path), True)
+        return None
 
     def _cache_paths(self, subdir: str, name: str) -> tuple[Path, Path]:
         base = self.state_dir / subdir
