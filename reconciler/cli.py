@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler import __version__
-from reconciler.errors import ExitCode, NotImplementedYet, ReconcileError
+from reconciler.errors import ExitCode, ReconcileError
 
 log = logging.getLogger("reconciler")
 
@@ -154,7 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks one)")
 
-    add("watch", "re-plan on config change and run due schedules", _not_implemented("watch"))
+    p = add(
+        "watch",
+        "apply on config changes, re-index dropped packages, run due mirrors",
+        _run("cmd_watch"),
+    )
+    p.add_argument("--once", action="store_true", help="handle one burst of changes, then exit")
+    p.add_argument(
+        "--debounce", type=float, default=2.0, metavar="SECONDS", help="quiet time (default: 2)"
+    )
+    p.add_argument(
+        "--tick", type=float, default=60.0, metavar="SECONDS", help="apply at least this often"
+    )
     return parser
 
 
@@ -165,13 +176,6 @@ def _run(name: str) -> Command:
         from reconciler import commands
 
         return int(getattr(commands, name)(args))
-
-    return run
-
-
-def _not_implemented(name: str) -> Command:
-    def run(args: argparse.Namespace) -> int:
-        raise NotImplementedYet(name)
 
     return run
 

@@ -208,3 +208,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = _load(args, require_env=False)
     serve(loaded, args.host, args.port)
     return ExitCode.OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from reconciler.watch import Watcher
+
+    watcher = Watcher(Path(args.config), debounce=args.debounce, tick=args.tick)
+    watcher.install_signal_handlers()
+    watcher.run(once=args.once, wait=args.debounce * 5 if args.once else None)
+    return ExitCode.OK

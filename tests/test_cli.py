@@ -51,13 +51,6 @@ def test_schema_matches_committed_file(capsys: pytest.CaptureFixture[str]) -> No
     )
 
 
-@pytest.mark.parametrize("command", ["watch"])
-def test_unimplemented_commands_say_so(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    args = [command, "numpy"] if command == "explain" else [command]
-    assert cli.main(args) == ExitCode.ERROR
-    assert "not implemented yet" in capsys.readouterr().err
-
-
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [
         "validate", "schema", "index", "plan", "apply", "status",
