@@ -60,6 +60,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if plan.has_changes:
         print_plan(plan, full=False, colour=sys.stdout.isatty())
         print()
+    for planned in plan.channels:
+        for mirror in planned.mirrors:
+            if not mirror.due:
+                print(f"skipped mirror {planned.name}/{mirror.name}: not due ({mirror.reason})")
     for channel in report.channels:
         if channel.state == "skipped":
             print(f"skipped channel {channel.name}: locked by another run", file=sys.stderr)

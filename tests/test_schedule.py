@@ -78,7 +78,11 @@ def test_missed_window_runs_once_and_run_now_runs_at_once(
     assert len(daily_runs(project)) == 1
     later = T0 + timedelta(days=3, hours=12)  # three fire times missed
     apply_at(project, later, monkeypatch)
+    capsys.readouterr()
     apply_at(project, later + timedelta(minutes=15), monkeypatch)
+    assert "skipped mirror chan/daily: not due (next run at 2026-03-05T03:17:00+00:00)" in (
+        capsys.readouterr().out
+    )
     assert len(daily_runs(project)) == 2
     capsys.readouterr()
     monkeypatch.setenv("RECONCILE_NOW", (later + timedelta(minutes=30)).isoformat())
