@@ -418,3 +418,59 @@ def test_explain_agrees_with_the_plan(project: Project, served: tuple[str, dict[
     assert explained == published
     code, _, err = project.run("explain", ">>>")
     assert code == ExitCode.ERROR and "neither a package filename nor a match spec" in err
+
+
+ALL_LINUX = sorted(f"{spec.stem}{fmt}" for spec, fmt in UPSTREAM if spec.subdir == "linux-64")
+FILTER_CASES = {
+    "name": ("{include: [{name: 'zlib'}]}", ["zlib-1.2.13-0.tar.bz2", "zlib-1.3.1-0.conda"]),
+    "version": (
+        "{include: [{name: numpy, version: '>=1.26'}]}",
+        ["numpy-1.26.0-0.conda", "numpy-1.26.4-0.conda"],
+    ),
+    "build": (
+        "{include: [{name: 'num*', build: '0'}], exclude: [{build: 'x*'}]}",
+        [
+            "numpy-1.25.0-0.conda",
+            "numpy-1.26.0-0.conda",
+            "numpy-1.26.4-0.conda",
+        ],
+    ),
+    "spec": ("{include: [{spec: 'numpy >=1.26.1'}]}", ["numpy-1.26.4-0.conda"]),
+    "license": (
+        "{exclude: [{license: GPL}]}",
+        [n for n in ALL_LINUX if not n.startswith(("readline", "libgcc"))],
+    ),
+    "license_family": ("{include: [{license_family: GPL3}]}", ["readline-8.2-0.conda"]),
+    "subdir": ("{exclude: [{subdir: 'linux-*'}]}", []),
+    "date": ("{date: {after: 2024-01-01}}", []),
+    "latest": (
+        "{latest: 1}",
+        [
+            n
+            for n in ALL_LINUX
+            if n not in ("zlib-1.2.13-0.tar.bz2", "numpy-1.25.0-0.conda", "numpy-1.26.0-0.conda")
+        ],
+    ),
+    "combined": (
+        "{include: [{name: 'numpy'}, {name: 'zlib', version: '<1.3'}], "
+        "exclude: [{spec: 'numpy <1.26'}], latest: 2}",
+        ["numpy-1.26.0-0.conda", "numpy-1.26.4-0.conda", "zlib-1.2.13-0.tar.bz2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("level", ["channel", "mirror"])
+@pytest.mark.parametrize("key", sorted(FILTER_CASES))
+def test_each_filter_key_at_each_level(
+    project: Project, upstream: Path, level: str, key: str
+) -> None:
+    block, expected = FILTER_CASES[key]
+    if level == "mirror":
+        project.write(config(str(upstream), mode="passive", filters=f"filters: {block}"))
+    else:
+        project.write(config(str(upstream), mode="passive", channel_filters=f"filters: {block}"))
+    code, out, err = project.run("apply")
+    assert code == ExitCode.OK, out + err
+    assert project.names("linux-64") == sorted(expected)
+    if key == "subdir":
+        assert project.names("noarch") == ["tqdm-4.66-0.conda"]
