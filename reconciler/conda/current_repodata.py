@@ -1,76 +1,124 @@
 """``current_repodata.json``: the newest of everything plus what it needs.
 
 conda reads it first for a fast solve and falls back to ``repodata.json`` when
-the solve fails. The selection follows conda-index:
+the solve fails. The selection follows conda-index's ``build_current_repodata``:
 
-1. every build of the newest version of each name (conda version order, never
-   string order), and of the newest version matching each pin of
-   ``current_index_versions``;
-2. for a name whose kept records all carry features, the newest earlier
-   version without features as well;
+1. every build of the newest version of each name (conda version order via
+   py-rattler, never string order; a version equal in conda's order, such as
+   ``1.10.0`` for ``1.10``, counts as the same version; conda-index's
+   ``name=version`` query is a prefix match that also takes ``1.10a1``), and of the newest
+   version matching each pin of ``current_index_versions`` (``3.11`` means the
+   ``3.11.*`` series, as conda-index's ``python=3.11`` does);
+2. for a name whose kept records carry features, the newest record without
+   features that is no newer than them. conda-index does this last; as every
+   name's newest version is kept from the start, doing it first picks the same;
 3. for each dependency that no kept record satisfies, every build of the
-   newest version that does. conda-index does this once; we repeat it until
-   nothing is missing, so the file is self-consistent.
+   newest version that does. conda-index does this once, for the records of
+   step 1; we repeat it until nothing is missing, so the file is self-consistent.
 
-When both formats of one package are kept, only the ``.conda`` is listed.
+A ``.tar.bz2`` whose ``.conda`` twin exists is left out before selecting, as
+conda itself does when it reads repodata. Records whose version cannot be parsed
+are never selected. Unlike conda-index, ``legacy_bz2_md5`` is not added to the
+``.conda`` records: they are shared with repodata.json and must stay as they are.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import rattler
 
 from reconciler.conda.repodata import REPODATA_VERSION
 
+_SECTIONS = ("packages", "packages.conda")
 
-@dataclass(frozen=True)
-class _Candidate:
-    filename: str
-    section: str  # "packages" or "packages.conda"
-    name: str
-    version_text: str
-    version: rattler.Version
-    build: str
-    build_number: int
-    timestamp: int
-    has_features: bool
 
-    def key(self) -> tuple[rattler.Version, int, int]:
-        return (self.version, self.build_number, self.timestamp)
+def _build_matcher(pattern: str) -> Callable[[str], bool]:
+    """conda's build-string matching: ``^…$`` is a regex, ``*`` a glob, else exact."""
+    if pattern.startswith("^") and pattern.endswith("$"):
+        compiled = re.compile(pattern)
+    elif "*" in pattern:
+        compiled = re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
+    else:
+        return pattern.__eq__
+    return lambda build: compiled.match(build) is not None
+
+
+_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+    "=": operator.eq,
+}
+
+
+def _build_number_matcher(text: str) -> Callable[[int], bool] | None:
+    for symbol, compare in _COMPARISONS.items():
+        if text.startswith(symbol):
+            try:
+                wanted = int(text[len(symbol) :].strip())
+            except ValueError:
+                return None
+            return lambda number: compare(number, wanted)
+    try:
+        wanted = int(text)
+    except ValueError:
+        return None
+    return lambda number: number == wanted
 
 
 @dataclass(frozen=True)
 class Dependency:
+    """A parsed dependency: name, version spec, build string and build number.
+
+    Checks these four parts of a MatchSpec, which is all that ``depends`` entries
+    use in practice; channel, subdir and digest constraints are not checked.
+    """
+
     name: str
     version: rattler.VersionSpec | None
     build: str | None
+    build_number: str | None = None
+    _build_ok: Callable[[str], bool] | None = field(init=False, compare=False, repr=False)
+    _number_ok: Callable[[int], bool] | None = field(init=False, compare=False, repr=False)
 
-    def matches(self, candidate: _Candidate) -> bool:
-        if candidate.name != self.name:
+    def __post_init__(self) -> None:
+        # Compiled once per spec (parse_dependency is cached), used per record.
+        build_ok = _build_matcher(self.build) if self.build else None
+        number_ok = _build_number_matcher(self.build_number) if self.build_number else None
+        object.__setattr__(self, "_build_ok", build_ok)
+        object.__setattr__(self, "_number_ok", number_ok)
+
+    def matches_version(self, version: rattler.Version) -> bool:
+        return self.version is None or self.version.matches(version)
+
+    def matches_build(self, build: str, build_number: int) -> bool:
+        if self._build_ok is not None and not self._build_ok(build):
             return False
-        if self.version is not None and not self.version.matches(candidate.version):
-            return False
-        return self.build is None or fnmatch.fnmatchcase(candidate.build, self.build)
+        return self._number_ok is None or self._number_ok(build_number)
 
     def matches_record(self, record: Mapping[str, Any]) -> bool:
-        """The same test on a repodata record."""
-        if record.get("name") != self.name:
+        """Whether a repodata record satisfies this dependency."""
+        if str(record.get("name", "")).lower() != self.name:
             return False
         if self.version is not None:
             version = _parse_version(str(record.get("version", "")))
             if version is None or not self.version.matches(version):
                 return False
-        return self.build is None or fnmatch.fnmatchcase(str(record.get("build", "")), self.build)
+        return self.matches_build(str(record.get("build", "")), _as_int(record.get("build_number")))
 
 
 @functools.lru_cache(maxsize=65536)
 def parse_dependency(spec: str) -> Dependency | None:
-    """A dependency string as name + version spec + build glob (None if unparseable)."""
+    """A dependency string as a :class:`Dependency` (None if it cannot be parsed)."""
     try:
         match = rattler.MatchSpec(spec)
     except Exception:  # an unparseable dependency cannot be satisfied; ignore it
@@ -78,8 +126,15 @@ def parse_dependency(spec: str) -> Dependency | None:
     name = match.name.normalized if match.name is not None else None
     if not name:
         return None
-    version = rattler.VersionSpec(match.version) if match.version else None
-    return Dependency(name, version, match.build)
+    try:
+        version = rattler.VersionSpec(match.version) if match.version else None
+    except Exception:
+        return None
+    build = match.build if match.build and match.build != "*" else None
+    number = match.build_number or None
+    if number and _build_number_matcher(number) is None:
+        return None
+    return Dependency(name, version, build, number)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -90,9 +145,16 @@ def _parse_version(text: str) -> rattler.Version | None:
         return None
 
 
+def _as_int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _pin_spec(pin: str) -> rattler.VersionSpec | None:
     """A pin such as ``3.11`` means that version series (``3.11.*``); operators pass through."""
-    text = pin.strip()
+    text = str(pin).strip()
     if not any(op in text for op in "<>=!~*,|"):
         text = f"{text}.*"
     try:
@@ -101,11 +163,40 @@ def _pin_spec(pin: str) -> rattler.VersionSpec | None:
         return None
 
 
-def _candidates(repodata: Mapping[str, Any]) -> dict[str, list[_Candidate]]:
-    """Records grouped by name, newest first."""
+class _Candidate:
+    """One selectable record, with what ordering and matching need parsed once."""
+
+    __slots__ = ("build", "build_number", "filename", "has_features", "key", "record", "version")
+
+    def __init__(self, filename: str, record: Mapping[str, Any], version: rattler.Version):
+        self.filename = filename
+        self.record = record
+        self.version = version
+        self.build = str(record.get("build", ""))
+        self.build_number = _as_int(record.get("build_number"))
+        self.has_features = bool(record.get("features") or record.get("track_features"))
+        # conda's order within one name: version, build number, timestamp; the build
+        # string last only so that equal keys still sort the same way every time.
+        self.key = (version, self.build_number, _as_int(record.get("timestamp")), self.build)
+
+    def satisfies(self, dependency: Dependency) -> bool:
+        return dependency.matches_version(self.version) and dependency.matches_build(
+            self.build, self.build_number
+        )
+
+
+def _conda_twin(filename: str) -> str | None:
+    return filename[: -len(".tar.bz2")] + ".conda" if filename.endswith(".tar.bz2") else None
+
+
+def _groups(repodata: Mapping[str, Any]) -> dict[str, list[_Candidate]]:
+    """Selectable records by lower-cased name, newest first."""
+    conda: Mapping[str, Any] = repodata.get("packages.conda") or {}
     groups: dict[str, list[_Candidate]] = {}
-    for section in ("packages", "packages.conda"):
+    for section in _SECTIONS:
         for filename, record in (repodata.get(section) or {}).items():
+            if section == "packages" and _conda_twin(filename) in conda:
+                continue  # the .conda twin stands for both
             name = record.get("name")
             version_text = record.get("version")
             if not isinstance(name, str) or not isinstance(version_text, str):
@@ -113,26 +204,76 @@ def _candidates(repodata: Mapping[str, Any]) -> dict[str, list[_Candidate]]:
             version = _parse_version(version_text)
             if version is None:
                 continue
-            groups.setdefault(name, []).append(
-                _Candidate(
-                    filename=filename,
-                    section=section,
-                    name=name,
-                    version_text=version_text,
-                    version=version,
-                    build=str(record.get("build", "")),
-                    build_number=int(record.get("build_number") or 0),
-                    timestamp=int(record.get("timestamp") or 0),
-                    has_features=bool(record.get("features") or record.get("track_features")),
-                )
-            )
+            groups.setdefault(name.lower(), []).append(_Candidate(filename, record, version))
     for group in groups.values():
-        group.sort(key=_Candidate.key, reverse=True)
+        group.sort(key=lambda c: c.key, reverse=True)
     return groups
 
 
-def _same_version(group: list[_Candidate], version: rattler.Version) -> list[_Candidate]:
-    return [c for c in group if c.version == version]
+class _Selection:
+    """The kept records, grown until every dependency in this subdir is satisfied."""
+
+    def __init__(self, groups: dict[str, list[_Candidate]]) -> None:
+        self.groups = groups
+        self.kept: dict[str, list[_Candidate]] = {}
+        self._kept_files: set[str] = set()
+        self._pending: list[_Candidate] = []
+        # Specs whose outcome is final: satisfied ones stay satisfied (the selection
+        # only grows), and those nothing here satisfies never will be.
+        self._settled: set[str] = set()
+
+    def keep_version(self, name: str, version: rattler.Version) -> None:
+        """Keep every build of ``version`` of ``name``."""
+        for candidate in self.groups[name]:
+            if candidate.version == version:
+                self.keep(name, candidate)
+
+    def keep(self, name: str, candidate: _Candidate) -> None:
+        if candidate.filename not in self._kept_files:
+            self._kept_files.add(candidate.filename)
+            self.kept.setdefault(name, []).append(candidate)
+            self._pending.append(candidate)
+
+    def close(self) -> None:
+        """Add what the kept records need, until nothing is missing."""
+        # Which version fills a gap can depend on which dependency is seen first, so
+        # rounds go in filename order: the result never depends on dict order.
+        while self._pending:
+            batch = sorted(self._pending, key=lambda c: c.filename)
+            self._pending = []
+            for candidate in batch:
+                self._close_one(candidate)
+
+    def _close_one(self, candidate: _Candidate) -> None:
+        for spec in candidate.record.get("depends") or ():
+            if not isinstance(spec, str) or spec in self._settled:
+                continue
+            self._settled.add(spec)
+            dependency = parse_dependency(spec)
+            if dependency is None or dependency.name not in self.groups:
+                continue  # unparseable, or provided by another subdir (noarch)
+            name = dependency.name
+            if any(c.satisfies(dependency) for c in self.kept.get(name, ())):
+                continue
+            newest = next((c for c in self.groups[name] if c.satisfies(dependency)), None)
+            if newest is not None:  # else unsatisfiable here: the solver will say so
+                self.keep_version(name, newest.version)
+
+    def add_plain_builds(self) -> None:
+        """For names whose kept records carry features, keep a plain record too."""
+        for name, kept in list(self.kept.items()):
+            if not any(c.has_features for c in kept):
+                continue
+            newest = max(c.version for c in kept)
+            plain = next(
+                (c for c in self.groups[name] if c.version <= newest and not c.has_features),
+                None,
+            )
+            if plain is not None:
+                self.keep(name, plain)
+
+    def records(self) -> list[_Candidate]:
+        return [c for kept in self.kept.values() for c in kept]
 
 
 def build_current_repodata(
@@ -140,63 +281,34 @@ def build_current_repodata(
     repodata: Mapping[str, Any],
     pins: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """The current_repodata.json for one subdir's (patched) ``repodata``."""
-    groups = _candidates(repodata)
-    pins = pins or {}
-    kept: dict[str, set[_Candidate]] = {}
+    """The current_repodata.json for one subdir's (patched) ``repodata``.
+
+    ``pins`` maps a name to extra version series to keep (conda-index's
+    ``current_index_versions``, e.g. ``{"python": ["3.10", "3.11"]}``). Records
+    are shared with ``repodata``, not copied.
+    """
+    groups = _groups(repodata)
+    selection = _Selection(groups)
     for name, group in groups.items():
-        chosen = set(_same_version(group, group[0].version))
-        for pin in pins.get(name, ()):
+        selection.keep_version(name, group[0].version)
+    for pin_name, versions in (pins or {}).items():
+        name = pin_name.lower()
+        group = groups.get(name, [])
+        for pin in [versions] if isinstance(versions, str) else versions:
             spec = _pin_spec(pin)
-            match = next((c for c in group if spec is not None and spec.matches(c.version)), None)
-            if match is not None:
-                chosen.update(_same_version(group, match.version))
-        if all(c.has_features for c in chosen):
-            newest = max(c.version for c in chosen)
-            plain = next((c for c in group if c.version <= newest and not c.has_features), None)
-            if plain is not None:
-                chosen.add(plain)
-        kept[name] = chosen
+            match = next((c for c in group if spec and spec.matches(c.version)), None)
+            if match is not None:  # conda-index fails here; a pin ahead of the channel is fine
+                selection.keep_version(name, match.version)
+    selection.add_plain_builds()
+    selection.close()
 
-    records = {
-        c.filename: repodata[c.section][c.filename] for group in kept.values() for c in group
+    chosen = sorted(selection.records(), key=lambda c: c.filename)
+    result = {key: value for key, value in repodata.items() if key not in _SECTIONS}
+    result["info"] = dict(repodata.get("info") or {"subdir": subdir})
+    result["packages"] = {c.filename: c.record for c in chosen if c.filename.endswith(".tar.bz2")}
+    result["packages.conda"] = {
+        c.filename: c.record for c in chosen if c.filename.endswith(".conda")
     }
-    pending = list(records)
-    while pending:
-        additions: list[str] = []
-        for filename in pending:
-            record = records[filename]
-            for spec in record.get("depends") or ():
-                dependency = parse_dependency(spec) if isinstance(spec, str) else None
-                if dependency is None or dependency.name not in groups:
-                    continue  # unparseable, or provided by another subdir (noarch)
-                if any(dependency.matches(c) for c in kept.get(dependency.name, ())):
-                    continue
-                match = next((c for c in groups[dependency.name] if dependency.matches(c)), None)
-                if match is None:
-                    continue
-                for candidate in _same_version(groups[dependency.name], match.version):
-                    if candidate not in kept.setdefault(dependency.name, set()):
-                        kept[dependency.name].add(candidate)
-                        records[candidate.filename] = repodata[candidate.section][
-                            candidate.filename
-                        ]
-                        additions.append(candidate.filename)
-        pending = additions
-
-    packages: dict[str, Any] = {}
-    conda: dict[str, Any] = {}
-    for filename in sorted(records):
-        if filename.endswith(".conda"):
-            conda[filename] = records[filename]
-    for filename in sorted(records):
-        twin = filename[: -len(".tar.bz2")] + ".conda"
-        if filename.endswith(".tar.bz2") and twin not in conda:
-            packages[filename] = records[filename]
-    return {
-        "info": dict(repodata.get("info") or {"subdir": subdir}),
-        "packages": packages,
-        "packages.conda": conda,
-        "removed": list(repodata.get("removed") or []),
-        "repodata_version": REPODATA_VERSION,
-    }
+    result["removed"] = list(repodata.get("removed") or [])
+    result.setdefault("repodata_version", REPODATA_VERSION)
+    return result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bz2
+import io
+import json
 
 import pytest
 import zstandard
 
-from reconciler.conda.records import make_record
 from reconciler.conda.repodata import (
     build_repodata,
     compress_bz2,
@@ -18,13 +19,6 @@ from reconciler.conda.repodata import (
 from reconciler.errors import ReconcileError
 
 
-def test_make_record_drops_ignored_keys_keeps_unknown() -> None:
-    index = {"name": "a", "arch": "x86_64", "platform": "linux", "mtime": 1, "custom": [1]}
-    record = make_record(index, "m", "s", 3)
-    assert record == {"name": "a", "custom": [1], "md5": "m", "sha256": "s", "size": 3}
-    assert "arch" in index  # the input stays whole
-
-
 def test_build_repodata_splits_and_sorts() -> None:
     repodata = build_repodata(
         "noarch", {"b-1-0.conda": {"n": 2}, "a-1-0.tar.bz2": {"n": 1}, "a-1-0.conda": {"n": 3}}
@@ -32,8 +26,20 @@ def test_build_repodata_splits_and_sorts() -> None:
     assert list(repodata["packages.conda"]) == ["a-1-0.conda", "b-1-0.conda"]
     assert list(repodata["packages"]) == ["a-1-0.tar.bz2"]
     assert repodata["info"] == {"subdir": "noarch"} and repodata["repodata_version"] == 1
-    with pytest.raises(ValueError):
+    assert repodata["removed"] == []
+    assert repodata["packages.conda"]["b-1-0.conda"] == {"n": 2}
+    with pytest.raises(ValueError, match=r"a-1-0\.zip"):
         build_repodata("noarch", {"a-1-0.zip": {}})
+
+
+def test_empty_subdir_has_every_section() -> None:
+    assert json.loads(serialize_json(build_repodata("linux-64", {}))) == {
+        "info": {"subdir": "linux-64"},
+        "packages": {},
+        "packages.conda": {},
+        "removed": [],
+        "repodata_version": 1,
+    }
 
 
 def test_serialisation_is_deterministic_and_compressions_round_trip() -> None:
@@ -48,6 +54,21 @@ def test_serialisation_is_deterministic_and_compressions_round_trip() -> None:
     assert bz2.decompress(compress_bz2(one)) == one
 
 
+def test_serialisation_keeps_unicode_and_indents() -> None:
+    data = serialize_json({"about": "Zürich ☃", "n": [1]})
+    assert data == '{\n  "about": "Zürich ☃",\n  "n": [\n    1\n  ]\n}\n'.encode()
+
+
+@pytest.mark.parametrize("level", [1, 3, 19])
+def test_zst_frames_are_streamable_and_carry_their_size(level: int) -> None:
+    data = serialize_json({f"k{i}": list(range(i % 50)) for i in range(5000)})
+    compressed = compress_zst(data, level)
+    assert zstandard.get_frame_parameters(compressed).content_size == len(data)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed))
+    assert reader.read() == data
+    assert len(compressed) < len(data) // 5
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -56,6 +77,8 @@ def test_serialisation_is_deterministic_and_compressions_round_trip() -> None:
         (b'{"packages": []}', "'packages' is not a mapping"),
         (b'{"packages.conda": {"a-1-0.conda": 1}}', "'packages.conda' is not a mapping"),
         (b'{"removed": {}}', "'removed' is not a list"),
+        (b'{"info": []}', "'info' is not a mapping"),
+        (b"\xff\xfe", "not valid JSON"),
     ],
 )
 def test_load_repodata_names_the_source(data: bytes, message: str) -> None:
@@ -63,6 +86,11 @@ def test_load_repodata_names_the_source(data: bytes, message: str) -> None:
         load_repodata(data, "https://example.org/c/noarch/repodata.json")
     assert info.value.message.startswith("https://example.org/c/noarch/repodata.json: ")
     assert message in info.value.message
+
+
+def test_load_repodata_round_trips() -> None:
+    repodata = build_repodata("osx-arm64", {"a-1-0.conda": {"name": "a", "depends": ["b"]}})
+    assert load_repodata(serialize_json(repodata), "x") == repodata
 
 
 def test_load_repodata_fills_missing_sections() -> None:
