@@ -52,6 +52,14 @@ def redact(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class CachedBody:
+    body: bytes
+    content_type: str
+    url: str  # where it came from after redirects, redacted
+    not_modified: bool
+
+
+@dataclass(frozen=True)
 class FetchedRepodata:
     repodata: dict[str, Any]
     url: str  # redacted
@@ -174,8 +182,28 @@ class Upstream:
         return base / name, base / f"{name}.headers.json"
 
     def _http_repodata(self, subdir: str, name: str) -> FetchedRepodata:
-        url, shown = self.url(subdir, name), self.shown(subdir, name)
         body_path, headers_path = self._cache_paths(subdir, name)
+        shown = self.shown(subdir, name)
+        fetched = self.get_cached(
+            self.url(subdir, name), shown, body_path, headers_path, MAX_REPODATA_BYTES
+        )
+        data = _unzstd(fetched.body, shown) if name.endswith(".zst") else fetched.body
+        return FetchedRepodata(load_repodata(data, shown), shown, fetched.not_modified)
+
+    def get_cached(
+        self,
+        url: str,
+        shown: str,
+        body_path: Path,
+        headers_path: Path,
+        limit: int,
+        accept: str | None = None,
+    ) -> CachedBody:
+        """GET ``url`` with a conditional-request cache kept at ``body_path``.
+
+        A ``304`` returns the kept body; a complete ``200`` replaces the kept copy.
+        Raises :class:`NotFound` on 404.
+        """
         cached_headers: dict[str, str] = {}
         if body_path.is_file():
             try:
@@ -185,6 +213,8 @@ class Upstream:
 
         def attempt() -> tuple[int, bytes, dict[str, str]]:
             headers = {}
+            if accept:
+                headers["Accept"] = accept
             if cached_headers.get("etag"):
                 headers["If-None-Match"] = cached_headers["etag"]
             if cached_headers.get("last-modified"):
@@ -198,32 +228,32 @@ class Upstream:
             with response:
                 if response.status_code == 404:
                     raise NotFound(f"{shown}: not found (404)")
-                if response.status_code == 304:
+                if response.status_code == 304 and body_path.is_file():
                     return 304, b"", {}
                 if response.status_code >= 500:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise UpstreamError(f"{shown}: HTTP {response.status_code}")
-                body = _read_body(response, MAX_REPODATA_BYTES)
+                body = _read_body(response, limit)
                 kept = {
                     k: response.headers[k]
-                    for k in ("etag", "last-modified")
+                    for k in ("etag", "last-modified", "content-type")
                     if k in response.headers
                 }
+                kept["url"] = redact(response.url)
                 return 200, body, kept
 
         status, body, headers = self._retrying(shown, attempt)
         if status == 304:
-            body = body_path.read_bytes()
-            not_modified = True
-        else:
-            not_modified = False
-        data = _unzstd(body, shown) if name.endswith(".zst") else body
-        repodata = load_repodata(data, shown)
-        if status == 200:
-            write_atomic(body_path, body)
-            write_atomic(headers_path, orjson.dumps(headers))
-        return FetchedRepodata(repodata, shown, not_modified)
+            return CachedBody(
+                body_path.read_bytes(),
+                cached_headers.get("content-type", ""),
+                cached_headers.get("url", shown),
+                True,
+            )
+        write_atomic(body_path, body)
+        write_atomic(headers_path, orjson.dumps(headers))
+        return CachedBody(body, headers.get("content-type", ""), headers.get("url", shown), False)
 
     # -- files -------------------------------------------------------------------------
 
@@ -235,7 +265,19 @@ class Upstream:
         Returns the bytes written. On any mismatch the temporary file is removed,
         ``target`` is left as it was, and :class:`UpstreamError` names the file.
         """
-        shown = self.shown(subdir, filename)
+        if self.local_root is not None:
+            location = str(self.local_root / subdir / filename)
+        else:
+            location = self.url(subdir, filename)
+        return self.download_url(location, self.shown(subdir, filename), target, size, sha256)
+
+    def download_url(
+        self, location: str, shown: str, target: Path, size: int | None, sha256: str | None
+    ) -> int:
+        """Fetch ``location`` (an http(s) URL or a local path) into ``target``, verified.
+
+        ``shown`` is what messages say instead of the (possibly secret) location.
+        """
         tmp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}")
 
         def attempt() -> int:
@@ -243,7 +285,7 @@ class Upstream:
             written = 0
             try:
                 with tmp.open("wb") as out:
-                    for chunk in self._chunks(subdir, filename, shown, size):
+                    for chunk in self._chunks(location, shown):
                         written += len(chunk)
                         if size is not None and written > size:
                             raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
@@ -254,7 +296,7 @@ class Upstream:
                 if sha256 and digest.hexdigest() != sha256:
                     raise UpstreamError(
                         f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})",
-                        hint="the upstream file does not match its repodata; nothing was replaced",
+                        hint="the upstream file does not match its index; nothing was replaced",
                     )
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -265,20 +307,17 @@ class Upstream:
         result: int = self._retrying(shown, attempt)
         return result
 
-    def _chunks(self, subdir: str, filename: str, shown: str, size: int | None) -> Any:
-        if self.local_root is not None:
-            path = self.local_root / subdir / filename
+    def _chunks(self, location: str, shown: str) -> Any:
+        if not location.lower().startswith(("http://", "https://")):
             try:
-                with path.open("rb") as handle:
+                with open(location, "rb") as handle:
                     while chunk := handle.read(CHUNK):
                         yield chunk
             except FileNotFoundError:
-                raise UpstreamError(f"{path}: not found upstream") from None
+                raise UpstreamError(f"{location}: not found upstream") from None
             return
         try:
-            response = self.session.get(
-                self.url(subdir, filename), timeout=self.timeout, stream=True
-            )
+            response = self.session.get(location, timeout=self.timeout, stream=True)
         except requests.RequestException as exc:
             raise _Retryable(_describe(exc)) from None
         with response:
