@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import orjson
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 # Repodata bigger than this is refused: no real channel comes near it.
 MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024
+
+
+T = TypeVar("T")
 
 
 class UpstreamError(ReconcileError):
@@ -184,11 +187,14 @@ class Upstream:
     def _http_repodata(self, subdir: str, name: str) -> FetchedRepodata:
         body_path, headers_path = self._cache_paths(subdir, name)
         shown = self.shown(subdir, name)
-        fetched = self.get_cached(
-            self.url(subdir, name), shown, body_path, headers_path, MAX_REPODATA_BYTES
+
+        def parse(body: bytes) -> dict[str, Any]:
+            return load_repodata(_unzstd(body, shown) if name.endswith(".zst") else body, shown)
+
+        repodata, fetched = self.get_cached(
+            self.url(subdir, name), shown, body_path, headers_path, MAX_REPODATA_BYTES, parse
         )
-        data = _unzstd(fetched.body, shown) if name.endswith(".zst") else fetched.body
-        return FetchedRepodata(load_repodata(data, shown), shown, fetched.not_modified)
+        return FetchedRepodata(repodata, shown, fetched.not_modified)
 
     def get_cached(
         self,
@@ -197,12 +203,14 @@ class Upstream:
         body_path: Path,
         headers_path: Path,
         limit: int,
+        parse: Callable[[bytes], T],
         accept: str | None = None,
-    ) -> CachedBody:
+    ) -> tuple[T, CachedBody]:
         """GET ``url`` with a conditional-request cache kept at ``body_path``.
 
-        A ``304`` returns the kept body; a complete ``200`` replaces the kept copy.
-        Raises :class:`NotFound` on 404.
+        A ``304`` reuses the kept body. A ``200`` body is kept only once ``parse``
+        accepted it, so a garbled response never replaces a good copy.
+        Returns what ``parse`` made of the body, and the body. :class:`NotFound` on 404.
         """
         cached_headers: dict[str, str] = {}
         if body_path.is_file():
@@ -245,15 +253,21 @@ class Upstream:
 
         status, body, headers = self._retrying(shown, attempt)
         if status == 304:
-            return CachedBody(
-                body_path.read_bytes(),
+            body = body_path.read_bytes()
+            kept = CachedBody(
+                body,
                 cached_headers.get("content-type", ""),
                 cached_headers.get("url", shown),
                 True,
             )
+            return parse(body), kept
+        parsed = parse(body)
         write_atomic(body_path, body)
         write_atomic(headers_path, orjson.dumps(headers))
-        return CachedBody(body, headers.get("content-type", ""), headers.get("url", shown), False)
+        fetched = CachedBody(
+            body, headers.get("content-type", ""), headers.get("url", shown), False
+        )
+        return parsed, fetched
 
     # -- files -------------------------------------------------------------------------
 
