@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from reconciler.config import Channel, LoadedConfig
+from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.history import History, RunState, new_run
@@ -25,6 +25,7 @@ from reconciler.mirror.resolve import ResolvedMirrors
 from reconciler.plan import ChannelPlan, Plan
 from reconciler.planner import make_plan, mirror_selection, resolve_channel_mirrors
 from reconciler.progress import default_reporter
+from reconciler.pypi.apply import converge_pypi
 from reconciler.report import ApplyReport, ChannelReport
 from reconciler.stat_cache import StatCache
 from reconciler.state import ChannelState, InventoryEntry
@@ -125,7 +126,7 @@ def _prune(path: Path, mirrors: ResolvedMirrors, report: ChannelReport) -> None:
 
 
 def apply_channel(
-    channel: Channel,
+    channel: Channel | PypiChannel,
     index: int,
     planned: ChannelPlan,
     plan: Plan,
@@ -172,8 +173,53 @@ def apply_channel(
         lock.__exit__(None, None, None)
 
 
-def _apply_locked(
+def _converge_conda(
     channel: Channel,
+    index: int,
+    planned: ChannelPlan,
+    plan: Plan,
+    config_dir: Path | None,
+    only_mirrors: set[str] | None,
+    not_due: set[str],
+    report: ChannelReport,
+) -> int:
+    """Download, index and prune a conda channel; returns the new state serial."""
+    path = Path(channel.path)
+    mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors, not_due)
+    if mirrors is not None:
+        # Files go in place before any published index names them.
+        _download(path, mirrors, report)
+    result = index_channel(
+        path,
+        options=channel.index,
+        patches=channel.patches,
+        subdirs=channel.served_subdirs,
+        channel_name=channel.name,
+        filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
+        mirrored=mirrors.records if mirrors else None,
+        upstream_removed=mirrors.removed if mirrors else None,
+    )
+    if mirrors is not None:
+        # ...and are deleted only once the published index stopped naming them.
+        _prune(path, mirrors, report)
+    for action in planned.actions:
+        where = f"{action.subdir}/{action.filename}"
+        if action.kind == "add":
+            report.added.append(where)
+        elif action.kind == "update":
+            report.updated.append(where)
+        elif action.kind == "remove":
+            report.removed.append(where)
+    report.written = sorted(
+        [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
+    )
+    report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
+    state = _update_state(channel, result, plan, mirrors)
+    return state.serial
+
+
+def _apply_locked(
+    channel: Channel | PypiChannel,
     index: int,
     planned: ChannelPlan,
     plan: Plan,
@@ -183,7 +229,6 @@ def _apply_locked(
     report: ChannelReport,
     started: float,
 ) -> ChannelReport:
-    path = Path(channel.path)
     not_due = {m.name for m in planned.mirrors if not m.due}
     # The caller holds the channel lock.
     run = history.append(
@@ -206,39 +251,15 @@ def _apply_locked(
         for m in channel.mirrors
         if (only_mirrors is None or m.name in only_mirrors) and m.name not in not_due
     }
-    mirrors: ResolvedMirrors | None = None
     try:
-        mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors, not_due)
-        if mirrors is not None:
-            # Files go in place before any published index names them.
-            _download(path, mirrors, report)
-        result = index_channel(
-            path,
-            options=channel.index,
-            patches=channel.patches,
-            subdirs=channel.served_subdirs,
-            channel_name=channel.name,
-            filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
-            mirrored=mirrors.records if mirrors else None,
-            upstream_removed=mirrors.removed if mirrors else None,
-        )
-        if mirrors is not None:
-            # ...and are deleted only once the published index stopped naming them.
-            _prune(path, mirrors, report)
-        for action in planned.actions:
-            where = f"{action.subdir}/{action.filename}"
-            if action.kind == "add":
-                report.added.append(where)
-            elif action.kind == "update":
-                report.updated.append(where)
-            elif action.kind == "remove":
-                report.removed.append(where)
-        report.written = sorted(
-            [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
-        )
-        report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
-        state = _update_state(channel, result, plan, mirrors)
-        report.serial = state.serial
+        if isinstance(channel, PypiChannel):
+            report.serial = converge_pypi(
+                channel, planned, plan, config_dir, only_mirrors, not_due, report
+            )
+        else:
+            report.serial = _converge_conda(
+                channel, index, planned, plan, config_dir, only_mirrors, not_due, report
+            )
     except (ReconcileError, OSError) as exc:
         message = exc.message if isinstance(exc, ReconcileError) else str(exc)
         report.state = "failed"

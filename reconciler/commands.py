@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from reconciler.config import LoadedConfig, load_config
 from reconciler.errors import ExitCode
 
@@ -84,17 +82,6 @@ def _markdown(report: object) -> str:
     return render_markdown(report)
 
 
-def _published_counts(channel_dir: Path, subdirs: list[str]) -> dict[str, int | None]:
-    counts: dict[str, int | None] = {}
-    for subdir in subdirs:
-        try:
-            data = orjson.loads((channel_dir / subdir / "repodata.json").read_bytes())
-            counts[subdir] = len(data.get("packages") or {}) + len(data.get("packages.conda") or {})
-        except (OSError, ValueError, AttributeError):
-            counts[subdir] = None
-    return counts
-
-
 def _last(history: Any, mirror: str | None) -> dict[str, Any] | None:
     run = history.last_run(mirror)
     return run.to_json() if run is not None else None
@@ -102,19 +89,20 @@ def _last(history: Any, mirror: str | None) -> dict[str, Any] | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.history import History
-    from reconciler.planner import plan_channel
+    from reconciler.planner import plan_any_channel
+    from reconciler.published import published_counts
 
     loaded = _load(args, require_env=False)
     rows: list[dict[str, Any]] = []
     for i, channel in enumerate(loaded.config.channels):
         path = Path(channel.path)
-        planned = plan_channel(channel, i, loaded.base_dir).plan
+        planned = plan_any_channel(channel, i, loaded.base_dir)
         last = History(path).last_run(None)
         rows.append(
             {
                 "channel": channel.name,
                 "path": str(path),
-                "subdirs": _published_counts(path, channel.served_subdirs),
+                "subdirs": published_counts(channel),
                 "last_run": last.to_json() if last else None,
                 "drift": planned.has_changes,
                 "mirrors": [

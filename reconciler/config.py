@@ -21,8 +21,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PositiveInt,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -329,7 +331,10 @@ class Mirror(MirrorDefaults):
 
 
 class Channel(_Model):
+    """A conda channel."""
+
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
+    kind: Literal["conda"] = Field("conda", description="conda (default) or pypi")
     path: Path = Field(description="channel folder; relative paths start at this file's folder")
     subdirs: list[SubdirName] = Field(
         default_factory=lambda: ["noarch"],
@@ -365,6 +370,170 @@ class Channel(_Model):
         return list(mirror.subdirs) if mirror.subdirs is not None else list(self.subdirs)
 
 
+# -- PyPI channels --------------------------------------------------------------------
+
+PYPI_SOURCE = "https://pypi.org/simple/"
+# Where pypi.org's simple index points its files.
+PYPI_FILES_HOST = "files.pythonhosted.org"
+
+_LICENCE_KEYS = ("license", "license_family", "license_expression")
+
+
+def _licence_key(value: Any) -> str | None:
+    """The first licence key anywhere in ``value`` (filters are small; walk it all)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in _LICENCE_KEYS:
+                return str(key)
+            found = _licence_key(inner)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _licence_key(item)
+            if found:
+                return found
+    return None
+
+
+class TagRule(_Model):
+    """Globs over one wheel tag triple (``python-abi-platform``); given keys are AND-ed."""
+
+    python: str | None = Field(None, description="python tag glob, e.g. 'cp311' or 'py3'")
+    abi: str | None = Field(None, description="abi tag glob, e.g. 'abi3' or 'none'")
+    platform: str | None = Field(
+        None, description="platform tag glob, e.g. 'manylinux*_x86_64' or 'any'"
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TagRule:
+        if self.python is None and self.abi is None and self.platform is None:
+            raise ValueError("empty tag rule: give at least one of python, abi, platform")
+        return self
+
+
+class WheelTagFilter(_Model):
+    """Which wheels to keep by tag; a wheel matches a rule when one of its tags does."""
+
+    include: list[TagRule] = Field(
+        default_factory=list, description="a wheel must match one of these, if any are given"
+    )
+    exclude: list[TagRule] = Field(
+        default_factory=list, description="a wheel matching one of these is left out"
+    )
+
+
+class PypiFilters(_Model):
+    """Filters for PyPI files. Unset keys add no constraint (defaults apply per mirror)."""
+
+    prerelease: bool | None = Field(
+        None, description="keep pre-releases (default false; a requirement naming one keeps it)"
+    )
+    yanked: bool | None = Field(None, description="keep yanked files (default false)")
+    kinds: list[Literal["sdist", "wheel"]] | None = Field(
+        None, min_length=1, description="file kinds to keep (default both)"
+    )
+    wheel_tags: WheelTagFilter | None = Field(None, description="wheel tags to keep or drop")
+    date: DateWindow | None = Field(None, description="window on the file's upload time")
+    latest: PositiveInt | None = Field(
+        None, description="keep the newest N versions of each project, after the other filters"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_licences(cls, value: Any) -> Any:
+        key = _licence_key(value)
+        if key is not None:
+            raise ValueError(
+                f"'{key}' filters are not offered for PyPI channels: PyPI licence metadata "
+                "is free text, not standardised, so it cannot be filtered reliably"
+            )
+        return value
+
+
+def _check_requirement(value: str) -> str:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirement = Requirement(value)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"invalid requirement {value!r}: {reason}") from None
+    if requirement.url:
+        raise ValueError(f"requirement {value!r} has a URL; name a project and versions")
+    if requirement.marker is not None:
+        raise ValueError(f"requirement {value!r} has an environment marker; leave it out")
+    return value
+
+
+Requirement = Annotated[str, AfterValidator(_check_requirement)]
+
+
+class PypiMirror(MirrorDefaults):
+    """Selected projects of a PyPI-style simple index (PEP 503/691)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique across the configuration")
+    source: str = Field(
+        PYPI_SOURCE,
+        description="simple index URL (https://..., http://...), or a folder or file:// URL "
+        "holding a static simple index",
+    )
+    projects: list[Requirement] = Field(
+        min_length=1,
+        description="projects to mirror: names or requirements, e.g. 'urllib3>=2,<3'",
+    )
+    schedule: str | None = Field(None, description="cron expression in UTC; absent: every apply")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="hosts besides the source's that files may come from "
+        f"(default: {PYPI_FILES_HOST} for pypi.org, none otherwise)",
+    )
+    filters: PypiFilters = Field(default_factory=PypiFilters)
+
+    _check_source = field_validator("source")(Mirror._source.__func__)  # type: ignore[attr-defined]
+    _check_cron = field_validator("schedule")(Mirror._cron.__func__)  # type: ignore[attr-defined]
+
+    @property
+    def file_hosts(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return list(self.allowed_hosts)
+        host = self.source.split("://", 1)[-1].split("/", 1)[0].lower()
+        return [PYPI_FILES_HOST] if host == "pypi.org" else []
+
+
+class PypiChannel(_Model):
+    """A PyPI simple repository (``simple/`` pages and ``packages/`` files)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
+    kind: Literal["pypi"] = Field(description="pypi: a PEP 503/691 simple repository")
+    path: Path = Field(description="channel folder; relative paths start at this file's folder")
+    filters: PypiFilters = Field(
+        default_factory=PypiFilters, description="applies to every mirror of the channel"
+    )
+    mirrors: list[PypiMirror] = Field(default_factory=list)
+    on_conflict: Literal["error", "first"] = Field(
+        "error",
+        description="same filename with different sha256 from two mirrors: "
+        "'error' fails the plan, 'first' keeps the mirror listed first",
+    )
+
+
+def channel_kind(value: Any) -> str:
+    """Which channel model validates ``value``: its ``kind``, ``conda`` when absent."""
+    kind = value.get("kind", "conda") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else "conda"
+
+
+AnyChannel = Annotated[
+    Annotated[Channel, Tag("conda")] | Annotated[PypiChannel, Tag("pypi")],
+    Discriminator(
+        channel_kind,
+        custom_error_type="channel_kind",
+        custom_error_message="kind must be 'conda' or 'pypi'",
+    ),
+]
+
+
 class Config(_Model):
     """Top level of channels.yaml."""
 
@@ -376,9 +545,13 @@ class Config(_Model):
 
     version: Literal[1] = Field(description="configuration format version")
     defaults: Defaults = Field(default_factory=Defaults)
-    channels: list[Channel] = Field(min_length=1)
+    channels: list[AnyChannel] = Field(min_length=1)
 
-    def channel(self, name: str) -> Channel:
+    @property
+    def conda_channels(self) -> list[Channel]:
+        return [c for c in self.channels if isinstance(c, Channel)]
+
+    def channel(self, name: str) -> Channel | PypiChannel:
         for channel in self.channels:
             if channel.name == name:
                 return channel

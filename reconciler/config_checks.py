@@ -19,9 +19,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from reconciler.config import (
+    Channel,
     Config,
     Defaults,
     MirrorDefaults,
+    PypiChannel,
+    channel_kind,
     source_kind,
 )
 from reconciler.diagnostics import Diagnostic, KeyPath, Severity
@@ -99,8 +102,10 @@ def check_config_text(
         config = Config.model_validate(merged)
     except ValidationError as exc:
         for error in exc.errors():
-            loc = tuple(error["loc"])
-            out.add(loc, _describe(error, loc))
+            loc = _without_tag(tuple(error["loc"]))
+            if error["type"] == "channel_kind":
+                loc = (*loc, "kind")
+            out.add(loc, _describe(error, loc, raw))
 
     base_dir = path.parent
     _check_cross_fields(raw, base_dir, out, environ=environ, require_env=require_env)
@@ -109,6 +114,16 @@ def check_config_text(
         return CheckResult(None, sorted(out.items, key=lambda d: (d.line, d.path)))
     _resolve_paths(config, base_dir)
     return CheckResult(config, sorted(out.items, key=lambda d: (d.line, d.path)))
+
+
+def _without_tag(loc: KeyPath) -> KeyPath:
+    """``channels.0.pypi.mirrors`` → ``channels.0.mirrors``: the union tag is not a key."""
+    if len(loc) >= 3 and loc[0] == "channels" and isinstance(loc[1], int):
+        return (*loc[:2], *loc[3:]) if loc[2] in _CHANNEL_MODELS else loc
+    return loc
+
+
+_CHANNEL_MODELS: dict[str, type[BaseModel]] = {"conda": Channel, "pypi": PypiChannel}
 
 
 def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +148,7 @@ def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         channel = dict(channel)
         index = channel.get("index")
-        if index is None or isinstance(index, dict):
+        if channel_kind(channel) == "conda" and (index is None or isinstance(index, dict)):
             channel["index"] = {**index_defaults, **(index or {})}
         mirrors = channel.get("mirrors")
         if isinstance(mirrors, list):
@@ -145,13 +160,15 @@ def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: Mapping[str, Any], loc: KeyPath) -> str:
+def _describe(error: Mapping[str, Any], loc: KeyPath, raw: Any = None) -> str:
     kind = error["type"]
     message = str(error["msg"])
+    if kind == "channel_kind":
+        return f"{message} (got {channel_kind(error.get('input'))!r})"
     if kind == "extra_forbidden":
         key = str(loc[-1])
         text = f"unknown key '{key}'"
-        choices = _keys_at(loc[:-1])
+        choices = _keys_at(loc[:-1], raw)
         close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
         if close:
             text += f" (did you mean '{close[0]}'?)"
@@ -186,11 +203,17 @@ def _strip_annotation(annotation: Any) -> Any:
             return annotation
 
 
-def _keys_at(loc: KeyPath) -> list[str]:
+def _keys_at(loc: KeyPath, raw: Any = None) -> list[str]:
     """The keys the model at ``loc`` accepts (for "did you mean")."""
     annotation: Any = Config
-    for part in loc:
+    for depth, part in enumerate(loc):
         annotation = _strip_annotation(annotation)
+        if depth == 1 and loc[0] == "channels" and isinstance(part, int):
+            # A channel's model depends on its kind.
+            channels = raw.get("channels") if isinstance(raw, dict) else None
+            item = channels[part] if isinstance(channels, list) and part < len(channels) else {}
+            annotation = _CHANNEL_MODELS.get(channel_kind(item), Channel)
+            continue
         if isinstance(part, int):
             if typing.get_origin(annotation) is list:
                 annotation = typing.get_args(annotation)[0]
@@ -273,7 +296,8 @@ def _check_cross_fields(
         elif "path" in channel:
             out.add((*cpath, "path"), "path must be a non-empty string")
 
-        for pi, patch in enumerate(channel.get("patches") or []):
+        patches = channel.get("patches") if channel_kind(channel) == "conda" else None
+        for pi, patch in enumerate(patches if isinstance(patches, list) else []):
             if not isinstance(patch, str):
                 continue
             ppath: KeyPath = (*cpath, "patches", pi)
@@ -381,7 +405,8 @@ def _resolve_paths(config: Config, base_dir: Path) -> None:
     """Make channel, patch and path-source locations absolute (relative to the file)."""
     for channel in config.channels:
         channel.path = _resolve(base_dir, str(channel.path))
-        channel.patches = [_resolve(base_dir, str(p)) for p in channel.patches]
+        if isinstance(channel, Channel):
+            channel.patches = [_resolve(base_dir, str(p)) for p in channel.patches]
         for mirror in channel.mirrors:
             if source_kind(mirror.source) == "path":
                 mirror.source = str(_resolve(base_dir, mirror.source))

@@ -18,11 +18,12 @@ from typing import Any
 import rattler
 
 from reconciler.conda.names import package_suffix
-from reconciler.config import LoadedConfig
+from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.index import index_channel
 from reconciler.planner import resolve_channel_mirrors
+from reconciler.pypi.explain import PypiQuery, explain_pypi
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,37 @@ class _Query:
 def explain(
     loaded: LoadedConfig, query_text: str, channels: Sequence[str] | None = None
 ) -> Iterator[Explanation]:
-    query = _Query(query_text)
     wanted = set(channels or [])
-    for i, channel in enumerate(loaded.config.channels):
-        if wanted and channel.name not in wanted:
+    chosen = [
+        (i, c) for i, c in enumerate(loaded.config.channels) if not wanted or c.name in wanted
+    ]
+    # Each kind reads the query its own way; channels of a kind that cannot read it
+    # are skipped, and it is an error only when no kind present can.
+    pypi_query: PypiQuery | None = None
+    query: _Query | None = None
+    problems: list[ReconcileError] = []
+    if any(isinstance(c, PypiChannel) for _, c in chosen):
+        try:
+            pypi_query = PypiQuery(query_text)
+        except ReconcileError as exc:
+            problems.append(exc)
+    if any(isinstance(c, Channel) for _, c in chosen):
+        try:
+            query = _Query(query_text)
+        except ReconcileError as exc:
+            problems.append(exc)
+    if problems and pypi_query is None and query is None:
+        raise problems[-1]
+    for i, channel in chosen:
+        if isinstance(channel, PypiChannel):
+            if pypi_query is None:
+                continue
+            for project, filename, mirror, selected, reason in explain_pypi(
+                channel, pypi_query, loaded.base_dir
+            ):
+                yield Explanation(channel.name, project, filename, mirror, selected, reason)
+            continue
+        if query is None:
             continue
         resolved = resolve_channel_mirrors(channel, i, loaded.base_dir)
         if resolved is not None:

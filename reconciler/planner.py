@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from deepdiff import DeepDiff
 
-from reconciler.config import Channel, LoadedConfig
+from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.history import History
@@ -300,7 +300,7 @@ def resolve_channel_mirrors(
 
 
 def mirror_schedules(
-    channel: Channel, run_now: bool | set[str] = False, at: datetime | None = None
+    channel: Channel | PypiChannel, run_now: bool | set[str] = False, at: datetime | None = None
 ) -> list[MirrorStatus]:
     """Whether each mirror of the channel is due, from its schedule and its history."""
     at = at or clock()
@@ -412,6 +412,23 @@ def plan_channel(
     return ChannelPlanning(plan, result, resolved)
 
 
+def plan_any_channel(
+    channel: Channel | PypiChannel,
+    index: int,
+    config_dir: Path,
+    only: set[str] | None = None,
+    run_now: bool | set[str] = False,
+) -> ChannelPlan:
+    """The plan of a channel of either kind."""
+    if isinstance(channel, PypiChannel):
+        from reconciler.pypi.plan import plan_pypi_channel  # it builds on this module
+
+        planning = plan_pypi_channel(channel, config_dir, only, run_now)
+        planning.resolution.close()
+        return planning.plan
+    return plan_channel(channel, index, config_dir, only, run_now).plan
+
+
 def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set[str] | None:
     """``--mirror`` names, checked against the configuration (None: every mirror)."""
     if not mirrors:
@@ -446,8 +463,9 @@ def make_plan(
             hint="channels: " + ", ".join(c.name for c in config.channels),
         )
     only = mirror_selection(loaded, mirrors)
+    now: bool | set[str] = (only or True) if run_now else False
     plans = [
-        plan_channel(channel, i, loaded.base_dir, only, (only or True) if run_now else False).plan
+        plan_any_channel(channel, i, loaded.base_dir, only, now)
         for i, channel in enumerate(config.channels)
         if not wanted or channel.name in wanted
     ]

@@ -27,6 +27,9 @@ class InventoryEntry(BaseModel):
     passive: bool = Field(
         False, description="listed from a passive mirror: the file is fetched on demand"
     )
+    url: str | None = Field(
+        None, description="where a passive PyPI file is fetched from (its upstream URL)"
+    )
 
 
 class ChannelState(BaseModel):

@@ -15,10 +15,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.config import Channel, LoadedConfig
+from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
 from reconciler.mirror.resolve import make_upstream
-from reconciler.mirror.upstream import Upstream
+from reconciler.mirror.upstream import Upstream, redact
+from reconciler.pypi.client import SimpleIndexClient
 from reconciler.state import ChannelState
 from reconciler.storage import write_atomic
 
@@ -44,8 +45,9 @@ class PassiveFetcher:
         self._inflight: dict[Path, threading.Lock] = {}
         self._upstreams: dict[tuple[str, str], Upstream] = {}
         self._states: dict[str, tuple[float, ChannelState]] = {}
+        self._pypi_clients: dict[tuple[str, str], SimpleIndexClient] = {}
 
-    def _state(self, channel: Channel) -> ChannelState:
+    def _state(self, channel: Channel | PypiChannel) -> ChannelState:
         path = Path(channel.path) / ".reconciler" / "state.json"
         try:
             mtime = path.stat().st_mtime
@@ -92,7 +94,45 @@ class PassiveFetcher:
             self.count(channel, fetches=1, bytes=written)
             return target
 
-    def count(self, channel: Channel, **changes: int) -> None:
+    def _pypi_client(self, channel: PypiChannel, mirror_name: str) -> SimpleIndexClient:
+        key = (channel.name, mirror_name)
+        with self._lock:
+            if key not in self._pypi_clients:
+                mirror = next((m for m in channel.mirrors if m.name == mirror_name), None)
+                if mirror is None:
+                    raise FetchFailed(f"mirror {mirror_name} is no longer in the configuration")
+                self._pypi_clients[key] = SimpleIndexClient(channel, mirror, self.loaded.base_dir)
+            return self._pypi_clients[key]
+
+    def fetch_pypi(self, channel: PypiChannel, project: str, filename: str) -> Path | None:
+        """Fetch a passive PyPI file (or its metadata) listed in the inventory; None if not."""
+        target = Path(channel.path) / "packages" / project / filename
+        entry = self._state(channel).files.get(f"{project}/{filename}")
+        if entry is None or not entry.passive or not entry.url:
+            return None  # not a passive file of this channel: 404; upstream is never asked
+        with self._lock:
+            file_lock = self._inflight.setdefault(target, threading.Lock())
+        with file_lock:
+            if target.is_file():
+                self.count(channel, hits=1)
+                return target
+            client = self._pypi_client(channel, entry.source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                written = client.upstream.download_url(
+                    client.location(entry.url),
+                    redact(entry.url),
+                    target,
+                    entry.size or None,
+                    entry.sha256,
+                )
+            except ReconcileError as exc:
+                self.count(channel, failures=1)
+                raise FetchFailed(exc.message) from None
+            self.count(channel, fetches=1, bytes=written)
+            return target
+
+    def count(self, channel: Channel | PypiChannel, **changes: int) -> None:
         path = Path(channel.path) / STATS_NAME
         with self._lock:
             stats = read_stats(Path(channel.path))

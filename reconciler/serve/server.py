@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.conda.names import is_safe_package_filename
-from reconciler.config import Channel, LoadedConfig
+from reconciler.config import Channel, LoadedConfig, PypiChannel
+from reconciler.serve import pypi_routes
 from reconciler.serve.files import (
     Refused,
     cache_control,
@@ -50,7 +51,9 @@ class ChannelServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], loaded: LoadedConfig) -> None:
         self.loaded = loaded
-        self.channels: dict[str, Channel] = {c.name: c for c in loaded.config.channels}
+        self.channels: dict[str, Channel | PypiChannel] = {
+            c.name: c for c in loaded.config.channels
+        }
         self.passive = PassiveFetcher(loaded)
         self.access_log: deque[str] = deque(maxlen=1000)  # the last requests, for tests
         self.connections: set[RequestHandler] = set()
@@ -130,6 +133,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, head)
             return
         root = Path(channel.path)
+        if isinstance(channel, PypiChannel):
+            self._route_pypi(channel, segments, head)
+            return
         try:
             path = channel_file(root, segments[1:])
         except Refused:
@@ -144,6 +150,37 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, head)
             return
         self._file(path, head)
+
+    def _route_pypi(self, channel: PypiChannel, segments: list[str], head: bool) -> None:
+        root = Path(channel.path)
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        target = pypi_routes.route(root, segments[1:], self.headers.get("Accept"), query)
+        if isinstance(target, pypi_routes.Redirect):
+            self._responded = True
+            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+            self.send_header("Location", f"/{channel.name}/{target.location}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif isinstance(target, pypi_routes.Page):
+            self._file(target.path, head, kind=target.content_type, vary="Accept")
+        elif isinstance(target, pypi_routes.PackageFile):
+            path = target.path
+            if not path.is_file():
+                try:
+                    fetched = self.server.passive.fetch_pypi(
+                        channel, target.project, target.filename
+                    )
+                except FetchFailed as exc:
+                    log.error("passive fetch of %s failed: %s", self.path, exc)
+                    self._error(HTTPStatus.BAD_GATEWAY, head, str(exc))
+                    return
+                path = fetched or path
+            if not inside(root, path):
+                self._error(HTTPStatus.NOT_FOUND, head)
+                return
+            self._file(path, head)
+        else:
+            self._error(HTTPStatus(target.status), head)
 
     def _passive(self, channel: Channel, path: Path, head: bool) -> tuple[Path | None, bool]:
         """(the fetched file, or None; True when a 502 was already sent)."""
@@ -185,7 +222,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _file(self, path: Path, head: bool) -> None:
+    def _file(
+        self, path: Path, head: bool, kind: str | None = None, vary: str | None = None
+    ) -> None:
         if getattr(self, "_responded", False):
             return
         try:
@@ -219,7 +258,9 @@ class RequestHandler(BaseHTTPRequestHandler):
                 status = HTTPStatus.PARTIAL_CONTENT
             self._responded = True
             self.send_response(status)
-            self.send_header("Content-Type", content_type(path.name))
+            self.send_header("Content-Type", kind or content_type(path.name))
+            if vary:
+                self.send_header("Vary", vary)
             self.send_header("Content-Length", str(max(0, end - start + 1)))
             self.send_header("ETag", etag)
             self.send_header("Last-Modified", modified)
@@ -280,5 +321,9 @@ def _clean_partial_downloads(loaded: LoadedConfig) -> None:
     from reconciler.storage import clean_temp_files
 
     for channel in loaded.config.channels:
+        if isinstance(channel, PypiChannel):
+            for folder in (Path(channel.path) / "packages").glob("*/"):
+                clean_temp_files(folder)
+            continue
         for subdir in channel.served_subdirs:
             clean_temp_files(Path(channel.path) / subdir)

@@ -12,10 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from reconciler.config import LoadedConfig
 from reconciler.history import History
+from reconciler.published import published_counts
 from reconciler.serve.passive import read_stats
 
 _COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "running": "#f9a825", "skipped": "#757575"}
@@ -43,17 +42,6 @@ def relative(when: datetime | None, now: datetime) -> str:
     else:
         amount = f"{seconds:.0f} s"
     return f"in {amount}" if future else f"{amount} ago"
-
-
-def _counts(channel_dir: Path, subdirs: list[str]) -> dict[str, int | None]:
-    counts: dict[str, int | None] = {}
-    for subdir in subdirs:
-        try:
-            data = orjson.loads((channel_dir / subdir / "repodata.json").read_bytes())
-            counts[subdir] = len(data.get("packages") or {}) + len(data.get("packages.conda") or {})
-        except (OSError, ValueError, AttributeError):
-            counts[subdir] = None
-    return counts
 
 
 def _next_due(schedule: str | None, last_started: datetime | None, now: datetime) -> str | None:
@@ -92,7 +80,7 @@ def collect_status(loaded: LoadedConfig, now: datetime | None = None) -> dict[st
             {
                 "name": channel.name,
                 "path": str(path),
-                "subdirs": _counts(path, channel.served_subdirs),
+                "subdirs": published_counts(channel),
                 "mirrors": mirrors,
                 "passive": read_stats(path).__dict__,
                 "history": [r.to_json() for r in reversed(runs[-20:])],
