@@ -49,7 +49,8 @@ def negotiate(accept: str | None, query: str = "") -> str | None:
     """The content type to answer with, or None (406) when none is acceptable."""
     wanted = parse_qs(query).get("format")
     if wanted:
-        return wanted[-1] if wanted[-1] in _FORMS else None
+        kind = wanted[-1].replace(" ", "+")  # an unencoded "+" arrives as a space
+        return kind if kind in _FORMS else None
     if not accept or not accept.strip():
         return "text/html"
     best: tuple[float, int, str] | None = None
