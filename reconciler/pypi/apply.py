@@ -22,7 +22,7 @@ from reconciler.mirror.download import check_free_space
 from reconciler.plan import ChannelPlan, Plan
 from reconciler.pypi.names import METADATA_SUFFIX
 from reconciler.pypi.plan import plan_pypi_channel
-from reconciler.pypi.resolve import Resolution, WantedFile, published_file
+from reconciler.pypi.resolve import Resolution, WantedFile, file_size, published_file
 from reconciler.pypi.simple_index import PACKAGES, SIMPLE, render_pages
 from reconciler.report import ChannelReport
 from reconciler.state import ChannelState, InventoryEntry
@@ -107,7 +107,7 @@ def _update_state(
         files[key] = InventoryEntry(
             source=item.mirror,
             sha256=item.file.sha256,
-            size=item.file.size or 0,
+            size=file_size(path, item) or 0,
             passive=item.passive,
             url=item.file.url if item.passive else None,
         )
@@ -168,6 +168,8 @@ def converge_pypi(
                     _remove_empty(target)
         for action in planned.actions:
             where = f"{action.subdir}/{action.filename}"
+            if where in failed:
+                continue  # reported as a failure, not as done
             bucket = {"add": report.added, "update": report.updated, "remove": report.removed}
             if action.kind in bucket:
                 bucket[action.kind].append(where)

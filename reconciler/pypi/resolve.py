@@ -77,12 +77,22 @@ def metadata_hash(channel_dir: Path, item: WantedFile) -> str | None:
         return None
 
 
+def file_size(channel_dir: Path, item: WantedFile) -> int | None:
+    """The upstream's size, else (HTML pages give none) that of the verified file on disk."""
+    if item.file.size is not None:
+        return item.file.size
+    try:
+        return (channel_dir / PACKAGES / item.project / item.file.filename).stat().st_size
+    except OSError:
+        return None
+
+
 def published_file(channel_dir: Path, item: WantedFile) -> PublishedFile:
     return PublishedFile(
         project=item.project,
         filename=item.file.filename,
         sha256=item.file.sha256,
-        size=item.file.size,
+        size=file_size(channel_dir, item),
         requires_python=item.file.requires_python,
         yanked=item.file.yanked,
         metadata_sha256=metadata_hash(channel_dir, item),
