@@ -354,3 +354,54 @@ def test_shortest_interval(expression: str, minutes: int) -> None:
 
 def test_shortest_interval_invalid() -> None:
     assert shortest_interval("not cron") is None
+
+
+PYPI = """
+version: 1
+channels:
+  - name: py
+    kind: pypi
+    path: ./channels/py
+    mirrors:
+      - name: pypi-core
+        projects: [requests, "urllib3>=2,<3"]
+"""
+
+
+def test_pypi_channel_defaults(write_config: WriteConfig, tmp_path: Path) -> None:
+    from reconciler.config import PypiChannel
+
+    channel = load_config(write_config(PYPI)).config.channels[0]
+    assert isinstance(channel, PypiChannel)
+    mirror = channel.mirrors[0]
+    assert mirror.source == "https://pypi.org/simple/"
+    assert mirror.file_hosts == ["files.pythonhosted.org"]
+    assert mirror.mode == "active" and mirror.prune
+    assert channel.path == (tmp_path / "channels" / "py").resolve()
+
+
+def test_pypi_licence_filters_are_refused_with_the_reason(write_config: WriteConfig) -> None:
+    error = only_error(write_config(PYPI + "        filters: {license: MIT}\n"))
+    assert error.path == ("channels", 0, "mirrors", 0, "filters")
+    assert error.line == 9
+    assert "not offered for PyPI channels" in error.message
+    assert "not standardised" in error.message
+
+
+def test_pypi_errors_point_at_their_keys(write_config: WriteConfig) -> None:
+    text = PYPI.replace('"urllib3>=2,<3"', '"urllib3>=>2"') + "        subdirs: [noarch]\n"
+    errors = errors_of(write_config(text))
+    found = {e.path: e for e in errors}
+    assert "invalid requirement 'urllib3>=>2'" in found[
+        ("channels", 0, "mirrors", 0, "projects", 1)
+    ].message
+    unknown = found[("channels", 0, "mirrors", 0, "subdirs")]
+    assert unknown.message.startswith("unknown key 'subdirs'")
+    assert "projects" in unknown.message  # the keys a PyPI mirror takes
+
+
+def test_unknown_channel_kind(write_config: WriteConfig) -> None:
+    error = only_error(write_config(PYPI.replace("kind: pypi", "kind: pipy")))
+    assert error.path == ("channels", 0, "kind")
+    assert error.line == 4
+    assert "kind must be 'conda' or 'pypi'" in error.message and "'pipy'" in error.message
