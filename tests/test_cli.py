@@ -17,7 +17,7 @@ EXAMPLE = REPO_ROOT / "examples" / "channels.yaml"
 def test_validate_example_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", "-c", str(EXAMPLE)]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert "valid (2 channel(s), 2 mirror(s)" in out
+    assert "valid (3 channel(s), 3 mirror(s)" in out
 
 
 def test_validate_reports_errors_and_exits_one(

@@ -38,7 +38,7 @@ def only_error(path: Path) -> Diagnostic:
 def test_example_config_is_valid() -> None:
     loaded = load_config(REPO_ROOT / "examples" / "channels.yaml")
     names = [c.name for c in loaded.config.channels]
-    assert names == ["internal", "scratch"]
+    assert names == ["internal", "scratch", "pypi"]
     assert not [w for w in loaded.warnings if "leaves out" in w.message]
 
 
