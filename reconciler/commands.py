@@ -97,6 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for i, channel in enumerate(loaded.config.channels):
         path = Path(channel.path)
         planned = plan_any_channel(channel, i, loaded.base_dir)
+        warnings = {m.name: m for m in planned.mirrors}
         last = History(path).last_run(None)
         rows.append(
             {
@@ -111,6 +112,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "mode": m.mode,
                         "schedule": m.schedule,
                         "last_run": _last(History(path), m.name),
+                        "next_due": warnings[m.name].next_due,
+                        "warning": warnings[m.name].warning,
                     }
                     for m in channel.mirrors
                 ],
@@ -146,6 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  mirror     {mirror['name']} ({mirror['mode']}, "
                 f"schedule {mirror['schedule'] or 'every apply'}): {when}"
             )
+            if mirror["next_due"]:
+                print(f"             next due {mirror['next_due']}")
+            if mirror["warning"]:
+                print(f"             warning: {mirror['warning']}")
     return ExitCode.OK
 
 

@@ -392,9 +392,10 @@ def test_pypi_errors_point_at_their_keys(write_config: WriteConfig) -> None:
     text = PYPI.replace('"urllib3>=2,<3"', '"urllib3>=>2"') + "        subdirs: [noarch]\n"
     errors = errors_of(write_config(text))
     found = {e.path: e for e in errors}
-    assert "invalid requirement 'urllib3>=>2'" in found[
-        ("channels", 0, "mirrors", 0, "projects", 1)
-    ].message
+    assert (
+        "invalid requirement 'urllib3>=>2'"
+        in found[("channels", 0, "mirrors", 0, "projects", 1)].message
+    )
     unknown = found[("channels", 0, "mirrors", 0, "subdirs")]
     assert unknown.message.startswith("unknown key 'subdirs'")
     assert "projects" in unknown.message  # the keys a PyPI mirror takes

@@ -106,3 +106,29 @@ def test_a_mirror_that_is_not_due_keeps_what_it_published(
     assert (project / "chan" / "linux-64" / "zlib-1.3-0.conda").exists()
     apply_at(project, T0 + timedelta(days=1, hours=4), monkeypatch)
     assert (project / "chan" / "linux-64" / "extra-1.0-0.conda").exists()
+
+
+def test_status_shows_next_run_and_overlap_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler.history import new_run
+
+    upstream = tmp_path / "upstream"
+    build_package(upstream, PackageSpec("zlib", "1.3", subdir="linux-64"))
+    index_channel(upstream)
+    config = tmp_path / "channels.yaml"
+    config.write_text(
+        "version: 1\nchannels:\n  - name: chan\n    path: ./chan\n    subdirs: [linux-64]\n"
+        "    mirrors:\n      - {name: hourly, source: ./upstream, schedule: '0 * * * *'}\n"
+    )
+    # A run of the hourly mirror that took two hours.
+    history = History(tmp_path / "chan")
+    monkeypatch.setenv("RECONCILE_NOW", T0.isoformat())
+    run = history.transition(history.append(new_run("chan", "hourly")), "running")
+    monkeypatch.setenv("RECONCILE_NOW", (T0 + timedelta(hours=2)).isoformat())
+    history.transition(run, "completed")
+    capsys.readouterr()
+    assert cli.main(["status", "-c", str(config)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "next due 2026-03-01T03:00:00+00:00" in out
+    assert "warning: runs would overlap: last run took 2 h, schedule fires every 1 h" in out

@@ -70,11 +70,13 @@ def build_sdist(out: Path, name: str, version: str) -> Path:
     path = out / f"{root}.tar.gz"
     buffer = io.BytesIO()
     # gzip's header holds a time too: fixed, so the same inputs give the same bytes.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
-        with tarfile.open(fileobj=zipped, mode="w") as archive:
-            for member, data in files.items():
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime, info.mode = len(data), 1_704_067_200, 0o644
-                archive.addfile(info, io.BytesIO(data))
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as archive,
+    ):
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime, info.mode = len(data), 1_704_067_200, 0o644
+            archive.addfile(info, io.BytesIO(data))
     path.write_bytes(buffer.getvalue())
     return path
