@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
+from reconciler.faults import checkpoint
 from reconciler.filters import FilterEngine
 from reconciler.history import History, RunState, new_run
 from reconciler.index import IndexResult, index_channel
@@ -25,13 +26,17 @@ from reconciler.mirror.resolve import ResolvedMirrors
 from reconciler.plan import ChannelPlan, Plan
 from reconciler.planner import make_plan, mirror_selection, resolve_channel_mirrors
 from reconciler.progress import default_reporter
+from reconciler.published import channel_folders
 from reconciler.pypi.apply import converge_pypi
 from reconciler.report import ApplyReport, ChannelReport
 from reconciler.stat_cache import StatCache
 from reconciler.state import ChannelState, InventoryEntry
-from reconciler.storage import remove_if_exists
+from reconciler.storage import clean_temp_files, remove_if_exists
 
 log = logging.getLogger(__name__)
+
+
+INTERRUPTED = "interrupted: the process ended before the run finished; a later run converged"
 
 
 class StalePlanError(ReconcileError):
@@ -198,7 +203,9 @@ def _converge_conda(
         filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
         mirrored=mirrors.records if mirrors else None,
         upstream_removed=mirrors.removed if mirrors else None,
+        pruned=mirrors.pruned if mirrors else None,
     )
+    checkpoint("apply.before_prune")
     if mirrors is not None:
         # ...and are deleted only once the published index stopped naming them.
         _prune(path, mirrors, report)
@@ -230,7 +237,12 @@ def _apply_locked(
     started: float,
 ) -> ChannelReport:
     not_due = {m.name for m in planned.mirrors if not m.due}
-    # The caller holds the channel lock.
+    # The caller holds the channel lock, so unfinished runs belong to dead processes.
+    for stale in history.unfinished():
+        history.transition(stale, "failed", error=INTERRUPTED)
+    for folder in channel_folders(channel):
+        if removed := clean_temp_files(folder):
+            log.info("removed %d temporary file(s) a crashed run left in %s", removed, folder)
     run = history.append(
         new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
     )

@@ -144,6 +144,7 @@ def explain(
             dry_run=True,
             mirrored=resolved.records if resolved else None,
             upstream_removed=resolved.removed if resolved else None,
+            pruned=resolved.pruned if resolved else None,
         )
         for subdir_result in result.subdirs:
             folder = Path(channel.path) / subdir_result.subdir

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from reconciler.faults import checkpoint, checkpoint_armed
+
 log = logging.getLogger(__name__)
 
 HISTORY_NAME = ".reconciler/history.jsonl"
@@ -97,7 +99,13 @@ class History:
             # A torn line left by an earlier crash must not swallow this one.
             if os.fstat(fd).st_size and not self._ends_with_newline():
                 line = "\n" + line
-            os.write(fd, line.encode())
+            data = line.encode()
+            if checkpoint_armed():
+                # Two writes only under the crash harness, to leave a torn line behind.
+                os.write(fd, data[: len(data) // 2])
+                checkpoint("history.mid_append")
+                data = data[len(data) // 2 :]
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -137,6 +145,10 @@ class History:
             latest.pop(record.run_id, None)  # keep insertion order = last update order
             latest[record.run_id] = record
         return sorted(latest.values(), key=lambda r: r.started)
+
+    def unfinished(self) -> list[RunRecord]:
+        """Runs that never reached a final state: their process died (or still runs)."""
+        return [r for r in self.runs() if r.state not in FINAL_STATES]
 
     def last_run(self, mirror: str | None, *, started_only: bool = False) -> RunRecord | None:
         """The newest run of ``mirror`` (None: the channel itself)."""

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from reconciler.errors import PackageError, ReconcileError
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.mirror.records import MirroredRecord
 from reconciler.progress import NullReporter, Reporter
+from reconciler.schedule import now
 from reconciler.stat_cache import CacheEntry, FileStat, StatCache
 from reconciler.storage import TEMP_PREFIX, remove_if_exists, write_if_changed
 
@@ -183,7 +183,8 @@ def _identity_problem(meta: PackageMetadata, subdir: str) -> str | None:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    # The tool's clock (RECONCILE_NOW in rehearsals and tests), like history's.
+    return int(now().timestamp() * 1000)
 
 
 def _options_key(
@@ -218,6 +219,7 @@ class ChannelIndexer:
         dry_run: bool = False,
         mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
         upstream_removed: Mapping[str, set[str]] | None = None,
+        pruned: Mapping[str, set[str]] | None = None,
     ) -> None:
         self.root = channel_dir
         self.options = options or IndexOptions()
@@ -232,6 +234,8 @@ class ChannelIndexer:
         # upstream wrote them, never read from the files.
         self.mirrored = mirrored or {}
         self.upstream_removed = upstream_removed or {}
+        # Files a mirror placed and now prunes: gone from the index before they go from disk.
+        self.pruned = pruned or {}
         self._mirrored_digests: dict[str, str] = {}
         # A dry run computes everything and publishes nothing. It still keeps the
         # indexer's own cache (facts about files, under .reconciler/) when the
@@ -323,7 +327,12 @@ class ChannelIndexer:
             result = results[subdir]
             files = self._scan(subdir, result)
             owned = self.mirrored.get(subdir, {})
-            files = {name: stat for name, stat in files.items() if name not in owned}
+            pruned = self.pruned.get(subdir, set())
+            files = {
+                name: stat
+                for name, stat in files.items()
+                if name not in owned and name not in pruned
+            }
             previous = _load_outputs(self.root / CACHE_DIR / f"{subdir}.outputs.json")
             if (
                 previous is not None
@@ -389,14 +398,16 @@ class ChannelIndexer:
                 for name, entry in self.mirrored.get(subdir, {}).items()
             }
             removed = sorted(self.upstream_removed.get(subdir, ()))
+            pruned = sorted(self.pruned.get(subdir, ()))
             self._mirrored_digests[subdir] = hashlib.sha256(
-                orjson.dumps([records, removed], option=orjson.OPT_SORT_KEYS)
+                orjson.dumps([records, removed, pruned], option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
         return self._mirrored_digests[subdir]
 
     def _subdir_options(self, subdir: str, options_digest: str) -> str:
         """The options digest, plus what the mirrors bring into this subdir."""
-        if not self.mirrored.get(subdir) and not self.upstream_removed.get(subdir):
+        brought = (self.mirrored, self.upstream_removed, self.pruned)
+        if not any(part.get(subdir) for part in brought):
             return options_digest
         return hashlib.sha256(
             f"{options_digest}\0{self._mirrored_digest(subdir)}".encode()
@@ -813,6 +824,7 @@ def index_channel(
     dry_run: bool = False,
     mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
     upstream_removed: Mapping[str, set[str]] | None = None,
+    pruned: Mapping[str, set[str]] | None = None,
 ) -> IndexResult:
     """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run)."""
     return ChannelIndexer(
@@ -828,4 +840,5 @@ def index_channel(
         dry_run=dry_run,
         mirrored=mirrored,
         upstream_removed=upstream_removed,
+        pruned=pruned,
     ).run()

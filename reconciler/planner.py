@@ -355,6 +355,7 @@ def plan_channel(
         dry_run=True,
         mirrored=resolved.records if resolved else None,
         upstream_removed=resolved.removed if resolved else None,
+        pruned=resolved.pruned if resolved else None,
     )
     actions: list[Action] = []
     for subdir_result in result.subdirs:
@@ -396,6 +397,9 @@ def plan_channel(
                 files=channel_files,
             )
         )
+    interrupted = interrupted_action(path)
+    if interrupted is not None:
+        actions.append(interrupted)
     observed = top | {r.subdir: r.observed for r in result.subdirs}
     warnings = [f"skipping {s.format()}" for s in result.skipped]
     if resolved is not None:
@@ -427,6 +431,17 @@ def plan_any_channel(
         planning.resolution.close()
         return planning.plan
     return plan_channel(channel, index, config_dir, only, run_now).plan
+
+
+def interrupted_action(channel_dir: Path) -> Action | None:
+    """A reindex when the channel's last run never finished: its state may lag the files."""
+    if not History(channel_dir).unfinished():
+        return None
+    return Action(
+        kind="reindex",
+        subdir=None,
+        reason="the last run did not finish (killed, or still running): converge again",
+    )
 
 
 def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set[str] | None:

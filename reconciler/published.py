@@ -1,4 +1,4 @@
-"""How many packages each channel publishes now (for status output and pages)."""
+"""What a channel folder publishes: its folders, and how many packages they hold."""
 
 from __future__ import annotations
 
@@ -24,3 +24,18 @@ def published_counts(channel: Channel | PypiChannel) -> dict[str, int | None]:
         except (OSError, ValueError, AttributeError):
             counts[subdir] = None
     return counts
+
+
+def channel_folders(channel: Channel | PypiChannel) -> list[Path]:
+    """Every folder the tool writes files into (where a crash can leave temp files)."""
+    path = Path(channel.path)
+    folders = [path]
+    if isinstance(channel, PypiChannel):
+        for top in ("simple", "packages"):
+            folders.append(path / top)
+            if (path / top).is_dir():
+                folders.extend(sorted(p for p in (path / top).iterdir() if p.is_dir()))
+        return folders
+    for subdir in channel.served_subdirs:
+        folders += [path / subdir, path / subdir / "shards"]
+    return folders

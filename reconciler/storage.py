@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from reconciler.errors import ReconcileError
+from reconciler.faults import checkpoint
 
 TEMP_PREFIX = ".reconcile-tmp-"
 
@@ -43,7 +44,9 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.chmod(temp, 0o644)  # mkstemp creates 0600; served files must be readable
+        checkpoint("storage.before_rename")
         os.replace(temp, path)
+        checkpoint("storage.renamed")
     except OSError as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -63,6 +66,7 @@ def remove_if_exists(path: Path) -> bool:
     """Delete ``path``; True if something was removed."""
     try:
         path.unlink()
+        checkpoint("storage.removed")
     except FileNotFoundError:
         return False
     except OSError as exc:

@@ -56,6 +56,14 @@ class ResolvedMirrors:
     mirrors: list[ResolvedMirror] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def pruned(self) -> dict[str, set[str]]:
+        """Files to prune, by subdir: never indexed as local packages meanwhile."""
+        found: dict[str, set[str]] = {}
+        for _mirror, subdir, filename in self.prune:
+            found.setdefault(subdir, set()).add(filename)
+        return found
+
     def owner(self, subdir: str, filename: str) -> str | None:
         entry = self.records.get(subdir, {}).get(filename)
         return entry.mirror if entry else None

@@ -28,6 +28,7 @@ import zstandard
 
 from reconciler.conda.repodata import load_repodata
 from reconciler.errors import ReconcileError
+from reconciler.faults import checkpoint
 from reconciler.storage import TEMP_PREFIX, write_atomic, write_if_changed
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,7 @@ class Upstream:
                             raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
                         digest.update(chunk)
                         out.write(chunk)
+                        checkpoint("download.mid")
                 if size is not None and written != size:
                     raise _Retryable(f"truncated: got {written} of {size} bytes")
                 if sha256 and digest.hexdigest() != sha256:
@@ -316,6 +318,7 @@ class Upstream:
                 tmp.unlink(missing_ok=True)
                 raise
             os.replace(tmp, target)
+            checkpoint("download.placed")
             return written
 
         result: int = self._retrying(shown, attempt)

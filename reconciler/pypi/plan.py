@@ -12,7 +12,7 @@ from typing import Any
 
 from reconciler.config import PypiChannel
 from reconciler.plan import Action, ChannelPlan
-from reconciler.planner import field_diff, mirror_schedules
+from reconciler.planner import field_diff, interrupted_action, mirror_schedules
 from reconciler.pypi.resolve import Resolution, WantedFile, published_file, resolve
 from reconciler.pypi.simple_index import (
     PACKAGES,
@@ -182,6 +182,9 @@ def plan_pypi_channel(
                 files=changed + [f"{name} (delete)" for name in stale],
             )
         )
+    interrupted = interrupted_action(path)
+    if interrupted is not None:
+        actions.append(interrupted)
     observed = {SIMPLE: tree_digest(path / SIMPLE), PACKAGES: tree_digest(path / PACKAGES)}
     plan = ChannelPlan(
         name=channel.name,

@@ -19,9 +19,10 @@ from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
 from reconciler.mirror.resolve import make_upstream
 from reconciler.mirror.upstream import Upstream, redact
+from reconciler.published import channel_folders
 from reconciler.pypi.client import SimpleIndexClient
 from reconciler.state import ChannelState
-from reconciler.storage import write_atomic
+from reconciler.storage import clean_temp_files, write_atomic
 
 STATS_NAME = ".reconciler/passive.json"
 
@@ -46,6 +47,10 @@ class PassiveFetcher:
         self._upstreams: dict[tuple[str, str], Upstream] = {}
         self._states: dict[str, tuple[float, ChannelState]] = {}
         self._pypi_clients: dict[tuple[str, str], SimpleIndexClient] = {}
+        # Partial downloads of a server that was killed: never served, removed at start.
+        for channel in loaded.config.channels:
+            for folder in channel_folders(channel):
+                clean_temp_files(folder)
 
     def _state(self, channel: Channel | PypiChannel) -> ChannelState:
         path = Path(channel.path) / ".reconciler" / "state.json"

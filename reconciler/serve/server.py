@@ -28,6 +28,7 @@ from typing import Any
 
 from reconciler.conda.names import is_safe_package_filename
 from reconciler.config import Channel, LoadedConfig, PypiChannel
+from reconciler.published import channel_folders
 from reconciler.serve import pypi_routes
 from reconciler.serve.files import (
     Refused,
@@ -321,9 +322,5 @@ def _clean_partial_downloads(loaded: LoadedConfig) -> None:
     from reconciler.storage import clean_temp_files
 
     for channel in loaded.config.channels:
-        if isinstance(channel, PypiChannel):
-            for folder in (Path(channel.path) / "packages").glob("*/"):
-                clean_temp_files(folder)
-            continue
-        for subdir in channel.served_subdirs:
-            clean_temp_files(Path(channel.path) / subdir)
+        for folder in channel_folders(channel):
+            clean_temp_files(folder)

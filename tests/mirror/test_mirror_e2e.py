@@ -252,6 +252,10 @@ def test_local_packages_are_never_pruned(
     project.write(config(url, filters="filters: {include: [{name: python}]}"))
     assert project.run("apply")[0] == ExitCode.OK
     assert project.files("linux-64") == ["mine-1.0-0.conda", "python-3.12.0-0.conda"]
+    # Pruned files leave the index before the disk, and are never taken for local ones.
+    repodata = json.loads((project.channel / "linux-64" / "repodata.json").read_text())
+    listed = sorted([*repodata["packages"], *repodata["packages.conda"]])
+    assert listed == ["mine-1.0-0.conda", "python-3.12.0-0.conda"]
 
 
 def test_two_mirrors_same_file_and_conflict(
