@@ -106,14 +106,19 @@ def _versions(files: Iterable[PublishedFile]) -> list[str]:
     return sorted(found, key=_version_key)
 
 
+def _api_version(files: Sequence[PublishedFile]) -> str:
+    """1.1 (PEP 700) requires every file's size; HTML-only upstreams of passive mirrors
+    give none, and their pages stay at 1.0."""
+    return API_VERSION if all(f.size is not None for f in files) else "1.0"
+
+
 def project_json(project: str, files: Sequence[PublishedFile]) -> bytes:
     ordered = sorted(files, key=lambda f: f.filename)
-    page = {
-        "meta": {"api-version": API_VERSION},
-        "name": project,
-        "versions": _versions(ordered),
-        "files": [f.json_entry() for f in ordered],
-    }
+    version = _api_version(ordered)
+    page: dict[str, Any] = {"meta": {"api-version": version}, "name": project}
+    if version == API_VERSION:
+        page["versions"] = _versions(ordered)
+    page["files"] = [f.json_entry() for f in ordered]
     return orjson.dumps(page, option=orjson.OPT_INDENT_2) + b"\n"
 
 
@@ -126,7 +131,7 @@ def project_html(project: str, files: Sequence[PublishedFile]) -> bytes:
         "<!DOCTYPE html>",
         "<html>",
         "  <head>",
-        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        f'    <meta name="pypi:repository-version" content="{_api_version(files)}">',
         f"    <title>Links for {html.escape(project)}</title>",
         "  </head>",
         "  <body>",

@@ -23,6 +23,12 @@ from reconciler.config import load_config
 from reconciler.serve.server import ChannelServer
 from tests.pypi.dists import build_sdist, build_wheel
 from tests.pypi.index_server import Offered, Upstream, simple_index
+from tests.pypi.validate import (
+    check_html_project_page,
+    check_html_root,
+    check_json_project_page,
+    check_json_root,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +159,15 @@ def _check_pages(channel: Path, offered: list[Offered]) -> dict[str, set[str]]:
             html_names.add(text)
         assert html_names == names
         listed[project] = names
+        # And by validators written from the PEPs alone.
+        folder = channel / "packages" / project
+        files_dir = folder if all((folder / n).is_file() for n in names) else None
+        check_json_project_page(page, files_dir, project=project)
+        check_html_project_page(
+            (channel / "simple" / project / "index.html").read_text(), files_dir, project=project
+        )
+    check_json_root(root)
+    check_html_root((channel / "simple" / "index.html").read_text())
     return listed
 
 

@@ -30,7 +30,7 @@ def _files() -> list[PublishedFile]:
             metadata_sha256="d" * 64,
             upload_time=dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
         ),
-        PublishedFile(project="demo", filename="demo-1.9.tar.gz", sha256=SHA),
+        PublishedFile(project="demo", filename="demo-1.9.tar.gz", sha256=SHA, size=20),
         PublishedFile(project="other-pkg", filename="other_pkg-1.0.tar.gz", sha256=SHA),
     ]
 
@@ -74,6 +74,9 @@ def test_pages_list_every_file_with_escaped_attributes() -> None:
     assert entry["upload-time"] == "2024-01-02T03:04:05.000000Z"
     assert entry["core-metadata"] == {"sha256": "d" * 64}
     assert data["files"][1]["core-metadata"] is False
+    # PEP 700 (1.1) needs every size; a page without them says 1.0 and has no versions.
+    other = orjson.loads(pages["simple/other-pkg/index.json"])
+    assert other["meta"] == {"api-version": "1.0"} and "versions" not in other
     root = orjson.loads(pages["simple/index.json"])
     assert root["projects"] == [{"name": "demo"}, {"name": "other-pkg"}]
 
