@@ -16,14 +16,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import orjson
 import requests
+import urllib3
 import zstandard
 
 from reconciler.conda.repodata import load_repodata
@@ -34,6 +35,9 @@ from reconciler.storage import TEMP_PREFIX, write_atomic, write_if_changed
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# A transfer slower than this on average (after `timeout` seconds) is abandoned.
+MIN_RATE = 16 * 1024
+MAX_REDIRECTS = 5
 # Repodata bigger than this is refused: no real channel comes near it.
 MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024
 
@@ -83,8 +87,11 @@ class Upstream:
         retries: int = 3,
         backoff: float = 0.5,
         config_dir: Path | None = None,
+        allowed_hosts: Collection[str] = (),
     ) -> None:
         self.source = source.rstrip("/")
+        # Where redirects may lead: the source's host and the hosts the config allows.
+        self.hosts = {_host(source), *(h.lower() for h in allowed_hosts)}
         self.state_dir = state_dir
         self.token = token
         self.timeout = timeout
@@ -124,6 +131,37 @@ class Upstream:
             session.headers["User-Agent"] = "conda-reconcile"
             self._session = session
         return self._session
+
+    def check_url(self, url: str, shown: str) -> None:
+        """Refuse a URL on a host that is neither the source's nor allowed, or an
+        https → http downgrade."""
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https"):
+            raise UpstreamError(f"{shown}: refused a redirect to a {parsed.scheme or 'bare'} URL")
+        if self.source.lower().startswith("https://") and parsed.scheme == "http":
+            raise UpstreamError(f"{shown}: refused a redirect from https to {redact(url)}")
+        if _host(url) not in self.hosts:
+            raise UpstreamError(
+                f"{shown}: refused a redirect to host {_host(url)} ({redact(url)})",
+                hint="an upstream may only send us to its own host or to allowed_hosts",
+            )
+
+    def _get(self, url: str, shown: str, headers: dict[str, str]) -> requests.Response:
+        """GET with redirects followed by hand, each hop's host checked first."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.get(
+                    url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
+                )
+            except requests.RequestException as exc:
+                raise _Retryable(_describe(exc)) from None
+            if response.status_code not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("location", "")
+            response.close()
+            url = urljoin(url, location)
+            self.check_url(url, shown)
+        raise UpstreamError(f"{shown}: more than {MAX_REDIRECTS} redirects")
 
     # -- retries -----------------------------------------------------------------------
 
@@ -229,9 +267,7 @@ class Upstream:
             if cached_headers.get("last-modified"):
                 headers["If-Modified-Since"] = cached_headers["last-modified"]
             try:
-                response = self.session.get(
-                    url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=True
-                )
+                response = self._get(url, shown, headers)
             except requests.RequestException as exc:
                 raise _Retryable(_describe(exc)) from None
             with response:
@@ -243,7 +279,7 @@ class Upstream:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise UpstreamError(f"{shown}: HTTP {response.status_code}")
-                body = _read_body(response, limit)
+                body = _read_body(response, limit, self.timeout)
                 kept = {
                     k: response.headers[k]
                     for k in ("etag", "last-modified", "content-type")
@@ -298,10 +334,12 @@ class Upstream:
         def attempt() -> int:
             digest = hashlib.sha256()
             written = 0
+            pace = Pace(self.timeout, shown)
             try:
                 with tmp.open("wb") as out:
                     for chunk in self._chunks(location, shown):
                         written += len(chunk)
+                        pace.check(written)
                         if size is not None and written > size:
                             raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
                         digest.update(chunk)
@@ -334,7 +372,8 @@ class Upstream:
                 raise UpstreamError(f"{location}: not found upstream") from None
             return
         try:
-            response = self.session.get(location, timeout=self.timeout, stream=True)
+            # Packages are stored as sent: no compression layer to decode (or to bomb us).
+            response = self._get(location, shown, {"Accept-Encoding": "identity"})
         except requests.RequestException as exc:
             raise _Retryable(_describe(exc)) from None
         with response:
@@ -342,18 +381,58 @@ class Upstream:
                 raise _Retryable(f"HTTP {response.status_code}")
             if response.status_code != 200:
                 raise UpstreamError(f"{shown}: HTTP {response.status_code}")
-            try:
-                yield from response.iter_content(CHUNK)
-            except requests.RequestException as exc:
-                raise _Retryable(_describe(exc)) from None
+            # Stored as sent (never decoded): a package is verified byte for byte.
+            yield from stream(response, decode=False)
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
 
 
+class Pace:
+    """A floor on throughput, so a server dribbling bytes (slowloris) cannot hold a run.
+
+    ``requests``' timeout bounds each socket read, not the transfer: one byte every
+    few seconds never trips it. After a grace period of ``timeout`` seconds the
+    transfer must average :data:`MIN_RATE` bytes per second.
+    """
+
+    def __init__(self, timeout: float, shown: str) -> None:
+        self.grace = timeout
+        self.shown = shown
+        self.started = time.monotonic()
+
+    def check(self, received: int) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.grace and received < MIN_RATE * (elapsed - self.grace):
+            raise UpstreamError(
+                f"{self.shown}: too slow ({received} bytes in {elapsed:.0f} s); gave up",
+                hint=f"transfers must average {MIN_RATE // 1024} KiB/s after the first "
+                f"{self.grace:.0f} s (the mirror's timeout)",
+            )
+
+
 class _Retryable(Exception):
     """A failure worth another attempt (5xx, connection trouble, a short body)."""
+
+
+def stream(response: requests.Response, decode: bool = True) -> Iterator[bytes]:
+    """The body as it arrives (decoded), each read returning what one recv gave.
+
+    ``iter_content`` waits for whole chunks, so a server dribbling bytes would
+    never let :class:`Pace` look at the clock.
+    """
+    try:
+        while chunk := response.raw.read1(CHUNK, decode_content=decode):
+            yield chunk
+    except urllib3.exceptions.ProtocolError as exc:
+        raise _Retryable(f"body cut short ({type(exc).__name__})") from None
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        raise _Retryable(type(exc).__name__) from None
+
+
+def _host(url: str) -> str:
+    return (urlparse(url).hostname or "").lower()
 
 
 def _describe(exc: requests.RequestException) -> str:
@@ -364,12 +443,14 @@ def _describe(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def _read_body(response: requests.Response, limit: int) -> bytes:
+def _read_body(response: requests.Response, limit: int, timeout: float) -> bytes:
     chunks = []
     total = 0
+    pace = Pace(timeout, redact(response.url))
     try:
-        for chunk in response.iter_content(CHUNK):
+        for chunk in stream(response):
             total += len(chunk)
+            pace.check(total)
             if total > limit:
                 raise UpstreamError(f"{redact(response.url)}: response larger than {limit} bytes")
             chunks.append(chunk)

@@ -36,6 +36,7 @@ class SimpleIndexClient:
             timeout=mirror.timeout,
             retries=mirror.retries,
             config_dir=config_dir,
+            allowed_hosts=mirror.file_hosts,
         )
         self.hosts = {_host(mirror.source), *(h.lower() for h in mirror.file_hosts)}
 
