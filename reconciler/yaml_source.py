@@ -44,7 +44,17 @@ def _key_text(key: Any) -> str | int:
 
 def load_yaml(text: str) -> YamlDocument:
     """Parse one YAML document, recording key lines and duplicate keys."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader rejects control characters as soon as it is made.
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        code = (
+            exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or " ")
+        )
+        raise YamlSyntaxError(
+            line, f"control character U+{code:04X} is not allowed in YAML"
+        ) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:

@@ -54,3 +54,12 @@ def test_syntax_errors_carry_a_line(text: str, line: int) -> None:
 
 def test_empty_document() -> None:
     assert load_yaml("").data is None
+
+
+def test_control_characters_are_a_syntax_error_with_a_line() -> None:
+    from reconciler.yaml_source import YamlSyntaxError, load_yaml
+
+    with pytest.raises(YamlSyntaxError) as info:
+        load_yaml("version: 1\nchannels: []\n\x1f\n")
+    assert info.value.line == 3
+    assert "control character U+001F is not allowed" in str(info.value)
