@@ -351,3 +351,40 @@ def test_files_from_other_hosts_are_refused(tmp_path: Path) -> None:
         config.write_text(allowed)
         assert cli.main(["apply", "-c", str(config)]) == 0
         assert (tmp_path / "active-channel" / "packages" / "tiny" / offered[0].path.name).is_file()
+
+
+def test_pages_are_fetched_conditionally_and_files_from_another_allowed_host(
+    tmp_path: Path,
+) -> None:
+    """Against the independent fixture index: ETags give 304s on the second run, and
+    files linked on a second server are fetched only once its host is allowed."""
+    from tests.pypi.builder import build_wheel as fixture_wheel
+    from tests.pypi.upstream import serve_files, serve_simple_index
+
+    files = tmp_path / "files"
+    fixture_wheel(files, "tiny", "1.0")
+    fixture_wheel(files, "tiny", "1.1")
+    with serve_files(files) as other, serve_simple_index(files) as index:
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            "version: 1\nchannels:\n  - name: py\n    kind: pypi\n    path: ./py\n"
+            f"    mirrors:\n      - {{name: up, source: '{index.url}', retries: 0, timeout: 10,"
+            " projects: [tiny]}\n"
+        )
+        assert cli.main(["apply", "-c", str(config)]) == 0
+        assert cli.main(["apply", "-c", str(config)]) == 0
+        pages = [r for r in index.requests if r.path.rstrip("/").endswith("/simple/tiny")]
+        assert pages[-1].if_none_match and pages[-1].status == 304
+        assert cli.main(["plan", "-c", str(config), "--detailed-exitcode"]) == 0
+        # Files moved to a second host (another port counts as the same host name, so use
+        # "localhost" for it): refused until allowed.
+        index.files_base_url = other.url.replace("127.0.0.1", "localhost")
+        fixture_wheel(files, "tiny", "1.2")
+        index.rescan()
+        assert cli.main(["apply", "-c", str(config)]) == 1
+        assert not (tmp_path / "py" / "packages" / "tiny" / "tiny-1.2-py3-none-any.whl").exists()
+        config.write_text(
+            config.read_text().replace("timeout: 10,", "timeout: 10, allowed_hosts: [localhost],")
+        )
+        assert cli.main(["apply", "-c", str(config)]) == 0
+        assert (tmp_path / "py" / "packages" / "tiny" / "tiny-1.2-py3-none-any.whl").is_file()
