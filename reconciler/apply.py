@@ -31,7 +31,7 @@ from reconciler.pypi.apply import converge_pypi
 from reconciler.report import ApplyReport, ChannelReport
 from reconciler.stat_cache import StatCache
 from reconciler.state import ChannelState, InventoryEntry
-from reconciler.storage import clean_temp_files, remove_if_exists
+from reconciler.storage import StorageError, clean_temp_files, remove_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ def _converge_conda(
     if mirrors is not None:
         # ...and are deleted only once the published index stopped naming them.
         _prune(path, mirrors, report)
+        checkpoint("apply.after_prune")
     for action in planned.actions:
         where = f"{action.subdir}/{action.filename}"
         if action.kind == "add":
@@ -274,12 +275,17 @@ def _apply_locked(
             )
     except (ReconcileError, OSError) as exc:
         message = exc.message if isinstance(exc, ReconcileError) else str(exc)
+        if isinstance(exc, ReconcileError) and exc.hint:  # e.g. "free some disk space"
+            message += f" (hint: {exc.hint})"
         report.state = "failed"
         report.failures.append(message)
         report.duration_s = round(time.monotonic() - started, 3)
-        history.transition(run, "failed", error=message)
-        for mirror_run in mirror_runs.values():
-            history.transition(mirror_run, "failed", error=message)
+        try:
+            history.transition(run, "failed", error=message)
+            for mirror_run in mirror_runs.values():
+                history.transition(mirror_run, "failed", error=message)
+        except StorageError as unrecorded:  # the same full disk: report the first error
+            log.error("%s; the next apply records the run as interrupted", unrecorded.message)
         log.error("channel %s: %s", channel.name, message)
         return report
     report.duration_s = round(time.monotonic() - started, 3)

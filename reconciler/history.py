@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.faults import checkpoint, checkpoint_armed
+from reconciler.storage import DISK_FULL, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,12 @@ def new_run(
     )
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``: on a filling disk ``os.write`` writes less, then raises."""
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 class History:
     """The history file of one channel folder."""
 
@@ -92,23 +99,29 @@ class History:
 
     def append(self, record: RunRecord) -> RunRecord:
         """Record a state change; the line goes out in one ``write`` and is fsynced."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            # A torn line left by an earlier crash must not swallow this one.
-            if os.fstat(fd).st_size and not self._ends_with_newline():
-                line = "\n" + line
-            data = line.encode()
-            if checkpoint_armed():
-                # Two writes only under the crash harness, to leave a torn line behind.
-                os.write(fd, data[: len(data) // 2])
-                checkpoint("history.mid_append")
-                data = data[len(data) // 2 :]
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # A torn line left by an earlier crash must not swallow this one.
+                if os.fstat(fd).st_size and not self._ends_with_newline():
+                    line = "\n" + line
+                data = line.encode()
+                if checkpoint_armed():
+                    # Two writes only under the crash harness, to leave a torn line behind.
+                    _write_all(fd, data[: len(data) // 2])
+                    checkpoint("history.mid_append")
+                    data = data[len(data) // 2 :]
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a full disk: at worst a torn line, which readers skip
+            hint = "free some disk space and run again" if exc.errno in DISK_FULL else None
+            raise StorageError(
+                f"cannot write {self.path}: {exc.strerror or exc}", hint=hint
+            ) from exc
         return record
 
     def transition(self, record: RunRecord, state: RunState, **changes: Any) -> RunRecord:

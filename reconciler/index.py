@@ -40,12 +40,18 @@ from reconciler.conda.run_exports import build_run_exports
 from reconciler.conda.shards import build_shards
 from reconciler.config import IndexOptions
 from reconciler.errors import PackageError, ReconcileError
+from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.mirror.records import MirroredRecord
 from reconciler.progress import NullReporter, Reporter
 from reconciler.schedule import now
 from reconciler.stat_cache import CacheEntry, FileStat, StatCache
-from reconciler.storage import TEMP_PREFIX, remove_if_exists, write_if_changed
+from reconciler.storage import (
+    TEMP_PREFIX,
+    remove_if_exists,
+    temp_writer_alive,
+    write_if_changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +289,11 @@ class ChannelIndexer:
         visible = hashlib.sha256()
         for entry in entries:
             if entry.name.startswith(TEMP_PREFIX):
-                if entry.is_file(follow_symlinks=False) and not self.dry_run:
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and not self.dry_run
+                    and not temp_writer_alive(entry.name)  # not a server's download
+                ):
                     remove_if_exists(Path(entry.path))
                 continue
             if entry.name.startswith(".") or not entry.is_file():
@@ -594,6 +604,8 @@ class ChannelIndexer:
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
         for name, data in outputs.items():
             path = folder / name
+            if name == "repodata.json":  # the twins, shards and pages are in place
+                checkpoint("index.before_repodata")
             if data is None:
                 if remove_if_exists(path):
                     result.deleted.append(name)

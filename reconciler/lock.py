@@ -104,8 +104,9 @@ def channel_lock(
                 time.sleep(poll)
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps(me.__dict__))
-        handle.flush()
+        # Who holds the lock is for messages only: a full disk must not stop the run.
+        with contextlib.suppress(OSError):
+            os.write(handle.fileno(), json.dumps(me.__dict__).encode())
         try:
             yield me
         finally:

@@ -30,6 +30,9 @@ def channel_folders(channel: Channel | PypiChannel) -> list[Path]:
     """Every folder the tool writes files into (where a crash can leave temp files)."""
     path = Path(channel.path)
     folders = [path]
+    state = path / ".reconciler"  # state, caches, upstream responses: written atomically too
+    if state.is_dir():
+        folders += [state, *sorted(p for p in state.rglob("*") if p.is_dir())]
     if isinstance(channel, PypiChannel):
         for top in ("simple", "packages"):
             folders.append(path / top)

@@ -56,4 +56,5 @@ class ChannelState(BaseModel):
             return cls(channel=channel)
 
     def save(self, channel_dir: Path) -> None:
-        write_if_changed(channel_dir / STATE_NAME, (self.model_dump_json(indent=1) + "\n").encode())
+        data = (self.model_dump_json(indent=1) + "\n").encode()
+        write_if_changed(channel_dir / STATE_NAME, data, step="state.mid_write")

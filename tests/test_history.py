@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+import pytest
+
 from reconciler.history import History, new_run
+from reconciler.storage import StorageError
 
 
 def test_runs_fold_to_latest_state(tmp_path: Path) -> None:
@@ -35,3 +40,37 @@ def test_torn_last_line_is_ignored_and_next_append_is_whole(tmp_path: Path) -> N
 def test_missing_history_is_empty(tmp_path: Path) -> None:
     assert History(tmp_path).runs() == []
     assert History(tmp_path).last_run("m") is None
+
+
+def test_a_filling_disk_finishes_short_writes_or_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``os.write`` on a filling disk writes less than asked, then fails with ENOSPC."""
+    history = History(tmp_path)
+    run = history.transition(history.append(new_run("c", "m")), "running")
+    real_write, calls = os.write, []
+
+    def short(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:10])  # the disk had room for 10 bytes
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", short)
+    with pytest.raises(StorageError, match=r"history\.jsonl: No space left") as raised:
+        history.transition(run, "completed")
+    assert raised.value.hint == "free some disk space and run again"
+    assert calls[1] == calls[0] - 10  # the rest was asked for, not dropped
+    monkeypatch.setattr(os, "write", real_write)
+    assert [r.state for r in history.runs()] == ["running"]  # the torn line is skipped
+    history.transition(run, "failed", error="interrupted")
+    assert [r.state for r in history.runs()] == ["failed"]
+
+    # A short write followed by room again: the whole line lands.
+    pieces = iter([5])
+    monkeypatch.setattr(
+        os, "write", lambda fd, data: real_write(fd, data[: next(pieces, len(data))])
+    )
+    history.transition(run, "completed")
+    monkeypatch.setattr(os, "write", real_write)
+    assert [r.state for r in history.runs()] == ["completed"]

@@ -353,7 +353,8 @@ def test_not_a_folder(tmp_path: Path) -> None:
 
 
 def test_leftovers_of_a_crashed_run_are_removed(channel: Path) -> None:
-    leftover = channel / "linux-64" / ".reconcile-tmp-repodata.json.1234"
+    # A download's temp name ends in its writer's pid: one above any pid_max, so dead.
+    leftover = channel / "linux-64" / ".reconcile-tmp-repodata.json.4194305"
     leftover.write_text("{half")
     index_channel(channel)
     assert not leftover.exists()

@@ -11,6 +11,7 @@ from reconciler.storage import (
     StorageError,
     clean_temp_files,
     remove_if_exists,
+    temp_writer_alive,
     write_atomic,
     write_if_changed,
 )
@@ -45,6 +46,30 @@ def test_failed_write_cleans_up_and_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"f\.json"):
         write_atomic(target, b"new")
     assert not [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_temp_names_carry_the_writers_pid_and_live_writers_are_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = 4194305  # above any pid_max: no process has it
+    names = [
+        f"{TEMP_PREFIX}{os.getpid()}-abcd1234",  # write_atomic's, this (live) process
+        f"{TEMP_PREFIX}pkg-1.0-0.conda.{os.getpid()}",  # a download in flight
+        f"{TEMP_PREFIX}{dead}-abcd1234",
+        f"{TEMP_PREFIX}pkg-1.0-0.conda.{dead}",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    assert temp_writer_alive(names[0]) and temp_writer_alive(names[1])
+    assert clean_temp_files(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[:2])
+    renamed: list[str] = []
+    replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: renamed.append(Path(src).name) or replace(src, dst)
+    )
+    write_atomic(tmp_path / "x.json", b"{}")
+    assert renamed[0].startswith(f"{TEMP_PREFIX}{os.getpid()}-")
 
 
 def test_clean_temp_files_and_remove(tmp_path: Path) -> None:

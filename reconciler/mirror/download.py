@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.errors import ReconcileError
+from reconciler.faults import checkpoint
 from reconciler.mirror.resolve import Download
 from reconciler.mirror.upstream import Upstream
 from reconciler.progress import NullReporter, Reporter
+from reconciler.storage import DISK_FULL
 
 # Keep this much free beyond the downloads themselves (index files, temp copies).
 DISK_MARGIN = 64 * 1024 * 1024
@@ -86,10 +88,16 @@ def download_all(
                 written = future.result()
                 result.bytes += written
                 result.done.append(item)
+                checkpoint("download.done")  # in place, not yet named by any repodata
                 reporter.advance(written)
             except ReconcileError as exc:
                 result.failed.append((item, exc.message))
-            except OSError as exc:
-                result.failed.append((item, f"{item.subdir}/{item.filename}: {exc}"))
+            except OSError as exc:  # the channel's disk: full, read-only, ...
+                target = channel_dir / item.subdir / item.filename
+                reason = f"{item.subdir}/{item.filename}: cannot write {target}: "
+                reason += exc.strerror or str(exc)
+                if exc.errno in DISK_FULL:
+                    reason += " (free some disk space and run again)"
+                result.failed.append((item, reason))
     reporter.finish()
     return result

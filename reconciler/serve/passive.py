@@ -11,18 +11,22 @@ share one download. Hits and fetches are counted in the channel's state folder.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.config import Channel, LoadedConfig, PypiChannel
 from reconciler.errors import ReconcileError
+from reconciler.faults import checkpoint
 from reconciler.mirror.resolve import make_upstream
 from reconciler.mirror.upstream import Upstream, redact
 from reconciler.published import channel_folders
 from reconciler.pypi.client import SimpleIndexClient
 from reconciler.state import ChannelState
-from reconciler.storage import clean_temp_files, write_atomic
+from reconciler.storage import StorageError, clean_temp_files, write_atomic
+
+log = logging.getLogger(__name__)
 
 STATS_NAME = ".reconciler/passive.json"
 
@@ -96,6 +100,10 @@ class PassiveFetcher:
             except ReconcileError as exc:
                 self.count(channel, failures=1)
                 raise FetchFailed(exc.message) from None
+            except OSError as exc:  # our disk, not the upstream: full, read-only, ...
+                self.count(channel, failures=1)
+                raise FetchFailed(f"cannot store {target}: {exc.strerror or exc}") from None
+            checkpoint("passive.fetched")  # in place and verified, not yet counted
             self.count(channel, fetches=1, bytes=written)
             return target
 
@@ -134,6 +142,9 @@ class PassiveFetcher:
             except ReconcileError as exc:
                 self.count(channel, failures=1)
                 raise FetchFailed(exc.message) from None
+            except OSError as exc:
+                self.count(channel, failures=1)
+                raise FetchFailed(f"cannot store {target}: {exc.strerror or exc}") from None
             self.count(channel, fetches=1, bytes=written)
             return target
 
@@ -143,7 +154,10 @@ class PassiveFetcher:
             stats = read_stats(Path(channel.path))
             for key, value in changes.items():
                 setattr(stats, key, getattr(stats, key) + value)
-            write_atomic(path, json.dumps(stats.__dict__).encode())
+            try:  # statistics only: a full disk must not fail the request
+                write_atomic(path, json.dumps(stats.__dict__).encode())
+            except StorageError as exc:
+                log.warning("passive fetch counts not saved: %s", exc.message)
 
 
 def read_stats(channel_dir: Path) -> PassiveStats:
