@@ -327,6 +327,11 @@ class Mirror(MirrorDefaults):
 
         if not croniter.is_valid(value):
             raise ValueError(f"invalid cron expression {value!r} (expected e.g. '17 3 * * *')")
+        try:
+            # Valid syntax can still name no time at all (31 February, a past year).
+            croniter(value, dt.datetime.now(dt.timezone.utc)).get_next(dt.datetime)
+        except (ValueError, OverflowError):  # croniter's errors are ValueErrors
+            raise ValueError(f"cron expression {value!r} never fires") from None
         return value
 
 
@@ -585,7 +590,13 @@ def load_config(path: Path | str, *, require_env: bool = False) -> LoadedConfig:
             f"{path}: configuration file not found",
             hint="pass the file with -c/--config, or run from the folder holding channels.yaml",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)"
+        ) from None
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
 
     result = check_config_text(text, path, environ=os.environ, require_env=require_env)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import os
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +245,43 @@ def _dicts(items: Any) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield index, item
 
 
+# The longest file name Linux, macOS and Windows file systems take, in bytes.
+NAME_MAX = 255
+
+
 def _resolve(base_dir: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base_dir / path).resolve()
+    """``value`` as an absolute path; ValueError says why it cannot be one."""
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
+        raise ValueError(f"path {value!r} is not valid text") from None
+    if "\x00" in value:
+        raise ValueError(f"path {value!r} contains a NUL character")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home directory at all
+        raise ValueError(f"cannot expand {value.split('/', 1)[0]!r} in path {value!r}") from None
+    resolved = (path if path.is_absolute() else base_dir / path).resolve()
+    if any(len(os.fsencode(part)) > NAME_MAX for part in resolved.parts):
+        raise ValueError(f"path {value!r} has a name longer than {NAME_MAX} bytes")
+    return resolved
+
+
+def _is(check: Callable[[], bool]) -> bool:
+    """``path.is_file`` and the like, False when the system cannot even look."""
+    try:
+        return check()
+    except OSError:  # a path too long in total, a permission denied on the way
+        return False
+
+
+def _resolved(base_dir: Path, value: str, out: _Collector, where: KeyPath) -> Path | None:
+    """:func:`_resolve`, reporting an unusable path at ``where`` instead of raising."""
+    try:
+        return _resolve(base_dir, value)
+    except ValueError as exc:
+        out.add(where, str(exc))
+        return None
 
 
 def _check_cross_fields(
@@ -274,8 +309,12 @@ def _check_cross_fields(
         label = name if isinstance(name, str) else f"channels[{ci}]"
 
         path_value = channel.get("path")
+        resolved = None
         if isinstance(path_value, str) and path_value.strip():
-            resolved = _resolve(base_dir, path_value)
+            resolved = _resolved(base_dir, path_value, out, (*cpath, "path"))
+        elif "path" in channel:
+            out.add((*cpath, "path"), "path must be a non-empty string")
+        if resolved is not None:
             # Report only the first clash per channel; one is enough to fix it.
             for other, other_label in channel_paths:
                 if resolved == other:
@@ -293,8 +332,6 @@ def _check_cross_fields(
                     )
                     break
             channel_paths.append((resolved, label))
-        elif "path" in channel:
-            out.add((*cpath, "path"), "path must be a non-empty string")
 
         patches = channel.get("patches") if channel_kind(channel) == "conda" else None
         for pi, patch in enumerate(patches if isinstance(patches, list) else []):
@@ -303,11 +340,18 @@ def _check_cross_fields(
             ppath: KeyPath = (*cpath, "patches", pi)
             if not patch.endswith(PATCH_SUFFIXES):
                 out.add(ppath, f"patch file {patch!r} must end in {', '.join(PATCH_SUFFIXES)}")
-            elif not _resolve(base_dir, patch).is_file():
-                out.add(ppath, f"patch file not found: {_resolve(base_dir, patch)}")
+                continue
+            patch_path = _resolved(base_dir, patch, out, ppath)
+            if patch_path is not None and not _is(patch_path.is_file):
+                out.add(ppath, f"patch file not found: {patch_path}")
 
         channel_subdirs = channel.get("subdirs", ["noarch"])
-        served = set(channel_subdirs) | {"noarch"} if isinstance(channel_subdirs, list) else None
+        # Only names can be served; the model reports the rest (lists, numbers) itself.
+        served = (
+            {s for s in channel_subdirs if isinstance(s, str)} | {"noarch"}
+            if isinstance(channel_subdirs, list)
+            else None
+        )
 
         for mi, mirror in _dicts(channel.get("mirrors")):
             mpath: KeyPath = (*cpath, "mirrors", mi)
@@ -358,10 +402,9 @@ def _check_mirror(
     source = mirror.get("source")
     if isinstance(source, str) and source_kind(source) in ("path", "file"):
         local = source[len("file://") :] if source.lower().startswith("file://") else source
-        if local and not _resolve(base_dir, local).exists():
-            out.warn(
-                (*mpath, "source"), f"source folder does not exist: {_resolve(base_dir, local)}"
-            )
+        folder = _resolved(base_dir, local, out, (*mpath, "source")) if local else None
+        if folder is not None and not _is(folder.exists):
+            out.warn((*mpath, "source"), f"source folder does not exist: {folder}")
 
     schedule = mirror.get("schedule")
     if isinstance(schedule, str):
@@ -390,14 +433,19 @@ def shortest_interval(expression: str, samples: int = 400) -> dt.timedelta | Non
     if not croniter.is_valid(expression):
         return None
     start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
-    it = croniter(expression, start)
-    previous = it.get_next(dt.datetime)
     shortest: dt.timedelta | None = None
-    for _ in range(samples):
-        current = it.get_next(dt.datetime)
-        gap = current - previous
-        shortest = gap if shortest is None else min(shortest, gap)
-        previous = current
+    try:
+        it = croniter(expression, start)
+        previous = it.get_next(dt.datetime)
+        for _ in range(samples):
+            current = it.get_next(dt.datetime)
+            gap = current - previous
+            shortest = gap if shortest is None else min(shortest, gap)
+            previous = current
+    except (ValueError, OverflowError):  # croniter's errors are ValueErrors
+        # Fires rarely or no more (31 February, a past year, beyond year 9999): the
+        # model reports one that never fires; the gaps seen so far are all there is.
+        pass
     return shortest
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -12,6 +13,14 @@ class Severity(str, enum.Enum):
 
 
 KeyPath = tuple[str | int, ...]
+
+# Line breaks and other control characters, which would split or garble a message line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so one problem stays one line."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def format_key_path(path: KeyPath) -> str:
@@ -38,4 +47,5 @@ class Diagnostic:
         where = f"{self.file}:{self.line}:"
         if self.severity is Severity.WARNING:
             where += " warning:"
-        return f"{where} {format_key_path(self.path)}: {self.message}"
+        # Keys and values come from the file: a key holding a newline must not split the line.
+        return f"{where} {printable(format_key_path(self.path))}: {printable(self.message)}"

@@ -90,6 +90,11 @@ def describe_rule(rule: Rule) -> str:
     return ", ".join(parts)
 
 
+def _text(value: Any) -> str | None:
+    """A record's string field; anything else (a list, a number) from upstream counts as unset."""
+    return value if isinstance(value, str) else None
+
+
 def rule_matches(rule: Rule, candidate: Candidate) -> bool:
     """Every key the rule gives must match (AND)."""
     record = candidate.record
@@ -104,11 +109,11 @@ def rule_matches(rule: Rule, candidate: Candidate) -> bool:
         if version is None or not _version_spec(rule.version).matches(version):
             return False
     if rule.license_family is not None and not family_matches(
-        rule.license_family, record.get("license_family")
+        rule.license_family, _text(record.get("license_family"))
     ):
         return False
     if rule.license is not None and not license_matches(
-        rule.license, record.get("license"), record.get("license_family")
+        rule.license, _text(record.get("license")), _text(record.get("license_family"))
     ):
         return False
     if rule.spec is not None:
@@ -122,15 +127,14 @@ def rule_matches(rule: Rule, candidate: Candidate) -> bool:
 
 def _timestamp(record: Mapping[str, Any]) -> dt.datetime | None:
     value = record.get("timestamp")
-    if not isinstance(value, int | float) or value <= 0:
+    if not isinstance(value, int | float) or not value > 0:  # NaN is not > 0 either
         return None
     seconds = value / 1000 if value > 10**11 else value  # ms in modern records, s in old
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
-
-
-def _by_version(item: tuple[str, rattler.Version | None]) -> rattler.Version:
-    assert item[1] is not None
-    return item[1]
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        # Beyond year 9999 (an upstream's garbage): later than any window.
+        return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
 
 class FilterEngine:
@@ -205,14 +209,23 @@ class FilterEngine:
         if latest is not None:
             for group in survivors.values():
                 versions = {str(c.record.get("version", "")) for c in group}
-                parsed = [(v, _version(v)) for v in versions]
-                # Unparseable versions count as the oldest.
-                ordered = sorted((p for p in parsed if p[1] is not None), key=_by_version)
-                ordered.reverse()
-                ranked = [v for v, _ in ordered] + sorted(v for v, p in parsed if p is None)
-                keep = set(ranked[:latest])
+                parsed = {text: _version(text) for text in versions}
+                # Versions equal in conda's order (1.0 and 1.0.0) are one version, kept or
+                # dropped together; ranking their texts would follow the set's hash order,
+                # which changes from one process to the next.
+                distinct: list[rattler.Version] = []
+                for version in sorted((v for v in parsed.values() if v is not None), reverse=True):
+                    if not distinct or version != distinct[-1]:
+                        distinct.append(version)
+                newest = distinct[:latest]
+                # Unparseable versions count as the oldest, ranked by their text.
+                room = latest - len(newest)
+                unparsed = sorted(text for text, v in parsed.items() if v is None)[: max(room, 0)]
                 for candidate in group:
-                    if str(candidate.record.get("version", "")) not in keep:
+                    text = str(candidate.record.get("version", ""))
+                    found = parsed[text]
+                    kept = text in unparsed if found is None else found >= newest[-1]
+                    if not kept:
                         decisions[candidate.key] = Decision(
                             False, f"older than the newest {latest} by {self.where}.latest"
                         )

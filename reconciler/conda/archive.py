@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 import zipfile
@@ -22,10 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 from conda_package_streaming.package_streaming import stream_conda_component
 
 from reconciler.conda.metadata import CHANNELDATA_FLAGS, PackageMetadata
 from reconciler.conda.names import package_suffix, strip_suffix
+from reconciler.conda.records import record_problem
 from reconciler.errors import PackageError
 
 # Files up to this size are read into memory once, hashed and parsed from there.
@@ -35,6 +36,15 @@ _CHUNK = 1024 * 1024
 # Caps on what is read from info/: paths.json of a huge package is a few MB.
 MEMBER_LIMIT = 64 * 1024 * 1024
 INFO_TOTAL_LIMIT = 256 * 1024 * 1024
+# Caps on what finding info/ may cost. Members are parsed one by one and the ones
+# skipped are still decompressed, so an archive of millions of empty members, or of a
+# member declaring terabytes of zeros (which compress a million to one), would run for
+# hours. A member may end no further into the decompressed stream than STREAM_RATIO
+# times the compressed size (real packages compress 3 to 20 times), or STREAM_FLOOR
+# for small files; 100,000 members take about 3 s to parse.
+MAX_MEMBERS = 200_000
+STREAM_RATIO = 200
+STREAM_FLOOR = 1024 * 1024 * 1024
 
 # The info/ files the index reads; the rest of info/ is skipped unread.
 _WANTED = {
@@ -93,15 +103,34 @@ def _check_member_name(filename: str, name: str) -> None:
 
 
 def _info_members(
-    filename: str, fileobj: IO[bytes], zf: zipfile.ZipFile | None, stop_after_info: bool
+    filename: str,
+    fileobj: IO[bytes],
+    zf: zipfile.ZipFile | None,
+    stop_after_info: bool,
+    compressed: int,
 ) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, bytes)`` for the wanted ``info/`` members of an archive."""
+    """Yield ``(name, bytes)`` for the wanted ``info/`` members of an archive.
+
+    ``compressed`` is the size of what is streamed (the file, or the .conda's info
+    member), which bounds how far into the decompressed stream a member may reach.
+    """
     component = "info" if zf is not None else "pkg"
+    stream_limit = max(STREAM_FLOOR, STREAM_RATIO * compressed)
     total = 0
+    count = 0
     seen_info = False
     for tar, member in stream_conda_component(filename, fileobj, component, zf=zf):
+        _check_member_name(filename, member.name)
+        count += 1
+        if count > MAX_MEMBERS:
+            raise PackageError(filename, f"more than {MAX_MEMBERS} archive members")
+        if member.offset_data + member.size > stream_limit:
+            raise PackageError(
+                filename,
+                f"{member.name!r} would decompress past {stream_limit} bytes, over "
+                f"{STREAM_RATIO} times the {compressed} compressed bytes (a decompression bomb?)",
+            )
         name = member.name
-        _check_member_name(filename, name)
         if name.startswith("./"):
             name = name[2:]
         if not name.startswith("info/"):
@@ -125,23 +154,26 @@ def _info_members(
 
 def _load_json(filename: str, member: str, data: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # orjson, as for repodata: what it reads it can write back (no NaN, no integer
+        # beyond 64 bits), and the records from index.json are written into repodata.
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise PackageError(filename, f"{member} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise PackageError(filename, f"{member} is not a JSON object")
     return value
 
 
-def _open_conda(filename: str, fileobj: IO[bytes]) -> zipfile.ZipFile:
-    """Open a ``.conda``; it must hold ``info-<stem>`` named after the file itself."""
+def _open_conda(filename: str, fileobj: IO[bytes]) -> tuple[zipfile.ZipFile, int]:
+    """Open a ``.conda`` and size its info member, which must be named after the file."""
     try:
         zf = zipfile.ZipFile(fileobj)
     except zipfile.BadZipFile as exc:
         raise PackageError(filename, f"not a valid .conda (zip) archive: {exc}") from None
     names = zf.namelist()
     stem = strip_suffix(filename)
-    if not any(n.startswith(f"info-{stem}.tar") for n in names):
+    info = [i for i in zf.infolist() if i.filename.startswith(f"info-{stem}.tar")]
+    if not info:
         inner = sorted(n for n in names if n.startswith("info-"))
         found = ", ".join(inner) or "no info-*.tar.zst member"
         raise PackageError(
@@ -149,7 +181,7 @@ def _open_conda(filename: str, fileobj: IO[bytes]) -> zipfile.ZipFile:
             f"the inner names do not match the filename (expected info-{stem}.tar.zst, "
             f"found {found})",
         )
-    return zf
+    return zf, sum(i.compress_size for i in info)
 
 
 def _flags(paths_json: dict[str, Any] | None, files: list[str], has_prefix: str) -> dict[str, bool]:
@@ -193,11 +225,11 @@ def _flags(paths_json: dict[str, Any] | None, files: list[str], has_prefix: str)
     return flags
 
 
-def _parse(filename: str, fileobj: IO[bytes], suffix: str) -> PackageMetadata:
-    zf = _open_conda(filename, fileobj) if suffix == ".conda" else None
+def _parse(filename: str, fileobj: IO[bytes], suffix: str, size: int) -> PackageMetadata:
     members: dict[str, bytes] = {}
     try:
-        for name, data in _info_members(filename, fileobj, zf, stop_after_info=True):
+        zf, compressed = _open_conda(filename, fileobj) if suffix == ".conda" else (None, size)
+        for name, data in _info_members(filename, fileobj, zf, True, compressed):
             members[name] = data
     except PackageError:
         raise
@@ -214,6 +246,9 @@ def _parse(filename: str, fileobj: IO[bytes], suffix: str) -> PackageMetadata:
     missing = [key for key in ("name", "version", "build") if not isinstance(index.get(key), str)]
     if missing:
         raise PackageError(filename, f"info/index.json lacks {', '.join(missing)}")
+    problem = record_problem(index)
+    if problem is not None:
+        raise PackageError(filename, f"info/index.json: {problem}")
     about = (
         _load_json(filename, "info/about.json", members["info/about.json"])
         if "info/about.json" in members
@@ -252,18 +287,18 @@ def read_package(path: Path) -> PackageMetadata:
             raise PackageError(filename, "empty file")
         if size <= IN_MEMORY_LIMIT:
             data = path.read_bytes()
-            meta = _parse(filename, io.BytesIO(data), suffix)
+            meta = _parse(filename, io.BytesIO(data), suffix, size)
             md5, sha256 = hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest()
             size = len(data)
         elif suffix == ".tar.bz2":
             with path.open("rb") as raw:
                 reader = _HashingReader(raw)
-                meta = _parse(filename, io.BufferedReader(reader, _CHUNK), suffix)
+                meta = _parse(filename, io.BufferedReader(reader, _CHUNK), suffix, size)
                 reader.drain()
             md5, sha256, size = reader.md5.hexdigest(), reader.sha256.hexdigest(), reader.size
         else:
             with path.open("rb") as raw:
-                meta = _parse(filename, raw, suffix)
+                meta = _parse(filename, raw, suffix, size)
             md5, sha256, size = _digests_of_file(path)
     except OSError as exc:
         raise PackageError(filename, f"cannot read file: {exc.strerror or exc}") from None

@@ -45,7 +45,10 @@ def _when(timestamp: Any) -> str:
         return ""
     if value > 10**11:  # milliseconds
         value //= 1000
-    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, ValueError, OSError):  # beyond what a date can hold
+        return ""
 
 
 def render_subdir_html(

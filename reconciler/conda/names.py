@@ -9,6 +9,10 @@ _SUBDIR_RE = re.compile(r"^[a-z0-9]+-[a-z0-9]+$")
 
 PACKAGE_SUFFIXES: tuple[str, ...] = (".conda", ".tar.bz2")
 
+# The longest file name Linux, macOS and Windows file systems take, in bytes: a longer
+# one is valid text but can never be written into the channel.
+NAME_MAX = 255
+
 # A package filename is ``<name>-<version>-<build><suffix>``; none of the parts may
 # contain path separators. Names and builds use conda's allowed characters.
 _FILENAME_RE = re.compile(
@@ -49,6 +53,8 @@ def filename_problem(filename: str) -> str | None:
         return "filename does not end in .conda or .tar.bz2"
     if not _FILENAME_RE.match(filename):
         return "filename is not <name>-<version>-<build>.conda|.tar.bz2"
+    if len(filename) > NAME_MAX:  # the pattern above allows ASCII only: chars are bytes
+        return f"filename is longer than {NAME_MAX} bytes"
     return None
 
 

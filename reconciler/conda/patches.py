@@ -27,6 +27,7 @@ import orjson
 import zstandard
 
 from reconciler.conda.names import is_valid_subdir
+from reconciler.conda.records import field_problem
 from reconciler.errors import ReconcileError
 
 PATCH_INSTRUCTIONS_VERSION = 1
@@ -135,19 +136,36 @@ def _looks_like_instructions(data: Mapping[str, Any]) -> bool:
     return any(key in INSTRUCTION_KEYS for key in data)
 
 
+class _NotJson(ValueError):
+    """NaN or Infinity: Python's reader takes them, no JSON reader of repodata does."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _not_json(name: str) -> Any:
+    raise _NotJson(name)
+
+
 class JsonPatch(PatchSource):
     """``patch_instructions.json``: one instructions object, or ``{subdir: instructions}``."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         try:
-            data = json.loads(self._bytes)
+            data = json.loads(self._bytes, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             raise PatchError(
                 f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})"
             ) from None
         except UnicodeDecodeError as exc:
             raise PatchError(f"{path}: not UTF-8 text ({exc})") from None
+        except _NotJson as exc:
+            line = self._bytes[: self._bytes.find(exc.name.encode())].count(b"\n") + 1
+            raise PatchError(
+                f"{path}:{line}: not valid JSON ({exc.name} is not a JSON value)"
+            ) from None
         if not isinstance(data, dict):
             raise PatchError(f"{path}: patch instructions must be a JSON object")
         self._everywhere: dict[str, Any] | None = None
@@ -190,7 +208,7 @@ class PackagePatch(PatchSource):
                     continue
                 where = self.describe(subdir)
                 try:
-                    data = json.loads(handle.read())
+                    data = json.loads(handle.read(), parse_constant=_not_json)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise PatchError(f"{where}: not valid JSON ({exc})") from None
                 if not isinstance(data, dict):
@@ -286,15 +304,30 @@ def validate_instructions(
         if not isinstance(fixes, dict):
             raise PatchError(f"{source}: {key!r} must map filenames to field changes")
         for filename, changes in fixes.items():
+            if not isinstance(filename, str):
+                raise PatchError(
+                    f"{source}: {key!r} must map filenames to field changes "
+                    f"({filename!r} is not a filename)"
+                )
             if not isinstance(changes, dict):
                 raise PatchError(
                     f"{source}: {key!r} must map filenames to field changes "
                     f"({filename!r} maps to {type(changes).__name__})"
                 )
+            for field, value in changes.items():
+                problem = field_problem(str(field), value)
+                if problem is not None:
+                    raise PatchError(f"{source}: {key!r} {filename!r}: {problem}")
     for key in ("revoke", "remove"):
         names = instructions.get(key, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise PatchError(f"{source}: {key!r} must be a list of filenames")
+    try:
+        # Patched records are written as JSON by orjson: a value it cannot write (an
+        # integer beyond 64 bits, a set, a non-string key) must fail here, naming the patch.
+        orjson.dumps(instructions)
+    except TypeError as exc:  # orjson.JSONEncodeError included
+        raise PatchError(f"{source}: instructions cannot be written as JSON ({exc})") from None
     if strict:
         unknown = sorted(set(instructions) - INSTRUCTION_KEYS)
         if unknown:
@@ -367,7 +400,9 @@ def apply_instructions(
         for section, name in targets(filename):
             record = dict(section[name])
             record["revoked"] = True
-            depends = list(record.get("depends") or ())
+            # An upstream depends that is not a list (garbage) gives way to the revocation.
+            found = record.get("depends")
+            depends = list(found) if isinstance(found, list) else []
             if REVOKED_DEPENDENCY not in depends:
                 depends.append(REVOKED_DEPENDENCY)
             record["depends"] = depends

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +34,49 @@ def make_record(index: Mapping[str, Any], md5: str, sha256: str, size: int) -> d
     record["sha256"] = sha256
     record["size"] = size
     return record
+
+
+# The fields conda's readers (and ours: current_repodata, channeldata, shards, the
+# filters) take as typed. Records come from upstreams, package files and patches,
+# none of them trusted: one whose field has another type is refused where it enters,
+# so nothing downstream meets a ``depends`` that is a number.
+_TEXT_FIELDS = frozenset(
+    {"name", "version", "build", "subdir", "md5", "sha256", "license", "license_family"}
+)
+_INTEGER_FIELDS = frozenset({"build_number", "size"})
+_TEXT_LIST_FIELDS = frozenset({"depends", "constrains"})
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def field_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the record field ``key``, or None when it can.
+
+    ``None`` (JSON null) passes: it means "not given", as conda reads it.
+    """
+    if value is None:
+        return None
+    if key in _TEXT_FIELDS and not isinstance(value, str):
+        return f"{key!r} is {_kind(value)}, not a string"
+    if key in _INTEGER_FIELDS and type(value) is not int:
+        return f"{key!r} is {_kind(value)}, not an integer"
+    if key == "timestamp" and (type(value) not in (int, float) or not math.isfinite(value)):
+        return f"'timestamp' is {value!r}, not a number"
+    if key in _TEXT_LIST_FIELDS and not (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    ):
+        return f"{key!r} is {_kind(value)}, not a list of strings"
+    return None
+
+
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why ``record`` is unusable (no name, a mistyped field), or None when it is usable."""
+    if not isinstance(record.get("name"), str):
+        return "record has no name"
+    for key, value in record.items():
+        problem = field_problem(str(key), value)
+        if problem is not None:
+            return problem
+    return None

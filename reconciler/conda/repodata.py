@@ -87,4 +87,7 @@ def load_repodata(data: bytes, source: str) -> dict[str, Any]:
     removed = repodata.setdefault("removed", [])
     if not isinstance(removed, list):
         raise ReconcileError(f"{source}: repodata 'removed' is not a list")
+    # Patching merges it into a set of filenames: anything else cannot be one.
+    if not all(isinstance(name, str) for name in removed):
+        raise ReconcileError(f"{source}: repodata 'removed' is not a list of filenames")
     return repodata

@@ -18,6 +18,7 @@ import rattler
 
 from reconciler.conda.current_repodata import parse_dependency
 from reconciler.conda.names import filename_problem
+from reconciler.conda.records import record_problem
 from reconciler.filters import Candidate, Decision, FilterEngine
 
 # (subdir, filename)
@@ -44,8 +45,8 @@ def safe_records(
             problem = filename_problem(str(filename))
             if problem is None and not str(filename).endswith(suffix):
                 problem = f"listed under {section!r} with the wrong suffix"
-            if problem is None and not isinstance(record.get("name"), str):
-                problem = "record has no name"
+            if problem is None:
+                problem = record_problem(record)
             declared = record.get("subdir")
             if problem is None and declared is not None and declared != subdir:
                 problem = f"record says subdir {declared!r} but is listed in {subdir}"
@@ -56,12 +57,20 @@ def safe_records(
     return records, refused
 
 
+def _number(value: Any) -> int:
+    """An upstream integer field; what is not one (a list, "x", NaN) counts as 0."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _newest_key(record: Mapping[str, Any]) -> tuple[Any, int, int]:
     try:
         version: Any = rattler.Version(str(record.get("version", "")))
     except Exception:
         version = rattler.Version("0")
-    return (version, int(record.get("build_number") or 0), int(record.get("timestamp") or 0))
+    return (version, _number(record.get("build_number")), _number(record.get("timestamp")))
 
 
 def select(
@@ -112,14 +121,22 @@ def _add_dependencies(
         for filename, record in records.items():
             by_name.setdefault(str(record["name"]), []).append(((subdir, filename), record))
     for group in by_name.values():
-        group.sort(key=lambda item: _newest_key(item[1]), reverse=True)
+        # Newest first; among equals .conda first (as conda prefers it), then by key: the
+        # choice must not follow the order the upstream happens to list records in.
+        group.sort(key=lambda item: item[0])
+        group.sort(
+            key=lambda item: (_newest_key(item[1]), item[0][1].endswith(".conda")), reverse=True
+        )
 
-    pending = list(result.selected.items())
+    # In key order too: a dependency one package already pulled in satisfies the next.
+    pending = sorted(result.selected.items())
     warned: set[tuple[str, str]] = set()
     while pending:
         added: list[tuple[Key, dict[str, Any]]] = []
         for (subdir, filename), record in pending:
-            for spec in record.get("depends") or ():
+            depends = record.get("depends")
+            # Upstream metadata: a depends that is not a list names nothing we can follow.
+            for spec in depends if isinstance(depends, list) else ():
                 dependency = parse_dependency(spec) if isinstance(spec, str) else None
                 if dependency is None or dependency.name not in by_name:
                     continue
@@ -152,4 +169,4 @@ def _add_dependencies(
                         f"{subdir}/{filename} needs {spec!r}, but {blocked_by[0]} is excluded "
                         f"by {blocked_by[1]}"
                     )
-        pending = added
+        pending = sorted(added)

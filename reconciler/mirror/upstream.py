@@ -7,6 +7,11 @@ channel's state folder so a ``304`` reuses them. Failures retry with backoff on
 5xx, connection errors and truncated bodies, then raise an error naming the URL
 (credentials redacted). A token from ``token_env`` goes into anaconda.org-style
 ``/t/<token>/`` URLs and never into messages.
+
+The upstream is untrusted: redirects are followed by hand and only to allowed
+hosts (:meth:`Upstream.check_url`), response headers must be complete within the
+timeout (:class:`_DeadlineAdapter`), bodies must keep a minimum pace (:class:`Pace`),
+and sizes are capped before anything is decoded into memory.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +34,9 @@ import orjson
 import requests
 import urllib3
 import zstandard
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from reconciler.conda.repodata import load_repodata
 from reconciler.errors import ReconcileError
@@ -125,7 +136,7 @@ class Upstream:
     def session(self) -> requests.Session:
         if self._session is None:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+            adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = "conda-reconcile"
@@ -133,26 +144,47 @@ class Upstream:
         return self._session
 
     def check_url(self, url: str, shown: str) -> None:
-        """Refuse a URL on a host that is neither the source's nor allowed, or an
-        https → http downgrade."""
+        """Refuse ``url`` (fetched for ``shown``) unless it is http(s) on the source's
+        host or an allowed host, and not plain http under an https source.
+
+        Raises :class:`UpstreamError` naming both, redacted.
+        """
+        self._check(url, shown, redirect=False)
+
+    def _check(self, url: str, shown: str, *, redirect: bool) -> None:
         parsed = urlparse(url)
+        what = "a redirect to " if redirect else ""
         if parsed.scheme not in ("http", "https"):
-            raise UpstreamError(f"{shown}: refused a redirect to a {parsed.scheme or 'bare'} URL")
+            raise UpstreamError(
+                f"{shown}: refused {what}{redact(url)}: only http(s) URLs are followed"
+            )
         if self.source.lower().startswith("https://") and parsed.scheme == "http":
-            raise UpstreamError(f"{shown}: refused a redirect from https to {redact(url)}")
+            raise UpstreamError(
+                f"{shown}: refused {'a redirect from https to' if redirect else 'plain http'} "
+                f"{redact(url)}",
+                hint="an https upstream may not send us to plain http",
+            )
         if _host(url) not in self.hosts:
             raise UpstreamError(
-                f"{shown}: refused a redirect to host {_host(url)} ({redact(url)})",
+                f"{shown}: refused {what or 'a URL on '}host {_host(url)} ({redact(url)})",
                 hint="an upstream may only send us to its own host or to allowed_hosts",
             )
 
     def _get(self, url: str, shown: str, headers: dict[str, str]) -> requests.Response:
-        """GET with redirects followed by hand, each hop's host checked first."""
+        """GET with redirects followed by hand, each hop's host checked first.
+
+        Each hop's status line and headers must arrive within ``timeout`` seconds
+        in all (see :class:`_DeadlineAdapter`), not only each read.
+        """
+        if self.is_http:
+            self._check(url, shown, redirect=False)
         for _hop in range(MAX_REDIRECTS + 1):
             try:
                 response = self.session.get(
                     url, headers=headers, timeout=self.timeout, stream=True, allow_redirects=False
                 )
+            except _HeadersStalled as exc:
+                raise _Retryable(str(exc)) from None
             except requests.RequestException as exc:
                 raise _Retryable(_describe(exc)) from None
             if response.status_code not in (301, 302, 303, 307, 308):
@@ -160,7 +192,7 @@ class Upstream:
             location = response.headers.get("location", "")
             response.close()
             url = urljoin(url, location)
-            self.check_url(url, shown)
+            self._check(url, shown, redirect=True)
         raise UpstreamError(f"{shown}: more than {MAX_REDIRECTS} redirects")
 
     # -- retries -----------------------------------------------------------------------
@@ -228,7 +260,19 @@ class Upstream:
         shown = self.shown(subdir, name)
 
         def parse(body: bytes) -> dict[str, Any]:
-            return load_repodata(_unzstd(body, shown) if name.endswith(".zst") else body, shown)
+            try:
+                data = _unzstd(body, shown) if name.endswith(".zst") else body
+                return load_repodata(data, shown)
+            except ReconcileError as exc:
+                if isinstance(exc, UpstreamError):
+                    raise
+                html = body.lstrip()[:1] == b"<"
+                raise UpstreamError(
+                    exc.message,
+                    hint="the upstream sent an HTML page: a login or error page?"
+                    if html
+                    else "the upstream sent something that is not repodata; nothing was kept",
+                ) from None
 
         repodata, fetched = self.get_cached(
             self.url(subdir, name), shown, body_path, headers_path, MAX_REPODATA_BYTES, parse
@@ -279,7 +323,7 @@ class Upstream:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise UpstreamError(f"{shown}: HTTP {response.status_code}")
-                body = _read_body(response, limit, self.timeout)
+                body = _read_body(response, limit, self.timeout, shown)
                 kept = {
                     k: response.headers[k]
                     for k in ("etag", "last-modified", "content-type")
@@ -335,9 +379,10 @@ class Upstream:
             digest = hashlib.sha256()
             written = 0
             pace = Pace(self.timeout, shown)
+            sent: dict[str, str] = {}
             try:
                 with tmp.open("wb") as out:
-                    for chunk in self._chunks(location, shown):
+                    for chunk in self._chunks(location, shown, size, sent):
                         written += len(chunk)
                         pace.check(written)
                         if size is not None and written > size:
@@ -348,9 +393,14 @@ class Upstream:
                 if size is not None and written != size:
                     raise _Retryable(f"truncated: got {written} of {size} bytes")
                 if sha256 and digest.hexdigest() != sha256:
+                    html = _is_html(sent.get("content-type", ""))
                     raise UpstreamError(
-                        f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})",
-                        hint="the upstream file does not match its index; nothing was replaced",
+                        f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})"
+                        + (" in an HTML page" if html else ""),
+                        hint="a login or error page? check the source URL and the mirror's "
+                        "token_env"
+                        if html
+                        else "the upstream file does not match its index; nothing was replaced",
                     )
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -362,7 +412,8 @@ class Upstream:
         result: int = self._retrying(shown, attempt)
         return result
 
-    def _chunks(self, location: str, shown: str) -> Any:
+    def _chunks(self, location: str, shown: str, size: int | None, sent: dict[str, str]) -> Any:
+        """The file's bytes as they arrive; ``sent`` gets the response's content type."""
         if not location.lower().startswith(("http://", "https://")):
             try:
                 with open(location, "rb") as handle:
@@ -381,6 +432,8 @@ class Upstream:
                 raise _Retryable(f"HTTP {response.status_code}")
             if response.status_code != 200:
                 raise UpstreamError(f"{shown}: HTTP {response.status_code}")
+            sent["content-type"] = response.headers.get("content-type", "")
+            _check_file_headers(response, shown, size)
             # Stored as sent (never decoded): a package is verified byte for byte.
             yield from stream(response, decode=False)
 
@@ -416,6 +469,119 @@ class _Retryable(Exception):
     """A failure worth another attempt (5xx, connection trouble, a short body)."""
 
 
+class _HeadersStalled(Exception):
+    """The status line and headers were not all there within the timeout.
+
+    Deliberately not an ``OSError``: it passes through ``urllib3`` and ``requests``
+    untouched (the connection is closed on the way) and :meth:`Upstream._get`
+    turns it into a retryable failure with this message.
+    """
+
+
+def _headers_in_time(
+    connection: HTTPConnection, getresponse: Callable[[], BaseHTTPResponse]
+) -> BaseHTTPResponse:
+    """Run ``getresponse`` with a deadline on the whole header phase.
+
+    ``requests``' timeout bounds each socket read, so a server sending its headers
+    a byte at a time never trips it. ``urllib3`` sets the connection's timeout to
+    the read timeout before asking for the response: after that long in all, a
+    timer shuts the socket down, which ends the blocked read at once.
+    """
+    limit = connection.timeout
+    sock = connection.sock
+    if not isinstance(limit, (int, float)) or limit <= 0 or sock is None:
+        return getresponse()
+    fired = threading.Event()
+
+    def cut() -> None:
+        fired.set()
+        with suppress(OSError):
+            # The plain socket's shutdown, also under TLS: it only ends the blocked read.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    stalled = f"no complete response headers within {limit:g} s"
+    timer = threading.Timer(limit, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        response = getresponse()
+    except Exception:
+        if fired.is_set():
+            raise _HeadersStalled(stalled) from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():  # http.client takes the cut for the end of the headers
+        raise _HeadersStalled(stalled)
+    return response
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    def getresponse(self) -> Any:
+        return _headers_in_time(self, super().getresponse)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> Any:
+        return _headers_in_time(self, super().getresponse)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose connections bound the header phase (:func:`_headers_in_time`)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _use_deadline_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: Any, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _use_deadline_pools(manager)
+        return manager
+
+
+def _use_deadline_pools(manager: Any) -> None:
+    """Swap the standard pool classes (a SOCKS proxy's own are left alone)."""
+    classes = dict(manager.pool_classes_by_scheme)
+    if classes.get("http") is HTTPConnectionPool:
+        classes["http"] = _DeadlineHTTPPool
+    if classes.get("https") is HTTPSConnectionPool:
+        classes["https"] = _DeadlineHTTPSPool
+    manager.pool_classes_by_scheme = classes
+
+
+def _is_html(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
+
+
+def _check_file_headers(response: requests.Response, shown: str, size: int | None) -> None:
+    """Refuse, before reading the body, an answer that cannot be the file of ``size`` bytes.
+
+    An HTML page (a login or error page served with 200) is refused unless its length
+    is the recorded size; without a recorded size the sha256 check decides.
+    """
+    length = response.headers.get("content-length", "")
+    declared = int(length) if length.isdigit() else None
+    if size is not None and _is_html(response.headers.get("content-type", "")) and declared != size:
+        raise UpstreamError(
+            f"{shown}: the upstream answered with an HTML page ({length or 'unknown'} bytes), "
+            "not the file",
+            hint="a login or error page? check the source URL and the mirror's token_env",
+        )
+    if size is not None and declared is not None and declared != size:
+        encoding = response.headers.get("content-encoding", "")
+        sent = f" (Content-Encoding: {encoding})" if encoding else ""
+        raise _Retryable(f"Content-Length {declared}{sent} differs from the {size} bytes recorded")
+
+
 def stream(response: requests.Response, decode: bool = True) -> Iterator[bytes]:
     """The body as it arrives (decoded), each read returning what one recv gave.
 
@@ -443,36 +609,81 @@ def _describe(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def _read_body(response: requests.Response, limit: int, timeout: float) -> bytes:
+def _amount(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+def _read_body(response: requests.Response, limit: int, timeout: float, shown: str) -> bytes:
+    """The whole body, decoded, refused beyond ``limit`` bytes (counted after decoding).
+
+    ``urllib3`` (2.6 and later) decodes at most one chunk per read, so a compression
+    bomb costs at most ``limit`` plus a chunk of memory.
+    """
     chunks = []
     total = 0
-    pace = Pace(timeout, redact(response.url))
+    pace = Pace(timeout, shown)
+    encoding = response.headers.get("content-encoding")
     try:
         for chunk in stream(response):
             total += len(chunk)
             pace.check(total)
             if total > limit:
-                raise UpstreamError(f"{redact(response.url)}: response larger than {limit} bytes")
+                decoded = f" once decoded (Content-Encoding: {encoding})" if encoding else ""
+                raise UpstreamError(
+                    f"{shown}: response larger than the limit of {_amount(limit)}{decoded}; "
+                    "gave up",
+                    hint="the upstream sent far more than any real index; check the source",
+                )
             chunks.append(chunk)
     except requests.RequestException as exc:
         raise _Retryable(_describe(exc)) from None
     expected = response.headers.get("content-length")
-    encoding = response.headers.get("content-encoding")
     if expected and not encoding and expected.isdigit() and int(expected) != total:
         raise _Retryable(f"truncated body: {total} of {expected} bytes")
     return b"".join(chunks)
 
 
+# Compressed input is decompressed this much at a time. A zstd block of 4 bytes can
+# stand for 128 KiB, so one step makes at most 32 MiB: a bomb overshoots the limit by that.
+_ZSTD_STEP = 1024
+
+
 def _unzstd(data: bytes, source: str) -> bytes:
+    """Decompress zstd frames, refusing more than :data:`MAX_REPODATA_BYTES` out
+    and a frame cut short (which a stream reader would end silently)."""
+    limit = MAX_REPODATA_BYTES
     chunks: list[bytes] = []
     total = 0
+    decompressor = zstandard.ZstdDecompressor()
+    frame = decompressor.decompressobj()
+    in_frame = False  # fed bytes of a frame that has not ended yet
+    view = memoryview(data)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            while chunk := reader.read(CHUNK * 8):
+        for start in range(0, len(view), _ZSTD_STEP):
+            piece: bytes | memoryview = view[start : start + _ZSTD_STEP]
+            while piece:
+                chunk = frame.decompress(piece)
+                in_frame = True
+                piece = b""
                 total += len(chunk)
-                if total > MAX_REPODATA_BYTES:
-                    raise UpstreamError(f"{source}: decompressed repodata is larger than the limit")
+                if total > limit:
+                    raise UpstreamError(
+                        f"{source}: decompressed repodata is larger than the limit of "
+                        f"{_amount(limit)}; gave up",
+                        hint="no real channel comes near it: a compression bomb?",
+                    )
                 chunks.append(chunk)
+                if frame.eof:  # the rest of this piece starts another frame
+                    piece = frame.unused_data
+                    frame = decompressor.decompressobj()
+                    in_frame = False
     except zstandard.ZstdError as exc:
         raise UpstreamError(f"{source}: not valid zstd data ({exc})") from None
+    if not data:
+        raise UpstreamError(f"{source}: empty, not zstd data")
+    if in_frame:
+        raise UpstreamError(f"{source}: zstd data cut short (the last frame does not end)")
     return b"".join(chunks)

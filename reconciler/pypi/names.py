@@ -25,11 +25,24 @@ def normalize(name: str) -> str:
     return str(canonicalize_name(name))
 
 
+# File systems take names of up to 255 bytes; a file may get a ``.metadata`` twin.
+NAME_MAX = 255 - len(METADATA_SUFFIX)
+
+
+def _encoded_length(filename: str) -> int | None:
+    try:
+        return len(filename.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape: no file has it
+        return None
+
+
 def is_safe_filename(filename: str) -> bool:
     """A plain file name we may join to a folder: no separators, NUL or dot prefix."""
+    length = _encoded_length(filename)
     return (
         bool(filename)
-        and len(filename) <= 255
+        and length is not None
+        and length <= NAME_MAX
         and not filename.startswith(".")
         and not any(c in filename for c in "/\\\x00")
         and filename.endswith((WHEEL, *SDIST_SUFFIXES))

@@ -1,0 +1,437 @@
+"""A hostile upstream over real sockets: every trick ends in a clear error naming the
+URL, within a bounded time and memory, and the channel stays consistent."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import textwrap
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from reconciler import cli
+from reconciler.errors import ExitCode
+from reconciler.index import index_channel
+from reconciler.mirror import upstream as upstream_module
+from reconciler.mirror.upstream import Upstream, UpstreamError
+from reconciler.pypi.client import MAX_PAGE_BYTES
+from reconciler.storage import TEMP_PREFIX
+from tests.hostile_server import HostileServer, gzip_bomb, hostile_server, zstd_bomb
+from tests.packages import PackageSpec, build_package
+
+ALPHA = "linux-64/alpha-1.0-0.conda"
+BETA = "linux-64/beta-1.0-0.tar.bz2"
+GAMMA = "noarch/gamma-1.0-0.conda"
+# Every wait below is bounded by this: the test configs use timeout 1.
+QUICK = 4.0
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Iterator[HostileServer]:
+    root = tmp_path / "upstream"
+    build_package(root, PackageSpec("alpha", "1.0", subdir="linux-64"))
+    build_package(root, PackageSpec("beta", "1.0", subdir="linux-64"), ".tar.bz2")
+    build_package(root, PackageSpec("gamma", "1.0", noarch="generic"))
+    index_channel(root)
+    with hostile_server(root) as server:
+        yield server
+
+
+def _client(server: HostileServer, tmp_path: Path, **options: object) -> Upstream:
+    settings: dict[str, object] = {"timeout": 1, "retries": 0, **options}
+    return Upstream(server.url, tmp_path / "state", **settings)  # type: ignore[arg-type]
+
+
+def _record(root: Path, key: str) -> dict[str, object]:
+    subdir, filename = key.split("/")
+    repodata = orjson.loads((root / subdir / "repodata.json").read_bytes())
+    section = "packages.conda" if filename.endswith(".conda") else "packages"
+    record: dict[str, object] = repodata[section][filename]
+    return record
+
+
+def _download(upstream: Upstream, root: Path, key: str, out: Path) -> int:
+    record = _record(root, key)
+    subdir, filename = key.split("/")
+    out.mkdir(parents=True, exist_ok=True)
+    size, sha256 = record["size"], record["sha256"]
+    assert isinstance(size, int) and isinstance(sha256, str)
+    return upstream.download(subdir, filename, out / filename, size, sha256)
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+# -- packages -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        # The whole header phase has `timeout` seconds, not each read.
+        ("slow-headers", r"no complete response headers within 1 s"),
+        ("silent", r"no complete response headers within 1 s|timed out"),
+        ("slow-body", r"too slow \(\d+ bytes in \d s\); gave up"),
+        ("endless", r"more than the \d+ bytes recorded"),
+        ("endless-chunked", r"more than the \d+ bytes recorded"),
+        ("long-length", r"Content-Length \d+ differs from the \d+ bytes recorded"),
+        ("short-length", r"Content-Length \d+ differs from the \d+ bytes recorded"),
+        ("gzip-bomb", r"Content-Length \d+ \(Content-Encoding: gzip\) differs from the \d+ bytes"),
+        ("garbage", r"Content-Length 4096 differs from the \d+ bytes recorded"),
+        ("html", r"the upstream answered with an HTML page \(\d+ bytes\), not the file"),
+        ("reset", r"body cut short"),
+        ("500", r"HTTP 500 \(gave up after 1 attempts\)"),
+        ("redirect-localhost", r"refused a redirect to host localhost \(http://localhost:\d+/"),
+        ("redirect-foreign", r"refused a redirect to host 127\.0\.0\.2 \(http://127\.0\.0\.2:"),
+        ("redirect-loop", r"more than 5 redirects"),
+        ("redirect-file", r"refused a redirect to file:///etc/passwd: only http\(s\) URLs"),
+    ],
+)
+def test_a_package_trick_is_a_clear_error(
+    hostile: HostileServer, tmp_path: Path, behaviour: str, message: str
+) -> None:
+    hostile.behaviours[ALPHA] = behaviour
+    upstream = _client(hostile, tmp_path)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        _download(upstream, hostile.root, ALPHA, tmp_path / "out")
+    upstream.close()
+    assert time.monotonic() - started < QUICK  # cut off, not waited out
+    assert info.value.message.startswith(f"{hostile.url}/{ALPHA}: ")
+    assert re.search(message, info.value.message), info.value.message
+    assert not (tmp_path / "out" / "alpha-1.0-0.conda").exists()
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_a_dribbled_package_fails_by_a_deadline_with_retries(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    """Each attempt ends after the timeout; retries add attempts, not unbounded waits."""
+    hostile.behaviours[ALPHA] = ["slow-headers", "slow-body"]
+    upstream = _client(hostile, tmp_path, retries=1, backoff=0.01)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        _download(upstream, hostile.root, ALPHA, tmp_path / "out")
+    assert time.monotonic() - started < 2 * QUICK
+    assert "too slow" in info.value.message  # the second attempt's failure
+    # The next download finds the server well again.
+    hostile.behaviours.clear()
+    assert _download(upstream, hostile.root, ALPHA, tmp_path / "out") > 0
+    upstream.close()
+
+
+def test_a_connection_left_with_extra_bytes_is_not_reused(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    """A body longer than its Content-Length leaves bytes on the connection: the next
+    request must not read them as its answer."""
+    hostile.behaviours["noarch/repodata.json.zst"] = "short-length"
+    upstream = _client(hostile, tmp_path)
+    with pytest.raises(UpstreamError, match="zstd data cut short"):
+        upstream.fetch_repodata("noarch")
+    assert _download(upstream, hostile.root, ALPHA, tmp_path / "out") > 0
+    data = (tmp_path / "out" / "alpha-1.0-0.conda").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == _record(hostile.root, ALPHA)["sha256"]
+    upstream.close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "allowed"), [("redirect-same", ()), ("redirect-localhost", ("LocalHost",))]
+)
+def test_allowed_redirects_are_followed(
+    hostile: HostileServer, tmp_path: Path, behaviour: str, allowed: tuple[str, ...]
+) -> None:
+    hostile.behaviours[BETA] = behaviour
+    upstream = _client(hostile, tmp_path, allowed_hosts=allowed)
+    written = _download(upstream, hostile.root, BETA, tmp_path / "out")
+    upstream.close()
+    data = (tmp_path / "out" / "beta-1.0-0.tar.bz2").read_bytes()
+    assert written == len(data)
+    assert hashlib.sha256(data).hexdigest() == _record(hostile.root, BETA)["sha256"]
+    assert len([p for p in hostile.requests if p.endswith("beta-1.0-0.tar.bz2")]) == 2
+
+
+def test_check_url(tmp_path: Path) -> None:
+    upstream = Upstream(
+        "https://conda.example/t/SECRET/forge", tmp_path, allowed_hosts=["Files.Example"]
+    )
+    upstream.check_url("https://conda.example/other/x.conda", "x")
+    upstream.check_url("https://files.example/x.conda", "x")
+    refusals = {
+        "https://evil.example/x.conda": "x: refused a URL on host evil.example "
+        "(https://evil.example/x.conda)",
+        "http://conda.example/t/SECRET/forge/x.conda": "x: refused plain http "
+        "http://conda.example/t/***/forge/x.conda",
+        "file:///etc/passwd": "x: refused file:///etc/passwd: only http(s) URLs are followed",
+        "ftp://user:pw@files.example/x": "x: refused ftp://***@files.example/x: only http(s)",
+    }
+    for url, message in refusals.items():
+        with pytest.raises(UpstreamError) as info:
+            upstream.check_url(url, "x")
+        assert info.value.message.startswith(message), info.value.message
+        assert "SECRET" not in info.value.message and "pw" not in info.value.message
+    # An http source may be answered over https on its own host.
+    Upstream("http://conda.example/c", tmp_path).check_url("https://conda.example/c/x", "x")
+
+
+# -- repodata and pages -----------------------------------------------------------------
+
+
+def _both(server: HostileServer, subdir: str, behaviour: str) -> None:
+    server.behaviours[f"{subdir}/repodata.json.zst"] = behaviour
+    server.behaviours[f"{subdir}/repodata.json"] = behaviour
+
+
+@pytest.mark.parametrize(
+    ("zst", "json", "message"),
+    [
+        ("garbage", None, r"\.zst: not valid zstd data"),
+        ("404", "garbage", r"repodata\.json: not valid JSON repodata"),
+        ("404", "html", r"repodata\.json: not valid JSON repodata"),
+        ("short-length", None, r"\.zst: zstd data cut short"),
+        ("long-length", None, r"\.zst: body cut short"),
+        ("reset", None, r"\.zst: body cut short"),
+        ("slow-headers", None, r"\.zst: no complete response headers within 1 s"),
+        ("slow-body", None, r"\.zst: too slow"),
+        ("redirect-foreign", None, r"\.zst: refused a redirect to host 127\.0\.0\.2"),
+        ("404", "redirect-localhost", r"repodata\.json: refused a redirect to host localhost"),
+    ],
+)
+def test_bad_repodata_is_a_clear_error_and_keeps_the_cached_copy(
+    hostile: HostileServer, tmp_path: Path, zst: str, json: str | None, message: str
+) -> None:
+    upstream = _client(hostile, tmp_path)
+    good = upstream.fetch_repodata("linux-64").repodata
+    cached = tmp_path / "state" / "linux-64" / "repodata.json.zst"
+    kept = cached.read_bytes()
+    hostile.behaviours["linux-64/repodata.json.zst"] = zst
+    if json:
+        hostile.behaviours["linux-64/repodata.json"] = json
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        upstream.fetch_repodata("linux-64")
+    assert time.monotonic() - started < QUICK
+    assert info.value.message.startswith(f"{hostile.url}/linux-64/repodata.json")
+    assert re.search(message, info.value.message), info.value.message
+    if json == "html":
+        assert info.value.hint == "the upstream sent an HTML page: a login or error page?"
+    assert cached.read_bytes() == kept  # a bad answer never replaces the good copy
+    assert not (tmp_path / "state" / "linux-64" / "repodata.json").exists()
+    assert _leftovers(tmp_path / "state") == []
+    cached_repodata = upstream.cached_repodata("linux-64")
+    assert cached_repodata is not None and cached_repodata.repodata == good
+    upstream.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "behaviour", "message"),
+    [
+        ("linux-64/repodata.json.zst", "zstd-bomb", "decompressed repodata is larger than"),
+        ("linux-64/repodata.json.zst", "endless", "response larger than the limit of 16 MiB;"),
+        (
+            "linux-64/repodata.json.zst",
+            "endless-chunked",
+            "response larger than the limit of 16 MiB;",
+        ),
+        (
+            "linux-64/repodata.json.zst",
+            "gzip-bomb",
+            "larger than the limit of 16 MiB once decoded (Content-Encoding: gzip)",
+        ),
+        (
+            "linux-64/repodata.json.zst",
+            "zstd-encoded-bomb",
+            "larger than the limit of 16 MiB once decoded (Content-Encoding: zstd)",
+        ),
+    ],
+)
+def test_repodata_bombs_and_endless_bodies_stop_at_the_limit(
+    hostile: HostileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    behaviour: str,
+    message: str,
+) -> None:
+    # A small limit keeps the test light; the cap works the same at 2 GiB.
+    monkeypatch.setattr(upstream_module, "MAX_REPODATA_BYTES", 16 * 1024 * 1024)
+    gzip_bomb(), zstd_bomb()  # built before measuring
+    hostile.behaviours[path] = behaviour
+    upstream = _client(hostile, tmp_path)
+    started = time.monotonic()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError) as info:
+            upstream.fetch_repodata("linux-64")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        upstream.close()
+    assert time.monotonic() - started < QUICK
+    assert info.value.message.startswith(f"{hostile.url}/{path}: ")
+    assert message in info.value.message, info.value.message
+    # The limit and one step of decoding (at most 32 MiB for zstd), not gigabytes.
+    assert peak < 16 * 1024 * 1024 + 40 * 1024 * 1024, peak
+    assert not (tmp_path / "state" / "linux-64" / "repodata.json.zst").exists()
+
+
+def test_a_page_gzip_bomb_stops_at_the_page_limit(hostile: HostileServer, tmp_path: Path) -> None:
+    """A simple-index page goes through the same conditional GET, with its own limit."""
+    hostile.behaviours["simple/numpy/"] = "gzip-bomb"
+    upstream = _client(hostile, tmp_path)
+    shown = f"{hostile.url}/simple/numpy/"
+    with pytest.raises(UpstreamError) as info:
+        upstream.get_cached(
+            shown, shown, tmp_path / "page", tmp_path / "page.json", MAX_PAGE_BYTES, len
+        )
+    upstream.close()
+    assert info.value.message == (
+        f"{shown}: response larger than the limit of 64 MiB once decoded "
+        "(Content-Encoding: gzip); gave up"
+    )
+    assert not (tmp_path / "page").exists()
+
+
+# -- end to end: reconcile apply ----------------------------------------------------
+
+
+class Project:
+    def __init__(self, root: Path, server: HostileServer, capsys: pytest.CaptureFixture[str]):
+        self.root = root
+        self.server = server
+        self.capsys = capsys
+        self.channel = root / "mirror"
+        self.config = root / "channels.yaml"
+        self.config.write_text(
+            textwrap.dedent(
+                f"""\
+                version: 1
+                channels:
+                  - name: mirror
+                    path: ./mirror
+                    subdirs: [linux-64, noarch]
+                    mirrors:
+                      - name: up
+                        source: {server.url}
+                        timeout: 1
+                        retries: 0
+                """
+            )
+        )
+
+    def apply(self) -> tuple[int, str]:
+        code = cli.main(["apply", "-c", str(self.config)])
+        return code, self.capsys.readouterr().err
+
+    def published(self, subdir: str) -> dict[str, dict[str, object]]:
+        repodata = orjson.loads((self.channel / subdir / "repodata.json").read_bytes())
+        return {**repodata["packages"], **repodata["packages.conda"]}
+
+    def assert_consistent(self) -> None:
+        """Every published file is there with its sha256; no temporary file is left."""
+        for subdir in ("linux-64", "noarch"):
+            for filename, record in self.published(subdir).items():
+                data = (self.channel / subdir / filename).read_bytes()
+                assert hashlib.sha256(data).hexdigest() == record["sha256"], filename
+                assert len(data) == record["size"], filename
+        assert _leftovers(self.channel) == []
+
+
+@pytest.fixture
+def project(tmp_path: Path, hostile: HostileServer, capsys: pytest.CaptureFixture[str]) -> Project:
+    return Project(tmp_path, hostile, capsys)
+
+
+def _add_packages(root: Path) -> list[str]:
+    """New upstream versions (and a new ETag for both repodata files)."""
+    added = [
+        ("linux-64", PackageSpec("alpha", "2.0", subdir="linux-64"), ".conda"),
+        ("linux-64", PackageSpec("beta", "2.0", subdir="linux-64"), ".tar.bz2"),
+        ("linux-64", PackageSpec("delta", "1.0", subdir="linux-64"), ".conda"),
+        ("noarch", PackageSpec("gamma", "2.0", noarch="generic"), ".conda"),
+        ("noarch", PackageSpec("epsilon", "1.0", noarch="generic"), ".conda"),
+    ]
+    keys = []
+    for subdir, spec, fmt in added:
+        path = build_package(root, spec, fmt)
+        keys.append(f"{subdir}/{path.name}")
+    index_channel(root)
+    return keys
+
+
+def test_apply_against_hostile_package_answers(project: Project) -> None:
+    assert project.apply()[0] == ExitCode.OK
+    first = {s: project.published(s) for s in ("linux-64", "noarch")}
+    keys = _add_packages(project.server.root)
+    tricks = {
+        "linux-64/alpha-2.0-0.conda": ("slow-headers", "no complete response headers within 1 s"),
+        "linux-64/beta-2.0-0.tar.bz2": ("html", "answered with an HTML page"),
+        "linux-64/delta-1.0-0.conda": ("gzip-bomb", "(Content-Encoding: gzip) differs from the"),
+        "noarch/gamma-2.0-0.conda": ("redirect-localhost", "refused a redirect to host localhost"),
+    }
+    for key, (behaviour, _) in tricks.items():
+        project.server.behaviours[key] = behaviour
+    started = time.monotonic()
+    code, err = project.apply()
+    assert time.monotonic() - started < 2 * QUICK
+    assert code == ExitCode.ERROR, err
+    assert "Traceback" not in err and "internal error" not in err
+    for key, (_, message) in tricks.items():
+        assert f"{project.server.url}/{key}: " in err
+        line = next(line for line in err.splitlines() if f"/{key}: " in line)
+        assert message in line, line
+    project.assert_consistent()
+    # What did arrive is published; what did not is not named; nothing old went away.
+    assert "epsilon-1.0-0.conda" in project.published("noarch")
+    for key in tricks:
+        subdir, filename = key.split("/")
+        assert filename not in project.published(subdir)
+        assert not (project.channel / key).exists()
+    for subdir, records in first.items():
+        assert records.items() <= project.published(subdir).items()
+    # The upstream behaves again: the next apply converges.
+    project.server.behaviours.clear()
+    assert project.apply()[0] == ExitCode.OK
+    project.assert_consistent()
+    for key in keys:
+        subdir, filename = key.split("/")
+        assert filename in project.published(subdir)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("garbage", "linux-64/repodata.json.zst: not valid zstd data"),
+        ("zstd-bomb", "linux-64/repodata.json.zst: decompressed repodata is larger than"),
+        ("slow-headers", "linux-64/repodata.json.zst: no complete response headers within 1 s"),
+        ("redirect-foreign", "linux-64/repodata.json.zst: refused a redirect to host 127.0.0.2"),
+    ],
+)
+def test_apply_against_hostile_repodata_keeps_the_published_index(
+    project: Project, monkeypatch: pytest.MonkeyPatch, behaviour: str, message: str
+) -> None:
+    monkeypatch.setattr(upstream_module, "MAX_REPODATA_BYTES", 16 * 1024 * 1024)
+    assert project.apply()[0] == ExitCode.OK
+    before = {
+        p.relative_to(project.channel): p.read_bytes()
+        for p in project.channel.glob("*/repodata.json*")
+    }
+    _add_packages(project.server.root)
+    _both(project.server, "linux-64", behaviour)
+    code, err = project.apply()
+    assert code == ExitCode.ERROR, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert f"{project.server.url}/{message}" in err
+    after = {
+        p.relative_to(project.channel): p.read_bytes()
+        for p in project.channel.glob("*/repodata.json*")
+    }
+    assert after == before  # the previous index stays published, byte for byte
+    assert not (project.channel / "linux-64" / "alpha-2.0-0.conda").exists()
+    project.assert_consistent()
