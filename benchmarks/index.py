@@ -81,7 +81,7 @@ def run_child(tool: str, channel: Path) -> None:
     from memory import PeakMemory
     from rattler.index import index_fs
 
-    from reconciler.index import index_channel
+    from reconciler.kinds.conda.indexer import index_channel
 
     # Imports happen before the clock starts: both tools are timed on the work alone.
     with PeakMemory() as peak:

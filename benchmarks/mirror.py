@@ -92,8 +92,8 @@ channels:
 def plan_child(folder: Path) -> None:
     from memory import PeakMemory
 
-    from reconciler.config import load_config
-    from reconciler.planner import make_plan
+    from reconciler.config.models import load_config
+    from reconciler.engine.planner import make_plan
 
     with PeakMemory() as peak:
         start = time.perf_counter()
@@ -142,10 +142,10 @@ def bench_plan(records: int, repeats: int) -> None:
 def bench_download(count: int, concurrency: int, repeats: int) -> None:
     import requests
 
-    from reconciler.index import index_channel
-    from reconciler.mirror.download import download_all
-    from reconciler.mirror.resolve import Download
-    from reconciler.mirror.upstream import Upstream
+    from reconciler.engine.downloads import download_all
+    from reconciler.kinds.conda.indexer import index_channel
+    from reconciler.kinds.conda.mirrors import Download
+    from reconciler.transport.http import Upstream
     from tests.http_server import serve_directory
     from tests.packages import PackageSpec, build_package
 

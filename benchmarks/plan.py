@@ -44,8 +44,8 @@ def run_child(tool: str, folder: Path) -> None:
     from memory import PeakMemory
     from rattler.index import index_fs
 
-    from reconciler.config import load_config
-    from reconciler.planner import make_plan
+    from reconciler.config.models import load_config
+    from reconciler.engine.planner import make_plan
 
     # Imports happen before the clock starts: the figure is the planning work itself.
     with PeakMemory() as peak:
@@ -84,8 +84,8 @@ def main() -> None:
 
     from index import build_synthetic_channel
 
-    from reconciler.config import load_config
-    from reconciler.planner import make_plan
+    from reconciler.config.models import load_config
+    from reconciler.engine.planner import make_plan
     from tests.packages import PackageSpec, build_package
 
     work = Path(tempfile.mkdtemp(prefix="reconcile-plan-bench-"))

@@ -91,7 +91,7 @@ def load(port: int, path: str, clients: int, seconds: float) -> tuple[float, flo
 def main() -> None:
     import argparse
 
-    from reconciler.index import index_channel
+    from reconciler.kinds.conda.indexer import index_channel
     from tests.packages import PackageSpec, build_package
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -181,7 +181,7 @@ def _run(name: str) -> Command:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from reconciler.config import load_config
+    from reconciler.config.models import load_config
 
     loaded = load_config(args.config, require_env=False)
     for diagnostic in loaded.warnings:
@@ -196,7 +196,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from reconciler.config_schema import schema_text
+    from reconciler.config.schema import schema_text
 
     sys.stdout.write(schema_text())
     return ExitCode.OK
@@ -216,7 +216,7 @@ _INDEX_SWITCHES: tuple[tuple[str, str, str], ...] = (
 
 
 def _add_index_switches(parser: argparse.ArgumentParser) -> None:
-    from reconciler.config import IndexOptions
+    from reconciler.config.models import IndexOptions
 
     defaults = IndexOptions()
     for flag, option, what in _INDEX_SWITCHES:
@@ -231,10 +231,10 @@ def _add_index_switches(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from reconciler.config import IndexOptions
-    from reconciler.index import index_channel
-    from reconciler.lock import channel_lock
-    from reconciler.progress import default_reporter
+    from reconciler.config.models import IndexOptions
+    from reconciler.engine.lock import channel_lock
+    from reconciler.engine.progress import default_reporter
+    from reconciler.kinds.conda.indexer import index_channel
 
     options = IndexOptions(**{option: getattr(args, option) for _, option, _ in _INDEX_SWITCHES})
     for directory in args.dirs:

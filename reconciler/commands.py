@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import LoadedConfig, load_config
+from reconciler.config.models import LoadedConfig, load_config
 from reconciler.errors import ExitCode
 
 
@@ -20,13 +20,13 @@ def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from reconciler.plan_render import print_plan
-    from reconciler.planner import make_plan
+    from reconciler.engine.planner import make_plan
+    from reconciler.engine.render import print_plan
 
     loaded = _load(args, require_env=False)
     plan = make_plan(loaded, args.channel, args.mirror, args.run_now)
     if args.out:
-        from reconciler.storage import write_atomic
+        from reconciler.store.local import write_atomic
 
         write_atomic(args.out, plan.to_json().encode())
     if args.json:
@@ -41,9 +41,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from reconciler.apply import apply
-    from reconciler.plan_render import print_plan
-    from reconciler.report import append_step_summary
+    from reconciler.engine.apply import apply
+    from reconciler.engine.render import print_plan
+    from reconciler.engine.report import append_step_summary
 
     loaded = _load(args, require_env=True)
     plan, report = apply(
@@ -76,7 +76,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _markdown(report: object) -> str:
-    from reconciler.report import ApplyReport, render_markdown
+    from reconciler.engine.report import ApplyReport, render_markdown
 
     assert isinstance(report, ApplyReport)
     return render_markdown(report)
@@ -88,9 +88,9 @@ def _last(history: Any, mirror: str | None) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.history import History
-    from reconciler.planner import plan_any_channel
-    from reconciler.published import published_counts
+    from reconciler.engine.history import History
+    from reconciler.engine.planner import plan_any_channel
+    from reconciler.engine.published import published_counts
 
     loaded = _load(args, require_env=False)
     rows: list[dict[str, Any]] = []
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from reconciler.history import History
+    from reconciler.engine.history import History
 
     loaded = _load(args, require_env=False)
     runs = []
@@ -186,7 +186,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from reconciler.explain import explain
+    from reconciler.engine.explain import explain
 
     loaded = _load(args, require_env=False)
     found = list(explain(loaded, args.package, args.channel))

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import rattler
 from rattler.package import BuildString
 
-from reconciler.config import FilterBlock, Rule
+from reconciler.config.models import FilterBlock, Rule
 from reconciler.licenses import family_matches, license_matches
 
 

@@ -22,7 +22,7 @@ from license_expression import (
     Licensing,
 )
 
-from reconciler.config import LICENSE_FAMILIES
+from reconciler.config.models import LICENSE_FAMILIES
 
 # Family names a rule may give, and the license_family values each one covers.
 FAMILY_MEMBERS: dict[str, frozenset[str]] = {

@@ -24,7 +24,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from reconciler.conda.names import package_suffix
-from reconciler.config import LoadedConfig, load_config
+from reconciler.config.models import LoadedConfig, load_config
 from reconciler.errors import ReconcileError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Watcher:
         log.info("%s", line)
 
     def apply(self, channels: Iterable[str] | None = None, why: str = "") -> None:
-        from reconciler.apply import apply
+        from reconciler.engine.apply import apply
 
         names = sorted(channels) if channels is not None else None
         try:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import ConfigErrors, load_config
-from reconciler.config_checks import shortest_interval
-from reconciler.diagnostics import Diagnostic, Severity
+from reconciler.config.checks import shortest_interval
+from reconciler.config.diagnostics import Diagnostic, Severity
+from reconciler.config.models import ConfigErrors, load_config
 from reconciler.errors import ConfigError
 from tests.conftest import REPO_ROOT
 
@@ -369,7 +369,7 @@ channels:
 
 
 def test_pypi_channel_defaults(write_config: WriteConfig, tmp_path: Path) -> None:
-    from reconciler.config import PypiChannel
+    from reconciler.config.models import PypiChannel
 
     channel = load_config(write_config(PYPI)).config.channels[0]
     assert isinstance(channel, PypiChannel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.config import FilterBlock
+from reconciler.config.models import FilterBlock
 from reconciler.filters import Candidate, FilterEngine
 
 

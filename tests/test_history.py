@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.history import History, new_run
-from reconciler.storage import StorageError
+from reconciler.engine.history import History, new_run
+from reconciler.store.local import StorageError
 
 
 def test_runs_fold_to_latest_state(tmp_path: Path) -> None:

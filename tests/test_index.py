@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from reconciler.config import IndexOptions
-from reconciler.index import IndexError_, index_channel
+from reconciler.config.models import IndexOptions
+from reconciler.kinds.conda.indexer import IndexError_, index_channel
 from tests.client import solve
 from tests.http_server import serve_directory
 from tests.packages import PackageSpec, build_channel, build_package, file_digests

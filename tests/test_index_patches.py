@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from reconciler.conda.shards import read_shard, read_shard_index
-from reconciler.config import IndexOptions
+from reconciler.config.models import IndexOptions
 from reconciler.errors import ReconcileError
-from reconciler.index import index_channel
+from reconciler.kinds.conda.indexer import index_channel
 from tests.packages import PackageSpec, build_channel
 
 SPECS: list[PackageSpec | tuple[PackageSpec, str]] = [

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lock import LockTimeout, channel_lock, read_holder
+from reconciler.engine.lock import LockTimeout, channel_lock, read_holder
 
 HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from reconciler.lock import channel_lock
+    from reconciler.engine.lock import channel_lock
     with channel_lock(Path(sys.argv[1]), command="reconcile apply (test)"):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -178,8 +178,8 @@ def test_plan_and_report_validate_against_their_schemas(
 
 
 def test_committed_schemas_match_the_models() -> None:
-    from reconciler.plan import schema_text as plan_schema
-    from reconciler.report import schema_text as report_schema
+    from reconciler.engine.plan import schema_text as plan_schema
+    from reconciler.engine.report import schema_text as report_schema
 
     assert (REPO_ROOT / "schemas" / "plan.schema.json").read_text() == plan_schema()
     assert (REPO_ROOT / "schemas" / "report.schema.json").read_text() == report_schema()
@@ -239,7 +239,7 @@ def run_apply(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_two_applies_at_once(project: Path) -> None:
-    from reconciler.history import History
+    from reconciler.engine.history import History
     from tests.test_lock import hold_in_child
 
     config = project / "channels.yaml"

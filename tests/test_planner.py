@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.planner import field_diff, git_revision, observed_digests
+from reconciler.engine.planner import field_diff, git_revision, observed_digests
 
 
 def test_field_diff_lists_each_change() -> None:

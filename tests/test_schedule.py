@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
+from reconciler.engine.history import History
+from reconciler.engine.schedule import due, overlap_warning
 from reconciler.errors import ExitCode
-from reconciler.history import History
-from reconciler.index import index_channel
-from reconciler.schedule import due, overlap_warning
+from reconciler.kinds.conda.indexer import index_channel
 from tests.packages import PackageSpec, build_package
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
@@ -111,7 +111,7 @@ def test_a_mirror_that_is_not_due_keeps_what_it_published(
 def test_status_shows_next_run_and_overlap_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reconciler.history import new_run
+    from reconciler.engine.history import new_run
 
     upstream = tmp_path / "upstream"
     build_package(upstream, PackageSpec("zlib", "1.3", subdir="linux-64"))

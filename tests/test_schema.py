@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler.config_schema import config_schema, schema_text
+from reconciler.config.schema import config_schema, schema_text
 from tests.conftest import REPO_ROOT
 
 

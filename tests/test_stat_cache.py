@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.conda.metadata import PackageMetadata
-from reconciler.stat_cache import CacheEntry, FileStat, StatCache
+from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
 
 
 def _entry(name: str, mtime: int = 1, size: int = 10) -> CacheEntry:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.storage import (
+from reconciler.store.local import (
     TEMP_PREFIX,
     StorageError,
     clean_temp_files,

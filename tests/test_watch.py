@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.history import History
+from reconciler.engine.history import History
 from reconciler.watch import Watcher
 from tests.packages import PackageSpec, build_package
 

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from reconciler.yaml_source import YamlSyntaxError, load_yaml
+from reconciler.config.yaml_source import YamlSyntaxError, load_yaml
 
 
 def test_records_key_and_item_lines() -> None:
@@ -57,7 +57,7 @@ def test_empty_document() -> None:
 
 
 def test_control_characters_are_a_syntax_error_with_a_line() -> None:
-    from reconciler.yaml_source import YamlSyntaxError, load_yaml
+    from reconciler.config.yaml_source import YamlSyntaxError, load_yaml
 
     with pytest.raises(YamlSyntaxError) as info:
         load_yaml("version: 1\nchannels: []\n\x1f\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from reconciler.index import index_channel  # noqa: E402
+from reconciler.kinds.conda.indexer import index_channel  # noqa: E402
 from tests.packages import PackageSpec, build_package  # noqa: E402
 
 DAY_MS = 86_400_000

@@ -44,6 +44,9 @@ _TEXT_FIELDS = frozenset(
     {"name", "version", "build", "subdir", "md5", "sha256", "license", "license_family"}
 )
 _INTEGER_FIELDS = frozenset({"build_number", "size"})
+# The end of year 9999 in milliseconds: past it no date can be shown, nor the value
+# written back by every JSON writer of repodata.
+MAX_TIMESTAMP = 253_402_300_799_999
 _TEXT_LIST_FIELDS = frozenset({"depends", "constrains"})
 
 
@@ -62,8 +65,13 @@ def field_problem(key: str, value: Any) -> str | None:
         return f"{key!r} is {_kind(value)}, not a string"
     if key in _INTEGER_FIELDS and type(value) is not int:
         return f"{key!r} is {_kind(value)}, not an integer"
-    if key == "timestamp" and (type(value) not in (int, float) or not math.isfinite(value)):
-        return f"'timestamp' is {value!r}, not a number"
+    if key in _INTEGER_FIELDS and not 0 <= value < 2**63:
+        return f"{key!r} {value} is out of range"
+    if key == "timestamp":
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return f"'timestamp' is {value!r}, not a number"
+        if not 0 <= value <= MAX_TIMESTAMP:
+            return f"'timestamp' {value!r} is out of range (0 to {MAX_TIMESTAMP}, milliseconds)"
     if key in _TEXT_LIST_FIELDS and not (
         isinstance(value, list) and all(isinstance(item, str) for item in value)
     ):

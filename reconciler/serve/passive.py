@@ -16,15 +16,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.config import Channel, LoadedConfig, PypiChannel
+from reconciler.config.models import Channel, LoadedConfig, PypiChannel
+from reconciler.engine.published import channel_folders
+from reconciler.engine.state import ChannelState
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
-from reconciler.mirror.resolve import make_upstream
-from reconciler.mirror.upstream import Upstream, redact
-from reconciler.published import channel_folders
-from reconciler.pypi.client import SimpleIndexClient
-from reconciler.state import ChannelState
-from reconciler.storage import StorageError, clean_temp_files, write_atomic
+from reconciler.kinds.conda.mirrors import make_upstream
+from reconciler.kinds.pypi.client import SimpleIndexClient
+from reconciler.store.local import StorageError, clean_temp_files, write_atomic
+from reconciler.transport.http import Upstream, redact
 
 log = logging.getLogger(__name__)
 

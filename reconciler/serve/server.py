@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.conda.names import is_safe_package_filename
-from reconciler.config import Channel, LoadedConfig, PypiChannel
-from reconciler.published import channel_folders
-from reconciler.serve import pypi_routes
+from reconciler.config.models import Channel, LoadedConfig, PypiChannel
+from reconciler.engine.published import channel_folders
+from reconciler.kinds.pypi import routes as pypi_routes
 from reconciler.serve.files import (
     Refused,
     cache_control,
@@ -319,7 +319,7 @@ def serve(loaded: LoadedConfig, host: str, port: int) -> None:
 
 
 def _clean_partial_downloads(loaded: LoadedConfig) -> None:
-    from reconciler.storage import clean_temp_files
+    from reconciler.store.local import clean_temp_files
 
     for channel in loaded.config.channels:
         for folder in channel_folders(channel):

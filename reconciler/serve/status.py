@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from reconciler.config import LoadedConfig
-from reconciler.history import History
-from reconciler.published import published_counts
+from reconciler.config.models import LoadedConfig
+from reconciler.engine.history import History
+from reconciler.engine.published import published_counts
 from reconciler.serve.passive import read_stats
 
 _COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "running": "#f9a825", "skipped": "#757575"}

@@ -54,10 +54,10 @@ def _child(request: dict[str, Any]) -> None:  # pragma: no cover - runs in the c
 
 
 def main() -> None:
-    import reconciler.apply
     import reconciler.cli
     import reconciler.commands
-    import reconciler.plan_render
+    import reconciler.engine.apply
+    import reconciler.engine.render
     import reconciler.serve.server  # noqa: F401
 
     out = sys.stdout

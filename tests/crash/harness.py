@@ -37,10 +37,10 @@ import requests
 import zstandard
 
 from reconciler.conda.shards import read_shard, read_shard_index
+from reconciler.engine.history import History
+from reconciler.engine.state import STATE_NAME, ChannelState
 from reconciler.faults import CRASH_AT_ENV, CRASH_TRACE_ENV
-from reconciler.history import History
-from reconciler.state import STATE_NAME, ChannelState
-from reconciler.storage import TEMP_PREFIX
+from reconciler.store.local import TEMP_PREFIX
 from tests.crash.forkserver import Forked, ForkServer
 
 # One clock for every run, so outputs can be compared byte for byte. Without it

@@ -120,7 +120,7 @@ class Upstream:
 
 def build_upstream(root: Path) -> None:
     """State 1, and state 2 with the 2.0 packages that drops beta and extra0 1.0."""
-    from reconciler.index import index_channel
+    from reconciler.kinds.conda.indexer import index_channel
 
     for spec, fmt in packages("1.0", 1):
         build_package(root / "1", spec, fmt)

@@ -32,7 +32,7 @@ import orjson
 import pytest
 import requests
 
-from reconciler.index import index_channel
+from reconciler.kinds.conda.indexer import index_channel
 from tests.crash.harness import (
     Apply,
     Expect,

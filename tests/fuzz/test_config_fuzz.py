@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler import cli
-from reconciler.config import ConfigErrors, LoadedConfig, load_config
-from reconciler.config_checks import check_config_text
-from reconciler.diagnostics import Severity
+from reconciler.config.checks import check_config_text
+from reconciler.config.diagnostics import Severity
+from reconciler.config.models import ConfigErrors, LoadedConfig, load_config
 from reconciler.errors import ConfigError, ExitCode
 from tests.conftest import REPO_ROOT
 from tests.fuzz.common import (

@@ -26,11 +26,11 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from reconciler import cli
-from reconciler.config import FilterBlock
+from reconciler.config.models import FilterBlock
 from reconciler.errors import ExitCode
 from reconciler.filters import Candidate, Decision, FilterEngine, _version
-from reconciler.index import index_channel
-from reconciler.mirror.select import Selection, select
+from reconciler.kinds.conda.indexer import index_channel
+from reconciler.kinds.conda.select import Selection, select
 from tests.fuzz.common import budget, utc
 from tests.packages import PackageSpec, build_package
 

@@ -21,7 +21,7 @@ from reconciler.conda.names import (
     package_suffix,
     strip_suffix,
 )
-from reconciler.pypi.names import METADATA_SUFFIX, is_safe_filename
+from reconciler.kinds.pypi.names import METADATA_SUFFIX, is_safe_filename
 from tests.fuzz.common import budget
 
 # Every code point, surrogates included: names come from JSON, which can escape them.

@@ -25,13 +25,13 @@ from reconciler.conda.patches import (
     validate_instructions,
 )
 from reconciler.conda.repodata import load_repodata
-from reconciler.config import ConfigErrors, FilterBlock, load_config
-from reconciler.config_checks import shortest_interval
+from reconciler.config.checks import shortest_interval
+from reconciler.config.models import ConfigErrors, FilterBlock, load_config
+from reconciler.config.yaml_source import YamlSyntaxError, load_yaml
 from reconciler.errors import ConfigError, ExitCode, PackageError, ReconcileError
 from reconciler.filters import Candidate, FilterEngine
-from reconciler.mirror.select import safe_records, select
-from reconciler.pypi.names import is_safe_filename
-from reconciler.yaml_source import YamlSyntaxError, load_yaml
+from reconciler.kinds.conda.select import safe_records, select
+from reconciler.kinds.pypi.names import is_safe_filename
 from tests.packages import PackageSpec, write_conda, write_tar_bz2
 
 WriteConfig = Callable[..., Path]

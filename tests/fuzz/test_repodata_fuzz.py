@@ -38,11 +38,11 @@ from reconciler.conda.patches import (
 )
 from reconciler.conda.repodata import build_repodata, load_repodata, serialize_json
 from reconciler.conda.shards import build_shards
-from reconciler.config import FilterBlock
+from reconciler.config.models import FilterBlock
 from reconciler.errors import ExitCode, ReconcileError
 from reconciler.filters import FilterEngine
-from reconciler.index import metadata_from_record
-from reconciler.mirror.select import safe_records, select
+from reconciler.kinds.conda.indexer import metadata_from_record
+from reconciler.kinds.conda.select import safe_records, select
 from tests.fuzz.common import budget, byte_mutations, json_like, mutate_bytes, utc
 from tests.packages import PackageSpec, build_package
 

@@ -12,7 +12,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.errors import ExitCode
-from reconciler.index import index_channel
+from reconciler.kinds.conda.indexer import index_channel
 from tests.client import solve
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
@@ -368,7 +368,7 @@ def test_second_run_gets_304_and_rewrites_nothing(
 def test_not_enough_disk_space(
     project: Project, served: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reconciler.mirror import download
+    from reconciler.engine import downloads as download
 
     url, _ = served
     monkeypatch.setattr(download, "DISK_MARGIN", 1 << 60)

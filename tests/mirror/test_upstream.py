@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.index import index_channel
-from reconciler.mirror.upstream import NotFound, Upstream, UpstreamError, redact
+from reconciler.kinds.conda.indexer import index_channel
+from reconciler.transport.http import NotFound, Upstream, UpstreamError, redact
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
 

@@ -8,7 +8,12 @@ import re
 import orjson
 import pytest
 
-from reconciler.pypi.pages import PageError, parse_html_page, parse_json_page, parse_project_page
+from reconciler.kinds.pypi.pages import (
+    PageError,
+    parse_html_page,
+    parse_json_page,
+    parse_project_page,
+)
 
 SHA = "a" * 64
 META = "b" * 64

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from reconciler import cli
-from reconciler.config import load_config
+from reconciler.config.models import load_config
 from reconciler.serve.server import ChannelServer
 from tests.pypi.dists import build_sdist, build_wheel
 from tests.pypi.index_server import Offered, Upstream, simple_index

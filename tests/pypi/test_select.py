@@ -7,9 +7,9 @@ import random
 
 from packaging.requirements import Requirement
 
-from reconciler.config import PypiFilters
-from reconciler.pypi.pages import DistFile
-from reconciler.pypi.select import Level, select_files
+from reconciler.config.models import PypiFilters
+from reconciler.kinds.pypi.pages import DistFile
+from reconciler.kinds.pypi.select import Level, select_files
 
 UTC = dt.timezone.utc
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from reconciler.pypi.simple_index import (
+from reconciler.kinds.pypi.simple_index import (
     PublishedFile,
     published_entries,
     published_pages,

@@ -21,9 +21,9 @@ import orjson
 import zstandard
 
 from reconciler import cli, faults
-from reconciler.history import History
-from reconciler.state import STATE_NAME, ChannelState
-from reconciler.storage import TEMP_PREFIX
+from reconciler.engine.history import History
+from reconciler.engine.state import STATE_NAME, ChannelState
+from reconciler.store.local import TEMP_PREFIX
 
 CLOCK = "2026-06-01T12:00:00+00:00"  # outputs are compared byte for byte: one clock
 

@@ -16,7 +16,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.errors import ExitCode
-from reconciler.index import index_channel
+from reconciler.kinds.conda.indexer import index_channel
 from tests.http_server import serve_directory
 from tests.packages import PackageSpec, build_package
 

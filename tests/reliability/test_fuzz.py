@@ -29,11 +29,11 @@ from reconciler.conda.patches import (
     validate_instructions,
 )
 from reconciler.conda.repodata import load_repodata
-from reconciler.config import FilterBlock, load_config
+from reconciler.config.models import FilterBlock, load_config
 from reconciler.errors import ReconcileError
 from reconciler.filters import Candidate, FilterEngine
-from reconciler.pypi.names import is_safe_filename, parse_filename
-from reconciler.pypi.pages import PageError, parse_html_page, parse_json_page
+from reconciler.kinds.pypi.names import is_safe_filename, parse_filename
+from reconciler.kinds.pypi.pages import PageError, parse_html_page, parse_json_page
 from tests.conftest import REPO_ROOT
 from tests.packages import PackageSpec, build_package
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
-from reconciler.config import Channel, load_config
-from reconciler.index import index_channel
+from reconciler.config.models import Channel, load_config
+from reconciler.kinds.conda.indexer import index_channel
 from reconciler.serve.passive import PassiveFetcher
 from tests.http_server import serve_directory
 from tests.packages import PackageSpec, build_package

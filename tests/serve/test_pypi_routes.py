@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.pypi.pages import HTML_TYPE, JSON_TYPE
-from reconciler.serve.pypi_routes import NotServed, PackageFile, Page, Redirect, negotiate, route
+from reconciler.kinds.pypi.pages import HTML_TYPE, JSON_TYPE
+from reconciler.kinds.pypi.routes import NotServed, PackageFile, Page, Redirect, negotiate, route
 
 PIP_ACCEPT = f"{JSON_TYPE}, {HTML_TYPE}; q=0.1, text/html; q=0.01"
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from reconciler import cli
-from reconciler.config import load_config
-from reconciler.index import index_channel
+from reconciler.config.models import load_config
+from reconciler.kinds.conda.indexer import index_channel
 from reconciler.serve.server import ChannelServer
 from tests.client import solve
 from tests.faulty_server import faulty_server

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import cli
-from reconciler.config import load_config
+from reconciler.config.models import load_config
 from reconciler.serve.server import ChannelServer
 from tests.conftest import REPO_ROOT
 

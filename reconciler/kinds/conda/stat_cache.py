@@ -1,0 +1,160 @@
+"""Per-subdir cache of extracted package metadata, keyed by filename, mtime and size.
+
+The cache only saves work: it is safe to delete, and a cache that cannot be read
+is dropped and rebuilt. It lives under ``<channel>/.reconciler/cache/``, which is
+never served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from reconciler.conda.metadata import PackageMetadata
+from reconciler.store.local import write_atomic
+
+log = logging.getLogger(__name__)
+
+# 2: metadata stored as a nested msgpack blob, decoded only when needed.
+CACHE_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class FileStat:
+    mtime_ns: int
+    size: int
+
+
+class CacheEntry:
+    """One package file as last read: its stat, digest, CEP-47 stamp and metadata.
+
+    The metadata stays an encoded blob until something asks for it, so a no-op
+    re-index of a big channel never decodes it.
+    """
+
+    __slots__ = ("_blob", "_metadata", "indexed_timestamp", "sha256", "stat")
+
+    def __init__(
+        self,
+        stat: FileStat,
+        metadata: PackageMetadata | None = None,
+        indexed_timestamp: int = 0,
+        *,
+        sha256: str | None = None,
+        blob: bytes | None = None,
+    ) -> None:
+        if metadata is None and blob is None:
+            raise ValueError("a cache entry needs metadata or its encoded blob")
+        self.stat = stat
+        self._metadata = metadata
+        self._blob = blob
+        # CEP-47: when this exact file was first indexed (ms); kept across re-index runs.
+        self.indexed_timestamp = indexed_timestamp
+        self.sha256 = sha256 if sha256 is not None else self.metadata.sha256
+
+    @property
+    def metadata(self) -> PackageMetadata:
+        if self._metadata is None:
+            assert self._blob is not None
+            self._metadata = PackageMetadata.from_dict(
+                msgpack.unpackb(self._blob, raw=False, strict_map_key=False)
+            )
+        return self._metadata
+
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = msgpack.packb(self.metadata.to_dict(), use_bin_type=True)
+        return self._blob
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheEntry):
+            return NotImplemented
+        return (self.stat, self.sha256, self.indexed_timestamp, self.metadata) == (
+            other.stat,
+            other.sha256,
+            other.indexed_timestamp,
+            other.metadata,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass
+class StatCache:
+    path: Path
+    entries: dict[str, CacheEntry] = field(default_factory=dict)
+    dirty: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> StatCache:
+        """Read the cache at ``path``; a missing or unreadable cache is empty."""
+        cache = cls(path)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cache
+        except OSError as exc:
+            log.warning("ignoring unreadable index cache %s: %s", path, exc)
+            cache.dirty = True
+            return cache
+        try:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+                raise ValueError("unknown cache format")
+            for name, item in data["entries"].items():
+                mtime_ns, size, sha256, stamp, blob = item
+                if not isinstance(blob, bytes):
+                    raise ValueError(f"bad entry for {name}")
+                cache.entries[str(name)] = CacheEntry(
+                    FileStat(int(mtime_ns), int(size)),
+                    indexed_timestamp=int(stamp),
+                    sha256=str(sha256),
+                    blob=blob,
+                )
+        except Exception as exc:  # any corruption means: start over
+            log.warning("index cache %s is corrupt (%s); rebuilding it", path, exc)
+            cache.entries.clear()
+            cache.dirty = True
+        return cache
+
+    def lookup(self, filename: str, stat: FileStat) -> CacheEntry | None:
+        """The cached entry if the file still has the same mtime and size."""
+        entry = self.entries.get(filename)
+        if entry is not None and entry.stat == stat:
+            return entry
+        return None
+
+    def put(self, filename: str, entry: CacheEntry) -> None:
+        self.entries[filename] = entry
+        self.dirty = True
+
+    def retain(self, filenames: set[str]) -> None:
+        """Forget files that are no longer present."""
+        gone = [name for name in self.entries if name not in filenames]
+        for name in gone:
+            del self.entries[name]
+        if gone:
+            self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        data: dict[str, Any] = {
+            "format": CACHE_FORMAT,
+            "entries": {
+                name: [
+                    entry.stat.mtime_ns,
+                    entry.stat.size,
+                    entry.sha256,
+                    entry.indexed_timestamp,
+                    entry.blob(),
+                ]
+                for name, entry in sorted(self.entries.items())
+            },
+        }
+        write_atomic(self.path, msgpack.packb(data, use_bin_type=True))
+        self.dirty = False

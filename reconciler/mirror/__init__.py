@@ -1,1 +1,0 @@
-"""Mirroring upstream conda channels: upstream client, selection, downloads."""

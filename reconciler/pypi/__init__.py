@@ -1,1 +1,0 @@
-"""PyPI channels: a PEP 503/691 simple repository mirrored from selected projects."""
