@@ -13,13 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from reconciler.transport import http as upstream_module
 
 from reconciler import cli
 from reconciler.errors import ExitCode
 from reconciler.kinds.conda.indexer import index_channel
 from reconciler.kinds.pypi.client import MAX_PAGE_BYTES
 from reconciler.store.local import TEMP_PREFIX
+from reconciler.transport import http as upstream_module
 from reconciler.transport.http import Upstream, UpstreamError
 from tests.hostile_server import HostileServer, gzip_bomb, hostile_server, zstd_bomb
 from tests.packages import PackageSpec, build_package
