@@ -34,6 +34,18 @@ def _config_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def _cache_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="HTTP cache for upstream metadata, never inside a channel (default: "
+        "$RECONCILE_CACHE_DIR, else the user's cache folder)",
+    )
+    return parent
+
+
 def _logging_parent() -> argparse.ArgumentParser:
     # Accepted both before and after the subcommand name.
     parent = argparse.ArgumentParser(add_help=False)
@@ -55,6 +67,7 @@ def _logging_parent() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     logging_opts = _logging_parent()
     config_opt = _config_parent()
+    cache_opt = _cache_parent()
     parser = argparse.ArgumentParser(
         prog="reconcile",
         description="Declarative reconciler for conda channels: plan, apply, index, mirror.",
@@ -64,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(
-        name: str, help_text: str, func: Command, *, config: bool = True
+        name: str, help_text: str, func: Command, *, config: bool = True, cache: bool = False
     ) -> argparse.ArgumentParser:
         parents = [logging_opts, config_opt] if config else [logging_opts]
+        if cache:
+            parents.append(cache_opt)
         p = sub.add_parser(name, help=help_text, description=help_text, parents=parents)
         p.set_defaults(func=func)
         return p
@@ -104,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_index_switches(p)
 
-    p = add("plan", "show what apply would do", _run("cmd_plan"))
+    p = add("plan", "show what apply would do", _run("cmd_plan"), cache=True)
     p.add_argument("--out", type=Path, metavar="PLAN", help="save the plan to this file")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument(
@@ -113,16 +128,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
     )
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
-    p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+    p.add_argument(
+        "--mirror",
+        action="append",
+        metavar="NAME",
+        help="only this mirror refreshes and changes; everything else stays as published",
+    )
     p.add_argument("--full", action="store_true", help="list every action, even in long plans")
-    p.add_argument("--run-now", action="store_true", help="plan mirrors as if they were due")
+    p.add_argument(
+        "--run-now",
+        action="store_true",
+        help="refresh mirrors' upstream metadata regardless of schedule",
+    )
 
-    p = add("apply", "converge the channels to the configuration", _run("cmd_apply"))
+    p = add("apply", "converge the channels to the configuration", _run("cmd_apply"), cache=True)
     p.add_argument("plan_file", nargs="?", type=Path, metavar="PLAN", help="a saved plan")
-    p.add_argument("--run-now", action="store_true", help="run mirrors regardless of schedule")
+    p.add_argument(
+        "--run-now",
+        action="store_true",
+        help="refresh mirrors' upstream metadata regardless of schedule",
+    )
     p.add_argument("--report", type=Path, metavar="FILE", help="write the run report here")
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
-    p.add_argument("--mirror", action="append", metavar="NAME", help="only this mirror")
+    p.add_argument(
+        "--mirror",
+        action="append",
+        metavar="NAME",
+        help="only this mirror refreshes and changes; everything else stays as published",
+    )
     p.add_argument(
         "--wait",
         action="store_true",
@@ -137,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --wait: give up (exit 1) after this long (default: 600)",
     )
 
-    p = add("status", "show channels and mirrors, last runs and drift", _run("cmd_status"))
+    p = add(
+        "status", "show channels and mirrors, last runs and drift", _run("cmd_status"), cache=True
+    )
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p = add("history", "show the run history, newest first", _run("cmd_history"))
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
@@ -145,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (0: all)")
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
 
-    p = add("explain", "say why a package is in or out of each channel", _run("cmd_explain"))
+    p = add(
+        "explain",
+        "say why a package is in or out of each channel",
+        _run("cmd_explain"),
+        cache=True,
+    )
     p.add_argument("package", metavar="SPEC_OR_FILENAME", help="e.g. numpy, 'numpy >=1.26'")
     p.add_argument("--channel", action="append", metavar="NAME", help="only this channel")
     p.add_argument("--json", action="store_true", help="print the explanations as JSON")
@@ -232,16 +272,17 @@ def _add_index_switches(parser: argparse.ArgumentParser) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from reconciler.config.models import IndexOptions
-    from reconciler.engine.lock import channel_lock
     from reconciler.engine.progress import default_reporter
     from reconciler.kinds.conda.indexer import index_channel
+    from reconciler.store.local import LocalStore
 
     options = IndexOptions(**{option: getattr(args, option) for _, option, _ in _INDEX_SWITCHES})
     for directory in args.dirs:
         if directory.exists() and not directory.is_dir():
             raise ReconcileError(f"{directory} is not a folder")
         # The same lock as apply and watch: two indexers never write one channel at once.
-        with channel_lock(directory, timeout=args.lock_timeout, command="reconcile index"):
+        store = LocalStore(directory)
+        with store.lock(timeout=args.lock_timeout, command="reconcile index"):
             result = index_channel(
                 directory,
                 options=options,

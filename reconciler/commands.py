@@ -1,4 +1,9 @@
-"""The plan, apply, status and history commands (argument parsing lives in cli.py)."""
+"""The plan, apply, status, history, explain, serve and watch commands.
+
+Argument parsing lives in cli.py; here each command loads the configuration,
+hands the engine the registry of channel kinds, and prints the product on
+stdout (logs and progress go to stderr).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from reconciler.config.models import LoadedConfig, load_config
 from reconciler.errors import ExitCode
@@ -19,12 +23,29 @@ def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
     return loaded
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from reconciler.engine.planner import default_cache_dir
+
+    chosen: Path | None = getattr(args, "cache_dir", None)
+    return chosen if chosen is not None else default_cache_dir()
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.engine.planner import make_plan
     from reconciler.engine.render import print_plan
+    from reconciler.kinds import REGISTRY
 
     loaded = _load(args, require_env=False)
-    plan = make_plan(loaded, args.channel, args.mirror, args.run_now)
+    planning = make_plan(
+        loaded,
+        REGISTRY,
+        channels=args.channel,
+        mirrors=args.mirror,
+        run_now=args.run_now,
+        cache_dir=_cache_dir(args),
+    )
+    planning.close()
+    plan = planning.plan
     if args.out:
         from reconciler.store.local import write_atomic
 
@@ -35,6 +56,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print_plan(plan, full=args.full, colour=sys.stdout.isatty())
         if args.out:
             print(f"Saved the plan to {args.out}; apply it with `reconcile apply {args.out}`.")
+    for error in plan.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if plan.errors:
+        return ExitCode.ERROR
     if args.detailed_exitcode and plan.has_changes:
         return ExitCode.CHANGES
     return ExitCode.OK
@@ -42,26 +67,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.engine.apply import apply
+    from reconciler.engine.progress import default_reporter
     from reconciler.engine.render import print_plan
-    from reconciler.engine.report import append_step_summary
+    from reconciler.engine.report import append_step_summary, render_markdown
+    from reconciler.kinds import REGISTRY
+    from reconciler.store.local import write_atomic
 
     loaded = _load(args, require_env=True)
     plan, report = apply(
         loaded,
+        REGISTRY,
         saved_plan=args.plan_file,
         channels=args.channel,
         mirrors=args.mirror,
-        lock_timeout=args.lock_timeout if args.wait else 0.0,
+        lock_timeout=args.lock_timeout,
         run_now=args.run_now,
         wait=args.wait,
+        cache_dir=_cache_dir(args),
+        reporter=default_reporter(),
     )
     if plan.has_changes:
         print_plan(plan, full=False, colour=sys.stdout.isatty())
         print()
     for planned in plan.channels:
         for mirror in planned.mirrors:
-            if not mirror.due:
-                print(f"skipped mirror {planned.name}/{mirror.name}: not due ({mirror.reason})")
+            if not mirror.refresh:
+                print(f"mirror {planned.name}/{mirror.name} not refreshed: {mirror.reason}")
     for channel in report.channels:
         if channel.state == "skipped":
             print(f"skipped channel {channel.name}: locked by another run", file=sys.stderr)
@@ -70,101 +101,79 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(report.summary())
     if args.report:
         report.write_json(args.report)
-        args.report.with_suffix(".md").write_text(_markdown(report), encoding="utf-8")
+        write_atomic(args.report.with_suffix(".md"), render_markdown(report).encode())
     append_step_summary(report)
     return ExitCode.ERROR if report.result == "failed" else ExitCode.OK
 
 
-def _markdown(report: object) -> str:
-    from reconciler.engine.report import ApplyReport, render_markdown
-
-    assert isinstance(report, ApplyReport)
-    return render_markdown(report)
-
-
-def _last(history: Any, mirror: str | None) -> dict[str, Any] | None:
-    run = history.last_run(mirror)
-    return run.to_json() if run is not None else None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.engine.history import History
-    from reconciler.engine.planner import plan_any_channel
-    from reconciler.engine.published import published_counts
+    from reconciler.engine.planner import make_plan
+    from reconciler.engine.status import collect_status
+    from reconciler.kinds import REGISTRY
 
     loaded = _load(args, require_env=False)
-    rows: list[dict[str, Any]] = []
-    for i, channel in enumerate(loaded.config.channels):
-        path = Path(channel.path)
-        planned = plan_any_channel(channel, i, loaded.base_dir)
-        warnings = {m.name: m for m in planned.mirrors}
-        last = History(path).last_run(None)
-        rows.append(
-            {
-                "channel": channel.name,
-                "path": str(path),
-                "subdirs": published_counts(channel),
-                "last_run": last.to_json() if last else None,
-                "drift": planned.has_changes,
-                "mirrors": [
-                    {
-                        "name": m.name,
-                        "mode": m.mode,
-                        "schedule": m.schedule,
-                        "last_run": _last(History(path), m.name),
-                        "next_due": warnings[m.name].next_due,
-                        "warning": warnings[m.name].warning,
-                    }
-                    for m in channel.mirrors
-                ],
-            }
-        )
+    status = collect_status(loaded, REGISTRY)
+    planning = make_plan(loaded, REGISTRY, cache_dir=_cache_dir(args))
+    planning.close()
+    drift = {c.name: c.has_changes for c in planning.plan.channels}
+    for channel in status.channels:
+        channel.drift = drift.get(channel.name)
     if args.json:
-        print(json.dumps({"channels": rows}, indent=2))
+        print(status.model_dump_json(indent=2))
         return ExitCode.OK
-    for row in rows:
-        print(f"channel {row['channel']} ({row['path']})")
-        counts = row["subdirs"]
-        assert isinstance(counts, dict)
-        shown = ", ".join(f"{s}: {'not indexed' if n is None else n}" for s, n in counts.items())
+    for row in status.channels:
+        print(f"channel {row.name} ({row.path})")
+        shown = ", ".join(
+            f"{s}: {'not indexed' if n is None else n}" for s, n in row.packages.items()
+        )
         print(f"  packages   {shown}")
-        last = row["last_run"]
-        if isinstance(last, dict):
-            counts_text = f"+{last['added']} ~{last['updated']} -{last['removed']}"
-            when = last["finished"] or last["started"]
-            line = f"  last run   {last['state']} at {when} ({counts_text})"
-            if last.get("error"):
-                line += f": {last['error']}"
+        last = row.last_run
+        if last is not None:
+            counts = f"+{last.added} ~{last.updated} -{last.removed}"
+            if last.restored:
+                counts += f" restored {last.restored}"
+            line = f"  last run   {last.state} at {last.finished or last.started} ({counts})"
+            if last.error:
+                line += f": {last.error}"
             print(line)
         else:
             print("  last run   never")
-        print(f"  drift      {'yes: `reconcile plan` shows changes' if row['drift'] else 'none'}")
-        for mirror in row["mirrors"]:
-            last_mirror = mirror["last_run"]
+        print(f"  drift      {'yes: `reconcile plan` shows changes' if row.drift else 'none'}")
+        for warning in row.warnings:
+            print(f"  warning    {warning}")
+        for mirror in row.mirrors:
             when = "never run"
-            if last_mirror:
-                stamp = last_mirror["finished"] or last_mirror["started"]
-                when = f"last run {last_mirror['state']} at {stamp}"
+            if mirror.last_run is not None:
+                stamp = mirror.last_run.finished or mirror.last_run.started
+                when = f"last run {mirror.state} at {stamp}"
+                if mirror.last_run.error:
+                    when += f": {mirror.last_run.error}"
             print(
-                f"  mirror     {mirror['name']} ({mirror['mode']}, "
-                f"schedule {mirror['schedule'] or 'every apply'}): {when}"
+                f"  mirror     {mirror.name} ({mirror.mode}, "
+                f"schedule {mirror.schedule or 'every apply'}): {when}"
             )
-            if mirror["next_due"]:
-                print(f"             next due {mirror['next_due']}")
-            if mirror["warning"]:
-                print(f"             warning: {mirror['warning']}")
+            fires = f" (schedule fires next at {mirror.next_due})" if mirror.next_due else ""
+            if mirror.due_now:
+                print(f"             due now: the next apply refreshes it{fires}")
+            elif mirror.next_due:
+                print(f"             next due {mirror.next_due}")
+            planned = next((c for c in planning.plan.channels if c.name == row.name), None)
+            for mirror_plan in planned.mirrors if planned is not None else []:
+                if mirror_plan.name == mirror.name and mirror_plan.warning:
+                    print(f"             warning: {mirror_plan.warning}")
     return ExitCode.OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     from reconciler.engine.history import History
+    from reconciler.store import open_store
 
     loaded = _load(args, require_env=False)
     runs = []
     for channel in loaded.config.channels:
         if args.channel and channel.name not in args.channel:
             continue
-        for run in History(Path(channel.path)).runs():
+        for run in History(open_store(channel.path)).runs():
             if args.mirror and run.mirror not in args.mirror:
                 continue
             runs.append(run)
@@ -176,20 +185,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not runs:
         print("No runs recorded yet.")
         return ExitCode.OK
-    print(f"{'started':26} {'target':28} {'state':10} {'+':>5} {'~':>5} {'-':>5}  error")
+    print(f"{'started':26} {'target':28} {'state':10} {'+':>5} {'~':>5} {'-':>5} {'↺':>5}  error")
     for run in runs:
         print(
             f"{run.started:26} {run.target:28} {run.state:10} {run.added:5} {run.updated:5} "
-            f"{run.removed:5}  {run.error or ''}"
+            f"{run.removed:5} {run.restored:5}  {run.error or ''}"
         )
     return ExitCode.OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reconciler.engine.explain import explain
+    from reconciler.kinds import REGISTRY
 
     loaded = _load(args, require_env=False)
-    found = list(explain(loaded, args.package, args.channel))
+    found = list(explain(loaded, REGISTRY, args.package, args.channel, _cache_dir(args)))
     if args.json:
         print(json.dumps([e.to_json() for e in found], indent=2))
         return ExitCode.OK

@@ -69,10 +69,12 @@ class Watcher:
 
     def apply(self, channels: Iterable[str] | None = None, why: str = "") -> None:
         from reconciler.engine.apply import apply
+        from reconciler.engine.planner import default_cache_dir
+        from reconciler.kinds import REGISTRY
 
         names = sorted(channels) if channels is not None else None
         try:
-            _, report = apply(self.loaded, channels=names)
+            _, report = apply(self.loaded, REGISTRY, channels=names, cache_dir=default_cache_dir())
         except ReconcileError as exc:
             self._note(f"apply failed ({why}): {exc.message}")
             return

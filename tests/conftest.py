@@ -32,3 +32,11 @@ def _restore_logging() -> Iterator[None]:
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.fixture(autouse=True)
+def _private_http_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own HTTP cache (never the user's), also in the processes it starts."""
+    monkeypatch.setenv("RECONCILE_CACHE_DIR", str(tmp_path_factory.mktemp("http-cache")))

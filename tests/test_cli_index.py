@@ -67,7 +67,7 @@ def test_invalid_subdir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_index_waits_for_the_channel_lock(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_lock import hold_in_child
+    from tests.store.test_local import hold_in_child
 
     channel = make_channel(tmp_path / "ch")
     child = hold_in_child(channel, 30)

@@ -57,7 +57,7 @@ def plan_json(project: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, An
 
 def actions(plan: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
     return [
-        (a["kind"], a["subdir"], a["filename"])
+        (a["kind"], a["location"], a["name"])
         for c in plan["channels"]
         for a in c["actions"]
         if a["kind"] != "reindex"
@@ -69,10 +69,11 @@ def test_first_plan_apply_then_no_changes(
 ) -> None:
     code, out, _ = run(project, "plan", "--detailed-exitcode", capsys=capsys)
     assert code == ExitCode.CHANGES
-    assert "+ foo-1.0-0.conda  (new local package)" in out
-    assert "+ bar-2.0-0.tar.bz2  (new local package)" in out
+    assert "+ foo-1.0-0.conda  (local-added)" in out
+    assert "+ bar-2.0-0.tar.bz2  (local-added)" in out
     assert "gplthing" not in out  # excluded by the channel filter, never published
-    assert out.rstrip().endswith("Plan: 2 to add, 1 to change, 0 to remove.")
+    # The index files written along with new packages are not counted as changes of their own.
+    assert out.rstrip().endswith("Plan: 2 to add, 0 to change, 0 to remove.")
 
     code, out, _ = run(project, "apply", capsys=capsys)
     assert code == ExitCode.OK
@@ -98,15 +99,15 @@ def test_drop_change_patch_delete(project: Path, capsys: pytest.CaptureFixture[s
     build_package(chan, PackageSpec("new", "0.1", subdir="linux-64"))
     code, out, _ = run(project, "plan", "--detailed-exitcode", capsys=capsys)
     assert code == ExitCode.CHANGES
-    assert "+ new-0.1-0.conda  (new local package)" in out
-    assert "~ reindex: " in out and "repodata.json" in out
+    assert "+ new-0.1-0.conda  (local-added)" in out
+    assert "~ reindex" not in out  # implied by the addition
     run(project, "apply", capsys=capsys)
 
     (project / "fix.json").write_text(
         json.dumps({"packages.conda": {"foo-1.0-0.conda": {"depends": ["bar", "libzlib >=1.3"]}}})
     )
     code, out, _ = run(project, "plan", capsys=capsys)
-    assert "~ foo-1.0-0.conda  (record changed by a patch)" in out
+    assert "~ foo-1.0-0.conda  (patched: record changed by a patch)" in out
     assert 'depends: + "libzlib >=1.3"' in out
     plan = plan_json(project, capsys)
     update = next(a for c in plan["channels"] for a in c["actions"] if a["kind"] == "update")
@@ -116,7 +117,7 @@ def test_drop_change_patch_delete(project: Path, capsys: pytest.CaptureFixture[s
     (chan / "noarch" / "bar-2.0-0.tar.bz2").unlink()
     assert actions(plan_json(project, capsys)) == [("remove", "noarch", "bar-2.0-0.tar.bz2")]
     code, out, _ = run(project, "plan", capsys=capsys)
-    assert "- bar-2.0-0.tar.bz2  (package file deleted)" in out
+    assert "- bar-2.0-0.tar.bz2  (local-removed: the package file was deleted)" in out
 
 
 def test_filter_change_removes_with_reason(
@@ -128,8 +129,7 @@ def test_filter_change_removes_with_reason(
     code, out, _ = run(project, "plan", capsys=capsys)
     assert code == ExitCode.OK
     assert (
-        "- bar-2.0-0.tar.bz2  (filter now excludes it: excluded by "
-        "channels[0].filters.exclude[1] (name: bar))"
+        "- bar-2.0-0.tar.bz2  (filtered: excluded by channels[0].filters.exclude[1] (name: bar))"
     ) in out
     run(project, "apply", capsys=capsys)
     # The local file is kept: filtering unpublishes, it never deletes a user's package.
@@ -149,7 +149,7 @@ def test_saved_plan_applies_or_is_refused_when_stale(
     build_package(project / "chan", PackageSpec("late", "1.0", subdir="linux-64"))
     code, _, err = run(project, "apply", str(saved), capsys=capsys)
     assert code == ExitCode.ERROR
-    assert "the saved plan is stale: channel internal changed on disk (linux-64/)" in err
+    assert "the saved plan is stale: channel internal changed since the plan (linux-64/)" in err
 
     run(project, "plan", "--out", str(saved), capsys=capsys)
     (project / "channels.yaml").write_text(CONFIG.replace("GPL", "AGPL"))
@@ -174,15 +174,17 @@ def test_plan_and_report_validate_against_their_schemas(
         "linux-64/foo-1.0-0.conda",
         "noarch/bar-2.0-0.tar.bz2",
     ]
-    assert "| internal | completed | 2 | 0 | 0 |" in report.with_suffix(".md").read_text()
+    assert "| internal | completed | 2 | 0 | 0 | 0 |" in report.with_suffix(".md").read_text()
 
 
 def test_committed_schemas_match_the_models() -> None:
     from reconciler.engine.plan import schema_text as plan_schema
     from reconciler.engine.report import schema_text as report_schema
+    from reconciler.engine.status import schema_text as status_schema
 
     assert (REPO_ROOT / "schemas" / "plan.schema.json").read_text() == plan_schema()
     assert (REPO_ROOT / "schemas" / "report.schema.json").read_text() == report_schema()
+    assert (REPO_ROOT / "schemas" / "status.schema.json").read_text() == status_schema()
 
 
 def test_step_summary_is_appended(
@@ -240,7 +242,8 @@ def run_apply(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_two_applies_at_once(project: Path) -> None:
     from reconciler.engine.history import History
-    from tests.test_lock import hold_in_child
+    from reconciler.store.local import LocalStore
+    from tests.store.test_local import hold_in_child
 
     config = project / "channels.yaml"
     holder = hold_in_child(project / "chan", 3)
@@ -249,7 +252,7 @@ def test_two_applies_at_once(project: Path) -> None:
         skipped = run_apply(config)
         assert skipped.returncode == ExitCode.OK, skipped.stderr
         assert "skipped channel internal: locked by another run" in skipped.stderr
-        runs = History(project / "chan").runs()
+        runs = History(LocalStore(project / "chan")).runs()
         assert runs[-1].state == "skipped" and f"pid {holder.pid}" in (runs[-1].error or "")
         # --wait gives up after --lock-timeout, naming the holder...
         refused = run_apply(config, "--wait", "--lock-timeout", "0.2")

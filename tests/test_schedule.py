@@ -12,6 +12,7 @@ from reconciler.engine.history import History
 from reconciler.engine.schedule import due, overlap_warning
 from reconciler.errors import ExitCode
 from reconciler.kinds.conda.indexer import index_channel
+from reconciler.store.local import LocalStore
 from tests.packages import PackageSpec, build_package
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=timezone.utc)
@@ -57,7 +58,7 @@ def apply_at(project: Path, when: datetime, monkeypatch: pytest.MonkeyPatch, *ar
 
 
 def daily_runs(project: Path) -> list[str]:
-    return [r.started for r in History(project / "chan").runs() if r.mirror == "daily"]
+    return [r.started for r in History(LocalStore(project / "chan")).runs() if r.mirror == "daily"]
 
 
 def test_daily_schedule_runs_once_over_a_day_of_ticks(
@@ -80,7 +81,7 @@ def test_missed_window_runs_once_and_run_now_runs_at_once(
     apply_at(project, later, monkeypatch)
     capsys.readouterr()
     apply_at(project, later + timedelta(minutes=15), monkeypatch)
-    assert "skipped mirror chan/daily: not due (next run at 2026-03-05T03:17:00+00:00)" in (
+    assert "mirror chan/daily not refreshed: next run at 2026-03-05T03:17:00.000Z" in (
         capsys.readouterr().out
     )
     assert len(daily_runs(project)) == 2
@@ -88,8 +89,8 @@ def test_missed_window_runs_once_and_run_now_runs_at_once(
     monkeypatch.setenv("RECONCILE_NOW", (later + timedelta(minutes=30)).isoformat())
     cli.main(["plan", "-c", str(project / "channels.yaml")])
     out = capsys.readouterr().out
-    assert "mirror daily: not due (next run at 2026-03-05T03:17:00+00:00; last run" in out
-    assert "mirror always: due (no schedule: runs on every apply" in out
+    assert "mirror daily: not refreshed (next run at 2026-03-05T03:17:00.000Z; last run" in out
+    assert "mirror always: refreshes (no schedule: runs on every apply" in out
     apply_at(project, later + timedelta(minutes=30), monkeypatch, "--run-now", "--mirror", "daily")
     assert len(daily_runs(project)) == 3
 
@@ -122,7 +123,7 @@ def test_status_shows_next_run_and_overlap_warning(
         "    mirrors:\n      - {name: hourly, source: ./upstream, schedule: '0 * * * *'}\n"
     )
     # A run of the hourly mirror that took two hours.
-    history = History(tmp_path / "chan")
+    history = History(LocalStore(tmp_path / "chan"))
     monkeypatch.setenv("RECONCILE_NOW", T0.isoformat())
     run = history.transition(history.append(new_run("chan", "hourly")), "running")
     monkeypatch.setenv("RECONCILE_NOW", (T0 + timedelta(hours=2)).isoformat())
@@ -130,5 +131,9 @@ def test_status_shows_next_run_and_overlap_warning(
     capsys.readouterr()
     assert cli.main(["status", "-c", str(config)]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert "next due 2026-03-01T03:00:00+00:00" in out
+    # The hour that fired since the last run makes it due; the schedule fires again at 03:00.
+    assert (
+        "due now: the next apply refreshes it (schedule fires next at 2026-03-01T03:00:00.000Z)"
+        in out
+    )
     assert "warning: runs would overlap: last run took 2 h, schedule fires every 1 h" in out

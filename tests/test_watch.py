@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.engine.history import History
+from reconciler.store.local import LocalStore
 from reconciler.watch import Watcher
 from tests.packages import PackageSpec, build_package
 
@@ -29,7 +30,7 @@ def in_background(watcher: Watcher) -> threading.Thread:
 
 
 def channel_runs(tmp_path: Path) -> int:
-    return len([r for r in History(tmp_path / "chan").runs() if r.mirror is None])
+    return len([r for r in History(LocalStore(tmp_path / "chan")).runs() if r.mirror is None])
 
 
 def test_burst_of_packages_is_one_reindex(watcher: Watcher, tmp_path: Path) -> None:

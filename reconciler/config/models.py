@@ -523,6 +523,9 @@ class PypiChannel(_Model):
     )
 
 
+AnyChannelModel = Channel | PypiChannel
+
+
 def channel_kind(value: Any) -> str:
     """Which channel model validates ``value``: its ``kind``, ``conda`` when absent."""
     kind = value.get("kind", "conda") if isinstance(value, dict) else getattr(value, "kind", None)

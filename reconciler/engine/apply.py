@@ -1,9 +1,14 @@
-"""Carry a plan out: per channel, under its lock, converge and record what happened.
+"""Carry a plan out: per channel, under its lock, execute the plan's actions and
+record what happened.
 
-Apply is idempotent: it re-derives everything from the configuration and the
-disk, so a second apply finds nothing to do and writes nothing. A saved plan is
-applied only if the configuration and every channel's files are still what the
-plan saw; otherwise it is refused as stale, saying what changed.
+``apply`` executes the plan it has just made, in the same process, without
+asking any upstream a second time; or a saved plan, after checking that what the
+plan was made from — the configuration, what each channel publishes, and what
+each upstream answered — has not moved (it is refused as stale, naming what
+did). A channel whose files changed while this run waited for its lock is
+planned again under the lock, so work done by the other run is neither redone
+nor recorded twice. Reports, history and state are built from what was executed.
+One failing mirror fails that mirror's run; the rest is applied.
 """
 
 from __future__ import annotations
@@ -11,268 +16,276 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.config.models import Channel, LoadedConfig, PypiChannel
-from reconciler.engine.downloads import download_all
-from reconciler.engine.history import History, RunState, new_run
-from reconciler.engine.lock import LockTimeout, channel_lock
-from reconciler.engine.plan import ChannelPlan, Plan
-from reconciler.engine.planner import make_plan, mirror_selection, resolve_channel_mirrors
-from reconciler.engine.progress import default_reporter
-from reconciler.engine.published import channel_folders
-from reconciler.engine.report import ApplyReport, ChannelReport
-from reconciler.engine.state import ChannelState, InventoryEntry
+from reconciler.config.models import LoadedConfig
+from reconciler.engine.clock import timestamp
+from reconciler.engine.history import History, RunRecord, RunState, new_run
+from reconciler.engine.kind import KindRegistry, Outcome
+from reconciler.engine.plan import Action, ChannelPlan, Plan
+from reconciler.engine.planner import (
+    ChannelPlanning,
+    Planning,
+    PlanOptions,
+    channel_positions,
+    file_digest,
+    git_revision,
+    make_plan,
+    plan_channel,
+    plan_options_of,
+)
+from reconciler.engine.progress import NullReporter, Reporter
+from reconciler.engine.report import ApplyReport, ChannelReport, Done, MirrorReport
+from reconciler.engine.state import save_state
 from reconciler.errors import ReconcileError
-from reconciler.faults import checkpoint
-from reconciler.filters import FilterEngine
-from reconciler.kinds.conda.indexer import IndexResult, index_channel
-from reconciler.kinds.conda.mirrors import ResolvedMirrors
-from reconciler.kinds.conda.stat_cache import StatCache
-from reconciler.kinds.pypi.apply import converge_pypi
-from reconciler.store.local import StorageError, clean_temp_files, remove_if_exists
+from reconciler.store.base import LockTimeout, StorageError
 
 log = logging.getLogger(__name__)
-
 
 INTERRUPTED = "interrupted: the process ended before the run finished; a later run converged"
 
 
 class StalePlanError(ReconcileError):
-    """The saved plan no longer describes the configuration or the channels."""
+    """The saved plan no longer describes the configuration, the channels or the upstreams."""
 
 
-def check_not_stale(saved: Plan, fresh: Plan) -> None:
-    """Refuse ``saved`` when what it was made from has changed since."""
-    problems: list[str] = []
-    if saved.config_digest != fresh.config_digest:
-        problems.append(f"the configuration {fresh.config} changed")
-    fresh_channels = {c.name: c for c in fresh.channels}
-    for channel in saved.channels:
-        now = fresh_channels.get(channel.name)
-        if now is None:
-            problems.append(f"channel {channel.name} is no longer in the configuration")
-            continue
-        changed = sorted(
-            key
-            for key in channel.observed.keys() | now.observed.keys()
-            if channel.observed.get(key) != now.observed.get(key)
-        )
-        if changed:
-            where = ", ".join("top folder" if k == "." else f"{k}/" for k in changed)
-            problems.append(f"channel {channel.name} changed on disk ({where})")
-    if problems:
-        raise StalePlanError(
-            "the saved plan is stale: " + "; ".join(problems),
-            hint="run `reconcile plan` again and review the new plan",
-        )
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _update_state(
-    channel: Channel, result: IndexResult, plan: Plan, mirrors: ResolvedMirrors | None
-) -> ChannelState:
-    path = Path(channel.path)
-    state = ChannelState.load(path, channel.name)
-    files: dict[str, InventoryEntry] = {}
-    for subdir_result in result.subdirs:
-        cache = StatCache.load(path / ".reconciler" / "cache" / f"{subdir_result.subdir}.msgpack")
-        for name, entry in cache.entries.items():
-            if name in subdir_result.excluded:
-                continue
-            key = f"{subdir_result.subdir}/{name}"
-            previous = state.files.get(key)
-            source = previous.source if previous is not None else "local"
-            files[key] = InventoryEntry(source=source, sha256=entry.sha256, size=entry.stat.size)
-    if mirrors is not None:
-        modes = {m.mirror.name: m.mirror.mode for m in mirrors.mirrors}
-        for subdir, records in mirrors.records.items():
-            for name, mirrored in records.items():
-                files[f"{subdir}/{name}"] = InventoryEntry(
-                    source=mirrored.mirror,
-                    sha256=str(mirrored.record.get("sha256", "")),
-                    size=int(mirrored.record.get("size") or 0),
-                    passive=modes.get(mirrored.mirror) == "passive",
-                )
-    state.files = dict(sorted(files.items()))
-    state.serial += 1
-    state.config_digest = plan.config_digest
-    state.revision = plan.revision
-    state.updated = _utc_now()
-    state.save(path)
-    return state
-
-
-def _download(path: Path, mirrors: ResolvedMirrors, report: ChannelReport) -> None:
-    """Fetch what active mirrors need; a failed file is left out of this publish."""
-    upstreams = {m.mirror.name: m.upstream for m in mirrors.mirrors}
-    parallel = {m.mirror.name: m.mirror.parallel_downloads for m in mirrors.mirrors}
-    downloaded = download_all(
-        path, mirrors.downloads, upstreams, parallel=parallel, reporter=default_reporter()
+def _stale(problems: list[str]) -> StalePlanError:
+    return StalePlanError(
+        "the saved plan is stale: " + "; ".join(problems),
+        hint="run `reconcile plan` again and review the new plan",
     )
-    report.bytes += downloaded.bytes
-    for item, reason in downloaded.failed:
-        report.failures.append(reason)
-        mirrors.records.get(item.subdir, {}).pop(item.filename, None)
 
 
-def _prune(path: Path, mirrors: ResolvedMirrors, report: ChannelReport) -> None:
-    """Delete files mirrors no longer want, now that no published index names them."""
-    for _mirror, subdir, filename in mirrors.prune:
-        if mirrors.owner(subdir, filename) is not None:
-            continue
-        target = path / subdir / filename
-        if remove_if_exists(target):
-            log.info("pruned %s/%s", subdir, filename)
+def what_moved(saved: ChannelPlan, fresh: ChannelPlan) -> list[str]:
+    """How ``fresh`` (planned now from what ``saved`` used) differs from ``saved``."""
+    problems: list[str] = []
+    changed = sorted(
+        key
+        for key in saved.published.keys() | fresh.published.keys()
+        if saved.published.get(key) != fresh.published.get(key)
+    )
+    if changed:
+        where = ", ".join("top folder" if k == "." else f"{k}/" for k in changed)
+        problems.append(f"channel {saved.name} changed since the plan ({where})")
+    before = {(u.mirror, u.location): u.sha256 for u in saved.upstream}
+    after = {(u.mirror, u.location): u.sha256 for u in fresh.upstream}
+    moved = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if moved:
+        shown = ", ".join(f"{m} {loc}" for m, loc in moved[:5])
+        problems.append(f"upstream metadata moved (mirror {shown})")
+    if not problems and _actions(saved) != _actions(fresh):
+        problems.append(f"channel {saved.name} would now get other actions")
+    return problems
 
 
-def apply_channel(
-    channel: Channel | PypiChannel,
-    index: int,
-    planned: ChannelPlan,
+def _actions(plan: ChannelPlan) -> list[dict[str, object]]:
+    return [a.model_dump(mode="json") for a in plan.actions]
+
+
+@dataclass
+class ApplyOptions:
+    lock_timeout: float = 0.0
+    wait: bool = False
+    cache_dir: Path | None = None
+    reporter: Reporter | None = None
+
+
+def apply(
+    loaded: LoadedConfig,
+    kinds: KindRegistry,
+    *,
+    saved_plan: Path | None = None,
+    channels: Sequence[str] | None = None,
+    mirrors: Sequence[str] | None = None,
+    lock_timeout: float = 0.0,
+    run_now: bool = False,
+    wait: bool = False,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[Plan, ApplyReport]:
+    """Plan (or check the saved plan) and converge every channel with changes."""
+    started = timestamp()
+    options = ApplyOptions(lock_timeout, wait, cache_dir, reporter)
+    if saved_plan is not None:
+        saved = Plan.load(saved_plan)
+        digest = file_digest(loaded.path)
+        if saved.config_digest != digest:
+            raise _stale([f"the configuration {loaded.path} changed"])
+        known = {c.name for c in loaded.config.channels}
+        gone = [c.name for c in saved.channels if c.name not in known]
+        if gone:
+            raise _stale([f"channel {', '.join(gone)} is no longer in the configuration"])
+        plan, reports = _apply_saved(loaded, kinds, saved, options)
+    else:
+        planning = make_plan(
+            loaded,
+            kinds,
+            channels=channels,
+            mirrors=mirrors,
+            run_now=run_now,
+            cache_dir=cache_dir,
+            reporter=reporter,
+        )
+        plan, reports = _apply_planning(loaded, kinds, planning, options)
+    if any(r.state == "failed" or r.failures for r in reports):
+        result = "failed"
+    elif not any(r.state not in ("unchanged", "skipped") for r in reports):
+        result = "no-changes"
+    else:
+        result = "completed"
+    report = ApplyReport(
+        started=started,
+        finished=timestamp(),
+        config=str(loaded.path),
+        config_digest=plan.config_digest,
+        revision=plan.revision,
+        result=result,
+        channels=reports,
+    )
+    return plan, report
+
+
+def _apply_planning(
+    loaded: LoadedConfig, kinds: KindRegistry, planning: Planning, options: ApplyOptions
+) -> tuple[Plan, list[ChannelReport]]:
+    reports = []
+    plan = planning.plan
+    try:
+        for index, channel_planning in enumerate(planning.channels):
+            report, final = _apply_channel(loaded, kinds, plan, channel_planning, None, options)
+            reports.append(report)
+            plan.channels[index] = final
+    finally:
+        planning.close()
+    return plan, reports
+
+
+def _apply_saved(
+    loaded: LoadedConfig, kinds: KindRegistry, saved: Plan, options: ApplyOptions
+) -> tuple[Plan, list[ChannelReport]]:
+    reports = []
+    positions = {c.name: i for i, c in enumerate(loaded.config.channels)}
+    plan_options = plan_options_of(saved, options.cache_dir, options.reporter)
+    for channel_plan in saved.channels:
+        position = positions[channel_plan.name]
+        planning = plan_channel(loaded, kinds, position, plan_options, saved=channel_plan)
+        try:
+            problems = what_moved(channel_plan, planning.plan)
+            if problems:
+                raise _stale(problems)
+            report, _ = _apply_channel(loaded, kinds, saved, planning, channel_plan, options)
+        finally:
+            planning.close()
+        reports.append(report)
+    return saved, reports
+
+
+def _apply_channel(
+    loaded: LoadedConfig,
+    kinds: KindRegistry,
     plan: Plan,
-    lock_timeout: float,
-    config_dir: Path | None = None,
-    only_mirrors: set[str] | None = None,
-    wait: bool = True,
-) -> ChannelReport:
+    planning: ChannelPlanning,
+    saved: ChannelPlan | None,
+    options: ApplyOptions,
+) -> tuple[ChannelReport, ChannelPlan]:
     """Converge one channel; failures are recorded, not raised.
 
-    A channel locked by another run is ``skipped`` (recorded with the holder)
-    unless ``wait``, when the lock timeout raises.
+    A channel locked by another run is ``skipped`` (recorded with the holder) unless
+    ``wait``, when the lock timeout raises.
     """
-    path = Path(channel.path)
-    report = ChannelReport(name=channel.name, path=str(path), state="completed")
-    unreadable = any(w.startswith("skipping ") for w in planned.warnings)
-    if not planned.has_changes and not unreadable:
+    channel = planning.channel
+    store = planning.store
+    report = ChannelReport(name=channel.name, path=str(channel.path), state="completed")
+    current = planning.plan
+    unreadable = any(w.message.startswith("skipping ") for w in current.warnings)
+    if not current.has_changes and not current.errors and not unreadable:
         report.state = "unchanged"
-        return report
-    # A package that cannot be read fails every run until it is fixed or removed.
+        return report, current
     started = time.monotonic()
-    path.mkdir(parents=True, exist_ok=True)
-    history = History(path)
+    history = History(store)
     try:
-        lock = channel_lock(path, timeout=lock_timeout, command="reconcile apply")
+        lock = store.lock(
+            timeout=options.lock_timeout if options.wait else 0.0, command="reconcile apply"
+        )
         lock.__enter__()
     except LockTimeout as exc:
-        if wait:
+        if options.wait:
             raise
-        # Another run holds the channel: this one is skipped, not failed.
         skipped = new_run(
             channel.name, None, config_digest=plan.config_digest, revision=plan.revision
         )
         history.transition(skipped, "skipped", error=exc.message)
         report.state = "skipped"
-        report.failures = []
         log.warning("channel %s skipped: %s", channel.name, exc.message)
-        return report
+        return report, current
     try:
-        return _apply_locked(
-            channel, index, planned, plan, config_dir, only_mirrors, history, report, started
-        )
+        if saved is None and planning.kind.published(channel, store) != current.published:
+            # Another run changed the channel since it was planned (we waited for it):
+            # plan again, under the lock, so its work is neither redone nor recorded twice.
+            planning.close()
+            fresh = plan_channel(
+                loaded,
+                kinds,
+                planning.position,
+                PlanOptions(
+                    scope=set(plan.mirrors) if plan.mirrors is not None else None,
+                    run_now=plan.run_now,
+                    cache_dir=options.cache_dir,
+                    reporter=options.reporter,
+                ),
+            )
+            planning.work, planning.state = fresh.work, fresh.state
+            current = planning.plan
+            if not current.has_changes and not current.errors:
+                report.state = "unchanged"
+                return report, current
+        return _locked(planning, plan, history, report, started, options), current
     finally:
         lock.__exit__(None, None, None)
 
 
-def _converge_conda(
-    channel: Channel,
-    index: int,
-    planned: ChannelPlan,
+def _locked(
+    planning: ChannelPlanning,
     plan: Plan,
-    config_dir: Path | None,
-    only_mirrors: set[str] | None,
-    not_due: set[str],
-    report: ChannelReport,
-) -> int:
-    """Download, index and prune a conda channel; returns the new state serial."""
-    path = Path(channel.path)
-    mirrors = resolve_channel_mirrors(channel, index, config_dir, only_mirrors, not_due)
-    if mirrors is not None:
-        # Files go in place before any published index names them.
-        _download(path, mirrors, report)
-    result = index_channel(
-        path,
-        options=channel.index,
-        patches=channel.patches,
-        subdirs=channel.served_subdirs,
-        channel_name=channel.name,
-        filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
-        mirrored=mirrors.records if mirrors else None,
-        upstream_removed=mirrors.removed if mirrors else None,
-        pruned=mirrors.pruned if mirrors else None,
-    )
-    checkpoint("apply.before_prune")
-    if mirrors is not None:
-        # ...and are deleted only once the published index stopped naming them.
-        _prune(path, mirrors, report)
-        checkpoint("apply.after_prune")
-    for action in planned.actions:
-        where = f"{action.subdir}/{action.filename}"
-        if action.kind == "add":
-            report.added.append(where)
-        elif action.kind == "update":
-            report.updated.append(where)
-        elif action.kind == "remove":
-            report.removed.append(where)
-    report.written = sorted(
-        [f"{r.subdir}/{n}" for r in result.subdirs for n in r.written] + result.written
-    )
-    report.failures.extend(f"skipped {s.format()}" for s in result.skipped)
-    state = _update_state(channel, result, plan, mirrors)
-    return state.serial
-
-
-def _apply_locked(
-    channel: Channel | PypiChannel,
-    index: int,
-    planned: ChannelPlan,
-    plan: Plan,
-    config_dir: Path | None,
-    only_mirrors: set[str] | None,
     history: History,
     report: ChannelReport,
     started: float,
+    options: ApplyOptions,
 ) -> ChannelReport:
-    not_due = {m.name for m in planned.mirrors if not m.due}
+    channel = planning.channel
+    store = planning.store
+    current = planning.plan
     # The caller holds the channel lock, so unfinished runs belong to dead processes.
     for stale in history.unfinished():
         history.transition(stale, "failed", error=INTERRUPTED)
-    for folder in channel_folders(channel):
-        if removed := clean_temp_files(folder):
-            log.info("removed %d temporary file(s) a crashed run left in %s", removed, folder)
+    if removed := store.clean_temporaries():
+        log.info("removed %d temporary file(s) a crashed run left", removed)
     run = history.append(
         new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
     )
     report.run_id = run.run_id
     run = history.transition(run, "running")
-    mirror_runs = {
-        m.name: history.transition(
-            history.append(
-                new_run(
-                    channel.name,
-                    m.name,
-                    config_digest=plan.config_digest,
-                    revision=plan.revision,
-                )
-            ),
-            "running",
-        )
-        for m in channel.mirrors
-        if (only_mirrors is None or m.name in only_mirrors) and m.name not in not_due
-    }
+    mirror_runs: dict[str, RunRecord] = {}
+    for mirror in current.mirrors:
+        if mirror.refresh or mirror.error:
+            record = new_run(
+                channel.name, mirror.name, config_digest=plan.config_digest, revision=plan.revision
+            )
+            mirror_runs[mirror.name] = history.transition(history.append(record), "running")
+    report.warnings = [w.message for w in current.new_warnings]
     try:
-        if isinstance(channel, PypiChannel):
-            report.serial = converge_pypi(
-                channel, planned, plan, config_dir, only_mirrors, not_due, report
-            )
-        else:
-            report.serial = _converge_conda(
-                channel, index, planned, plan, config_dir, only_mirrors, not_due, report
-            )
+        outcome = planning.kind.execute(planning.work, store, options.reporter or NullReporter())
+        state = planning.state.state
+        state.files = outcome.inventory
+        state.fingerprints = outcome.fingerprints
+        state.serial += 1
+        state.config_digest = plan.config_digest
+        state.revision = plan.revision
+        state.updated = timestamp()
+        state.warnings = {w.key: w.message for w in current.warnings}
+        save_state(store, state)
+        report.serial = state.serial
     except (ReconcileError, OSError) as exc:
         message = exc.message if isinstance(exc, ReconcileError) else str(exc)
         if isinstance(exc, ReconcileError) and exc.hint:  # e.g. "free some disk space"
@@ -289,77 +302,78 @@ def _apply_locked(
         log.error("channel %s: %s", channel.name, message)
         return report
     report.duration_s = round(time.monotonic() - started, 3)
-    error = None
+    _fill(report, outcome.executed)
+    report.written = outcome.written
+    report.failures.extend(outcome.failures)
+    report.bytes = outcome.bytes
+    mirror_errors = {name: o.error for name, o in outcome.mirrors.items() if o.error}
+    for mirror in current.mirrors:
+        if mirror.error:
+            mirror_errors.setdefault(mirror.name, mirror.error)
+    for name, text in sorted(mirror_errors.items()):
+        report.failures.append(f"mirror {name}: {text}")
+    error: str | None = None
     if report.failures:
         # What worked is published and kept; the run still did not do everything.
         report.state = "failed"
         error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
     final: RunState = "failed" if error else "completed"
-
-    def counts(source: str | None) -> dict[str, int]:
-        chosen = [a for a in planned.actions if source is None or a.source == source]
-        return {
-            "added": sum(1 for a in chosen if a.kind == "add"),
-            "updated": sum(1 for a in chosen if a.kind == "update"),
-            "removed": sum(1 for a in chosen if a.kind == "remove"),
-        }
-
-    history.transition(run, final, error=error, bytes=report.bytes, **counts(None))
+    history.transition(
+        run,
+        final,
+        error=error,
+        bytes=report.bytes,
+        duration_s=report.duration_s,
+        **_counts(report),
+    )
     for name, mirror_run in mirror_runs.items():
-        history.transition(mirror_run, final, error=error, **counts(name))
+        mirror_outcome = outcome.mirrors.get(name)
+        done = Done()
+        _fill(done, [a for a in outcome.executed if a.source == name])
+        mirror_error = mirror_errors.get(name)
+        mirror_state: RunState = "failed" if mirror_error else "completed"
+        history.transition(
+            mirror_run,
+            mirror_state,
+            error=mirror_error,
+            bytes=mirror_outcome.bytes if mirror_outcome else 0,
+            duration_s=round(mirror_outcome.seconds, 3) if mirror_outcome else 0.0,
+            **_counts(done),
+        )
+    for mirror in current.mirrors:
+        if not (mirror.refresh or mirror.name in mirror_errors or mirror.name in mirror_runs):
+            continue
+        mirror_outcome = outcome.mirrors.get(mirror.name)
+        entry = MirrorReport(
+            name=mirror.name,
+            state="failed" if mirror.name in mirror_errors else "completed",
+            refreshed=mirror.refresh,
+            bytes=mirror_outcome.bytes if mirror_outcome else 0,
+            duration_s=round(mirror_outcome.seconds, 3) if mirror_outcome else 0.0,
+            error=mirror_errors.get(mirror.name),
+        )
+        _fill(entry, [a for a in outcome.executed if a.source == mirror.name])
+        report.mirrors.append(entry)
     return report
 
 
-def apply(
-    loaded: LoadedConfig,
-    *,
-    saved_plan: Path | None = None,
-    channels: Sequence[str] | None = None,
-    mirrors: Sequence[str] | None = None,
-    lock_timeout: float = 0.0,
-    run_now: bool = False,
-    wait: bool = True,
-) -> tuple[Plan, ApplyReport]:
-    """Plan (or check the saved plan), then converge every channel with changes."""
-    started = _utc_now()
-    names = list(channels or [])
-    saved: Plan | None = None
-    if saved_plan is not None:
-        saved = Plan.load(saved_plan)
-        names = names or [c.name for c in saved.channels]
-    fresh = make_plan(loaded, names or None, mirrors, run_now)
-    if saved is not None:
-        check_not_stale(saved, fresh)
-    config = loaded.config
-    reports: list[ChannelReport] = []
-    planned = {c.name: c for c in fresh.channels}
-    for i, channel in enumerate(config.channels):
-        if channel.name in planned:
-            reports.append(
-                apply_channel(
-                    channel,
-                    i,
-                    planned[channel.name],
-                    fresh,
-                    lock_timeout,
-                    loaded.base_dir,
-                    mirror_selection(loaded, mirrors),
-                    wait,
-                )
-            )
-    if any(r.state == "failed" or r.failures for r in reports):
-        result = "failed"
-    elif not fresh.has_changes:
-        result = "no-changes"
-    else:
-        result = "completed"
-    report = ApplyReport(
-        started=started,
-        finished=_utc_now(),
-        config=str(loaded.path),
-        config_digest=fresh.config_digest,
-        revision=fresh.revision,
-        result=result,
-        channels=reports,
-    )
-    return fresh, report
+def _fill(done: Done, actions: Sequence[Action]) -> None:
+    for action in actions:
+        if action.kind == "reindex":
+            if action.location and action.location not in done.reindexed:
+                done.reindexed.append(action.location)
+            continue
+        done.bucket(action.kind).append(action.where)
+
+
+def _counts(done: Done) -> dict[str, int]:
+    return {
+        "added": len(done.added),
+        "updated": len(done.updated),
+        "removed": len(done.removed),
+        "restored": len(done.restored),
+        "reindexed": len(done.reindexed),
+    }
+
+
+__all__ = ["Outcome", "StalePlanError", "apply", "channel_positions", "git_revision"]

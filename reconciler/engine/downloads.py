@@ -1,103 +1,118 @@
-"""Active mirrors: fetch the files the plan needs, in parallel, verified, atomically.
+"""The download executor every kind uses: parallel, verified, atomic, with progress.
 
-Each file streams into a temporary name next to its target while its size and
-sha256 are checked against the upstream record, and is renamed into place only
-when both match. One failed file does not stop the others; every failure is
-returned with its reason. Free disk space is checked before anything starts.
+A kind describes each file to fetch as a :class:`DownloadJob`: the store key it
+goes to, how many bytes it should be, and a ``fetch`` callable that streams the
+upstream bytes into an open file while checking size and sha256 (the transport
+does that). Each file goes to a temporary object of the store and is committed
+under its key only when ``fetch`` returned; one failed file does not stop the
+others, and every failure comes back with its reason. The room needed is
+checked before anything starts.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping, Sequence
+import errno
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import IO
 
 from reconciler.engine.progress import NullReporter, Reporter
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
-from reconciler.kinds.conda.mirrors import Download
-from reconciler.store.local import DISK_FULL
-from reconciler.transport.http import Upstream
+from reconciler.store.base import Store
 
-# Keep this much free beyond the downloads themselves (index files, temp copies).
-DISK_MARGIN = 64 * 1024 * 1024
+# A full disk, a full quota, a file size limit: the user frees space and runs again.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-class DiskSpaceError(ReconcileError):
-    pass
+@dataclass(frozen=True)
+class DownloadJob:
+    key: str  # where the file goes in the channel
+    source: str  # the mirror it comes from
+    size: int | None  # as recorded upstream (None: unknown)
+    fetch: Callable[[IO[bytes]], int]  # writes the verified bytes, returns how many
+    # Written after the main file commits (e.g. a wheel's PEP 658 metadata): key → fetch.
+    followers: tuple[tuple[str, Callable[[IO[bytes]], int]], ...] = ()
 
 
 @dataclass
 class DownloadResult:
-    done: list[Download] = field(default_factory=list)
-    failed: list[tuple[Download, str]] = field(default_factory=list)
-    bytes: int = 0
+    done: list[DownloadJob] = field(default_factory=list)
+    failed: list[tuple[DownloadJob, str]] = field(default_factory=list)
+    bytes: dict[str, int] = field(default_factory=dict)  # by source
+    seconds: dict[str, float] = field(default_factory=dict)  # by source, summed over files
+
+    @property
+    def failed_keys(self) -> set[str]:
+        return {job.key for job, _ in self.failed}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
 
 
-def check_free_space(folder: Path, needed: int) -> None:
-    """Refuse to start when ``needed`` bytes (plus a margin) do not fit."""
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed + DISK_MARGIN > free:
-        raise DiskSpaceError(
-            f"{folder}: not enough free disk space to download {needed / 1e6:.1f} MB "
-            f"({free / 1e6:.1f} MB free, {DISK_MARGIN / 1e6:.0f} MB margin)",
-            hint="free some space or narrow the mirror's filters; nothing was downloaded",
-        )
+def _fetch_into(store: Store, key: str, fetch: Callable[[IO[bytes]], int]) -> int:
+    writer = store.writer(key)
+    try:
+        written = fetch(writer.handle)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit(step="download.placed")
+    return written
 
 
-def download_all(
-    channel_dir: Path,
-    downloads: Sequence[Download],
-    upstreams: Mapping[str, Upstream],
+def _run(store: Store, job: DownloadJob) -> int:
+    written = _fetch_into(store, job.key, job.fetch)
+    for key, fetch in job.followers:
+        written += _fetch_into(store, key, fetch)
+    return written
+
+
+def run_downloads(
+    store: Store,
+    jobs: Sequence[DownloadJob],
     *,
-    parallel: Mapping[str, int],
+    parallel: int,
     reporter: Reporter | None = None,
+    check_room: Callable[[int], None] | None = None,
 ) -> DownloadResult:
-    """Fetch ``downloads`` into ``channel_dir``; ``parallel`` bounds workers per mirror."""
+    """Fetch ``jobs`` into ``store`` with up to ``parallel`` at a time."""
     result = DownloadResult()
-    if not downloads:
+    if not jobs:
         return result
-    check_free_space(channel_dir, sum(d.size or 0 for d in downloads))
+    total = sum(job.size or 0 for job in jobs)
+    if check_room is not None:
+        check_room(total)
     reporter = reporter or NullReporter()
-    reporter.start(
-        f"downloading {len(downloads)} files", sum(d.size or 0 for d in downloads), unit="bytes"
-    )
-    workers = max(1, max((parallel.get(d.mirror, 4) for d in downloads), default=4))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    reporter.start(f"downloading {len(jobs)} files", total, unit="bytes")
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        started = {}
         futures = {}
-        for item in downloads:
-            target = channel_dir / item.subdir / item.filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            future = pool.submit(
-                upstreams[item.mirror].download,
-                item.subdir,
-                item.filename,
-                target,
-                item.size,
-                item.sha256,
-            )
-            futures[future] = item
+        for job in jobs:
+            futures[pool.submit(_run, store, job)] = job
+            started[job.key] = time.monotonic()
         for future in as_completed(futures):
-            item = futures[future]
+            job = futures[future]
+            elapsed = time.monotonic() - started[job.key]
+            result.seconds[job.source] = result.seconds.get(job.source, 0.0) + elapsed
             try:
                 written = future.result()
-                result.bytes += written
-                result.done.append(item)
-                checkpoint("download.done")  # in place, not yet named by any repodata
-                reporter.advance(written)
             except ReconcileError as exc:
-                result.failed.append((item, exc.message))
+                hint = f" ({exc.hint})" if exc.hint else ""
+                result.failed.append((job, exc.message + hint))
+                continue
             except OSError as exc:  # the channel's disk: full, read-only, ...
-                target = channel_dir / item.subdir / item.filename
-                reason = f"{item.subdir}/{item.filename}: cannot write {target}: "
-                reason += exc.strerror or str(exc)
+                reason = f"cannot write {store.describe(job.key)}: {exc.strerror or exc}"
                 if exc.errno in DISK_FULL:
                     reason += " (free some disk space and run again)"
-                result.failed.append((item, reason))
+                result.failed.append((job, reason))
+                continue
+            result.bytes[job.source] = result.bytes.get(job.source, 0) + written
+            result.done.append(job)
+            checkpoint("download.done")  # in place, not yet named by any index
+            reporter.advance(written)
     reporter.finish()
     return result

@@ -1,38 +1,62 @@
-"""Append-only run history per channel: ``<channel>/.reconciler/history.jsonl``.
+"""Append-only run history per channel: ``.reconciler/history.jsonl``.
 
 Each line is one state change of one run (``pending`` → ``running`` →
 ``completed`` | ``failed`` | ``skipped``); a run's current state is its last
 line. Appending a line is the only write, so a crash can at worst leave a torn
-last line, which readers ignore.
+last line, which readers ignore. A line that parses but does not hold a run
+(hand-edited, or written by something else) is skipped with one warning.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, get_args
 
-from reconciler.faults import checkpoint, checkpoint_armed
-from reconciler.store.local import DISK_FULL, StorageError
+from reconciler.engine import layout
+from reconciler.engine.clock import timestamp
+from reconciler.store.base import Store
 
 log = logging.getLogger(__name__)
 
-HISTORY_NAME = ".reconciler/history.jsonl"
-
 RunState = Literal["pending", "running", "completed", "failed", "skipped"]
+RUN_STATES: frozenset[str] = frozenset(get_args(RunState))
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "skipped"})
 
+# Field name → the types a line may hold for it (JSON: ints for counts, text for times).
+_TEXT = (str,)
+_OPTIONAL_TEXT = (str, type(None))
+_COUNT = (int,)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": _TEXT,
+    "channel": _TEXT,
+    "mirror": _OPTIONAL_TEXT,
+    "state": _TEXT,
+    "started": _TEXT,
+    "finished": _OPTIONAL_TEXT,
+    "added": _COUNT,
+    "updated": _COUNT,
+    "removed": _COUNT,
+    "restored": _COUNT,
+    "reindexed": _COUNT,
+    "bytes": _COUNT,
+    "duration_s": (int, float),
+    "error": _OPTIONAL_TEXT,
+    "config_digest": _OPTIONAL_TEXT,
+    "revision": _OPTIONAL_TEXT,
+    "details": (dict,),
+}
 
-def utc_now() -> str:
-    # The schedule's clock, so RECONCILE_NOW rehearsals keep a consistent history.
-    from reconciler.engine.schedule import now
 
-    return now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class BadLine(ValueError):
+    pass
+
+
+# Histories already warned about in this process: one warning per file, not per read.
+_WARNED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,10 @@ class RunRecord:
     added: int = 0
     updated: int = 0
     removed: int = 0
+    restored: int = 0
+    reindexed: int = 0
     bytes: int = 0
+    duration_s: float = 0.0
     error: str | None = None
     config_digest: str | None = None
     revision: str | None = None  # git commit of the config, when known
@@ -63,8 +90,19 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A record from one history line; :class:`BadLine` when a field has the wrong type."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("run_id", "channel", "state", "started"):
+            if name not in values:
+                raise BadLine(f"no {name!r}")
+        for name, value in values.items():
+            allowed = _TYPES[name]
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise BadLine(f"{name!r} is {type(value).__name__}")
+        if values["state"] not in RUN_STATES:
+            raise BadLine(f"unknown state {values['state']!r}")
+        return cls(**values)
 
 
 def new_run(
@@ -79,77 +117,52 @@ def new_run(
         channel=channel,
         mirror=mirror,
         state="pending",
-        started=utc_now(),
+        started=timestamp(),
         config_digest=config_digest,
         revision=revision,
     )
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data``: on a filling disk ``os.write`` writes less, then raises."""
-    while data:
-        data = data[os.write(fd, data) :]
-
-
 class History:
-    """The history file of one channel folder."""
+    """The history of one channel, read and appended through its store."""
 
-    def __init__(self, channel_dir: Path) -> None:
-        self.path = channel_dir / HISTORY_NAME
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.key = layout.HISTORY
 
     def append(self, record: RunRecord) -> RunRecord:
-        """Record a state change; the line goes out in one ``write`` and is fsynced."""
+        """Record a state change; the line goes out in one write and is fsynced."""
         line = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")) + "\n"
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                # A torn line left by an earlier crash must not swallow this one.
-                if os.fstat(fd).st_size and not self._ends_with_newline():
-                    line = "\n" + line
-                data = line.encode()
-                if checkpoint_armed():
-                    # Two writes only under the crash harness, to leave a torn line behind.
-                    _write_all(fd, data[: len(data) // 2])
-                    checkpoint("history.mid_append")
-                    data = data[len(data) // 2 :]
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:  # a full disk: at worst a torn line, which readers skip
-            hint = "free some disk space and run again" if exc.errno in DISK_FULL else None
-            raise StorageError(
-                f"cannot write {self.path}: {exc.strerror or exc}", hint=hint
-            ) from exc
+        self.store.append_line(self.key, line.encode())
         return record
 
     def transition(self, record: RunRecord, state: RunState, **changes: Any) -> RunRecord:
         if state in FINAL_STATES and "finished" not in changes:
-            changes["finished"] = utc_now()
+            changes["finished"] = timestamp()
         return self.append(replace(record, state=state, **changes))
 
-    def _ends_with_newline(self) -> bool:
-        with self.path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
-
     def lines(self) -> Iterator[RunRecord]:
-        try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            for number, raw in enumerate(handle, 1):
-                try:
-                    data = json.loads(raw)
-                    if not isinstance(data, dict):
-                        raise ValueError("not an object")
-                    yield RunRecord.from_json(data)
-                except (ValueError, TypeError) as exc:
-                    log.debug(
-                        "%s:%d: ignoring unreadable history line (%s)", self.path, number, exc
-                    )
+        bad: list[str] = []
+        for number, raw in enumerate(self.store.read_lines(self.key), 1):
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue  # a torn line (a crash mid-append): expected, not worth a warning
+            try:
+                if not isinstance(data, dict):
+                    raise BadLine("not an object")
+                yield RunRecord.from_json(data)
+            except BadLine as exc:
+                bad.append(f"line {number} ({exc})")
+        where = self.store.describe(self.key)
+        if bad and where not in _WARNED:
+            _WARNED.add(where)
+            log.warning(
+                "%s: skipped %d line(s) that are not runs: %s",
+                where,
+                len(bad),
+                ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""),
+            )
 
     def runs(self) -> list[RunRecord]:
         """Every run in its latest state, oldest first."""
@@ -165,10 +178,23 @@ class History:
 
     def last_run(self, mirror: str | None, *, started_only: bool = False) -> RunRecord | None:
         """The newest run of ``mirror`` (None: the channel itself)."""
-        for record in reversed(self.runs()):
-            if record.mirror != mirror:
-                continue
-            if started_only and record.state in ("pending", "skipped"):
-                continue
-            return record
-        return None
+        return last_of(self.runs(), mirror, started_only=started_only)
+
+
+def last_of(
+    runs: list[RunRecord],
+    mirror: str | None,
+    *,
+    started_only: bool = False,
+    state: str | None = None,
+) -> RunRecord | None:
+    """The newest of ``runs`` (oldest first) for ``mirror``, optionally in ``state``."""
+    for record in reversed(runs):
+        if record.mirror != mirror:
+            continue
+        if started_only and record.state in ("pending", "skipped"):
+            continue
+        if state is not None and record.state != state:
+            continue
+        return record
+    return None

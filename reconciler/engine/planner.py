@@ -1,42 +1,47 @@
-"""Desired state (channels.yaml) against observed state (disk): the plan.
+"""Desired state (channels.yaml) against what is published: the plan, for every kind.
 
-For each channel the indexer runs as a dry run with the channel's options,
-patches and filters: it reads what is new on disk and computes every output
-without writing. The patched repodata it would publish is compared record by
-record with the published ``repodata.json`` (adds, updates with a field diff,
-removes with the reason), and output files whose bytes would change become a
-``reindex`` action. A channel whose outputs are already exactly right costs only
-a scan and the fingerprint check.
+For each channel the engine reads what it publishes, its state and history,
+works out which mirrors refresh their upstream metadata now (schedules,
+``--run-now``, ``--mirror``), and asks the channel's kind for its plan. What is
+generic is added here: a run that never finished, an inventory that was lost,
+and which warnings are new. Planning writes nothing anywhere in a channel.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import orjson
-from deepdiff import DeepDiff
-
-from reconciler.config.models import Channel, LoadedConfig, PypiChannel
-from reconciler.engine.history import History
-from reconciler.engine.plan import Action, ChannelPlan, MirrorStatus, Plan
-from reconciler.engine.schedule import due, overlap_warning, parse_time
-from reconciler.engine.schedule import now as clock
-from reconciler.engine.state import ChannelState
+from reconciler.config.models import AnyChannelModel, LoadedConfig
+from reconciler.engine.clock import format_time, now, parse_time
+from reconciler.engine.history import History, RunRecord, last_of
+from reconciler.engine.kind import ChannelWork, Kind, KindRegistry, PlanRequest
+from reconciler.engine.plan import Action, ChannelPlan, MirrorPlan, Plan, PlanWarning, Reason
+from reconciler.engine.progress import Reporter
+from reconciler.engine.schedule import due, overlap_warning
+from reconciler.engine.state import LoadedState, load_state
 from reconciler.errors import ReconcileError
-from reconciler.filters import FilterEngine
-from reconciler.kinds.conda.indexer import IndexResult, SubdirResult, index_channel
-from reconciler.kinds.conda.mirrors import ResolvedMirrors, resolve_mirrors
+from reconciler.store import open_store
+from reconciler.store.base import Store
 
-# Fields that say nothing about the package itself: a change in them alone is
-# still shown, but never as the reason.
-_VOLATILE = frozenset({"indexed_timestamp"})
+CACHE_ENV = "RECONCILE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Where plan and apply keep their HTTP cache: never inside a channel.
+
+    ``RECONCILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/conda-reconcile``, else
+    ``~/.cache/conda-reconcile``.
+    """
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "conda-reconcile"
 
 
 def file_digest(path: Path) -> str:
@@ -89,359 +94,178 @@ def git_revision(folder: Path) -> str | None:
     return None
 
 
-def observed_digests(channel_dir: Path, subdirs: Sequence[str]) -> dict[str, str]:
-    """A digest per subdir (and '.' for the top) of every file's name, size and mtime."""
-    digests: dict[str, str] = {}
-    for key, folder in [(".", channel_dir)] + [(s, channel_dir / s) for s in subdirs]:
-        h = hashlib.sha256()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except FileNotFoundError:
-            digests[key] = "absent"
-            continue
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file():
-                continue  # state, caches and temp files are not what clients see
-            st = entry.stat()
-            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        digests[key] = h.hexdigest()
-    return digests
-
-
-def _path_text(path: str) -> str:
-    """``root['depends'][1]`` → ``depends``."""
-    inner = path.removeprefix("root")
-    if inner.startswith("['"):
-        return inner[2:].split("']", 1)[0]
-    return inner or "record"
-
-
-def field_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Readable changes between two records, e.g. ``depends: + "libzlib >=1.3"``."""
-    lines: list[str] = []
-
-    def show(value: Any) -> str:
-        return orjson.dumps(value).decode()
-
-    # Lists (depends, constrains, track_features...) read best as items in and out.
-    list_keys = [
-        k for k in old.keys() & new.keys() if isinstance(old[k], list) and isinstance(new[k], list)
-    ]
-    for key in list_keys:
-        before, after = Counter(map(show, old[key])), Counter(map(show, new[key]))
-        lines.extend(f"{key}: + {item}" for item in (after - before).elements())
-        lines.extend(f"{key}: - {item}" for item in (before - after).elements())
-    diff = DeepDiff(
-        {k: v for k, v in old.items() if k not in list_keys},
-        {k: v for k, v in new.items() if k not in list_keys},
-        ignore_order=True,
-        verbose_level=2,
-    )
-
-    for path, value in diff.get("dictionary_item_added", {}).items():
-        lines.append(f"{_path_text(path)}: + {show(value)}")
-    for path, value in diff.get("dictionary_item_removed", {}).items():
-        lines.append(f"{_path_text(path)}: - {show(value)}")
-    for path, change in diff.get("values_changed", {}).items():
-        lines.append(
-            f"{_path_text(path)}: {show(change['old_value'])} → {show(change['new_value'])}"
-        )
-    for path, change in diff.get("type_changes", {}).items():
-        lines.append(
-            f"{_path_text(path)}: {show(change['old_value'])} → {show(change['new_value'])}"
-        )
-    for path, value in diff.get("iterable_item_added", {}).items():
-        lines.append(f"{_path_text(path)}: + {show(value)}")
-    for path, value in diff.get("iterable_item_removed", {}).items():
-        lines.append(f"{_path_text(path)}: - {show(value)}")
-    return sorted(lines)
-
-
-def _records(repodata: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    if not repodata:
-        return {}
-    return {**(repodata.get("packages") or {}), **(repodata.get("packages.conda") or {})}
-
-
-def _published(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads((folder / "repodata.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _file_list(written: Sequence[str], deleted: Sequence[str]) -> list[str]:
-    """Index files to write and delete; shards are summarised by count."""
-    files = sorted(n for n in written if not n.startswith("shards/"))
-    files += [f"{n} (delete)" for n in sorted(deleted) if not n.startswith("shards/")]
-    new_shards = sum(1 for n in written if n.startswith("shards/"))
-    old_shards = sum(1 for n in deleted if n.startswith("shards/"))
-    if new_shards:
-        files.append(f"shards/ ({new_shards} new)")
-    if old_shards:
-        files.append(f"shards/ ({old_shards} to delete)")
-    return files
-
-
-def _subdir_actions(
-    channel_dir: Path,
-    result: SubdirResult,
-    patched: bool,
-    mirrors: ResolvedMirrors | None = None,
-) -> list[Action]:
-    subdir = result.subdir
-    pruned = {(s, f): m for m, s, f in mirrors.prune} if mirrors is not None else {}
-    fetch = {(d.subdir, d.filename) for d in mirrors.downloads} if mirrors is not None else set()
-
-    def owner(subdir: str, filename: str) -> str | None:
-        return mirrors.owner(subdir, filename) if mirrors is not None else None
-
-    actions: list[Action] = []
-    if result.recomputed and result.desired is not None:
-        folder = channel_dir / subdir
-        published_repodata = _published(folder)
-        published = _records(published_repodata)
-        desired = _records(result.desired)
-        removed_by_patch = set(result.desired.get("removed") or ())
-        for filename in sorted(desired.keys() - published.keys()):
-            mirror = owner(subdir, filename)
-            if mirror is None:
-                reason = "new local package"
-            elif (subdir, filename) in fetch:
-                reason = f"new from mirror {mirror} (download)"
-            else:
-                reason = f"new from mirror {mirror}"
-            actions.append(
-                Action(
-                    kind="add",
-                    subdir=subdir,
-                    filename=filename,
-                    source=mirror or "local",
-                    reason=reason,
-                )
-            )
-        for filename in sorted(desired.keys() & published.keys()):
-            old, new = published[filename], desired[filename]
-            if old == new:
-                continue
-            mirror = owner(subdir, filename)
-            if mirror is not None and old.get("sha256") != new.get("sha256"):
-                reason = f"file changed upstream in mirror {mirror} (download)"
-            elif mirror is not None:
-                reason = f"record changed upstream in mirror {mirror}"
-            elif old.get("sha256") != new.get("sha256"):
-                reason = "package file replaced (sha256 changed)"
-            elif {k for k in old.keys() ^ new.keys()} | {
-                k for k in old.keys() & new.keys() if old[k] != new[k]
-            } <= _VOLATILE:
-                reason = "indexed_timestamp reassigned"
-            else:
-                reason = "record changed by a patch" if patched else "record changed"
-            actions.append(
-                Action(
-                    kind="update",
-                    subdir=subdir,
-                    filename=filename,
-                    source=mirror or "local",
-                    reason=reason,
-                    diff=field_diff(old, new),
-                )
-            )
-        for filename in sorted(published.keys() - desired.keys()):
-            if (subdir, filename) in pruned:
-                reason = f"no longer wanted by mirror {pruned[(subdir, filename)]}; file deleted"
-            elif filename in result.excluded:
-                reason = f"filter now excludes it: {result.excluded[filename]}"
-            elif filename in removed_by_patch:
-                reason = "removed by a patch"
-            elif not (folder / filename).exists():
-                reason = "package file deleted"
-            else:
-                reason = "no longer published"
-            source = pruned.get((subdir, filename)) or owner(subdir, filename) or "local"
-            actions.append(
-                Action(
-                    kind="remove", subdir=subdir, filename=filename, source=source, reason=reason
-                )
-            )
-    files = _file_list(result.written, result.deleted)
-    if files:
-        missing = [n for n in result.written if not (channel_dir / subdir / n).exists()]
-        reason = "index files missing" if missing else "index files out of date"
-        if not actions and not missing:
-            reason = "index options, patches or filters changed"
-        actions.append(Action(kind="reindex", subdir=subdir, reason=reason, files=files))
-    return actions
-
-
-@dataclass
-class ChannelPlanning:
-    """A channel's plan with what it was computed from, for apply to carry out."""
-
-    plan: ChannelPlan
-    index: IndexResult
-    mirrors: ResolvedMirrors | None
-
-
-def resolve_channel_mirrors(
-    channel: Channel,
-    index: int,
-    config_dir: Path | None,
-    only: set[str] | None = None,
-    not_due: set[str] | None = None,
-) -> ResolvedMirrors | None:
-    if not channel.mirrors:
-        return None
-    inventory = ChannelState.load(Path(channel.path), channel.name).files
-    return resolve_mirrors(
-        channel, index, inventory, config_dir=config_dir, only=only, not_due=not_due
-    )
-
-
 def mirror_schedules(
-    channel: Channel | PypiChannel, run_now: bool | set[str] = False, at: datetime | None = None
-) -> list[MirrorStatus]:
-    """Whether each mirror of the channel is due, from its schedule and its history."""
-    at = at or clock()
-    history = History(Path(channel.path))
-    statuses = []
+    channel: AnyChannelModel,
+    runs: list[RunRecord],
+    *,
+    run_now: bool,
+    scope: set[str] | None,
+    at: datetime | None = None,
+) -> list[MirrorPlan]:
+    """Whether each mirror refreshes its upstream metadata now, and why.
+
+    A mirror refreshes when its schedule is due (or it has none), or with ``run_now``;
+    with ``scope`` (``--mirror``) only the mirrors named.
+    """
+    at = at or now()
+    plans = []
     for mirror in channel.mirrors:
-        last = history.last_run(mirror.name, started_only=True)
+        last = last_of(runs, mirror.name, started_only=True)
         last_started = parse_time(last.started) if last else None
         status = due(mirror.schedule, last_started, at)
-        forced = run_now is True or (isinstance(run_now, set) and mirror.name in run_now)
+        named = scope is None or mirror.name in scope
+        forced = run_now and named
+        refresh = named and (status.due or forced)
         duration = None
         if last and last.finished and last_started:
             finished = parse_time(last.finished)
             duration = finished - last_started if finished else None
-        statuses.append(
-            MirrorStatus(
+        if not named:
+            reason = "not named by --mirror: left as published"
+        elif forced and not status.due:
+            reason = "run now (--run-now)"
+        else:
+            reason = status.reason
+        plans.append(
+            MirrorPlan(
                 name=mirror.name,
-                due=status.due or forced,
-                reason="run now (--run-now)" if forced and not status.due else status.reason,
-                scheduled=bool(mirror.schedule) and (status.due or forced),
+                refresh=refresh,
+                reason=reason,
+                scheduled=bool(mirror.schedule) and refresh,
                 last_run=last.started if last else None,
-                next_due=status.next_due.isoformat() if status.next_due else None,
+                next_due=format_time(status.next_due) if status.next_due else None,
                 warning=overlap_warning(mirror.schedule, duration, at),
             )
         )
-    return statuses
+    return plans
+
+
+@dataclass
+class ChannelPlanning:
+    """One channel's plan with everything needed to carry it out."""
+
+    channel: AnyChannelModel
+    position: int
+    store: Store
+    kind: Kind
+    work: ChannelWork
+    state: LoadedState
+
+    @property
+    def plan(self) -> ChannelPlan:
+        return self.work.plan
+
+    def close(self) -> None:
+        self.work.close()
+
+
+@dataclass
+class Planning:
+    plan: Plan
+    channels: list[ChannelPlanning] = field(default_factory=list)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a plan is asked for (the command line's flags)."""
+
+    scope: set[str] | None = None  # --mirror
+    run_now: bool = False
+    cache_dir: Path | None = None
+    created: datetime | None = None  # the plan's time (a saved plan's when applying it)
+    reporter: Reporter | None = None
+
+
+def has_index(digests: Mapping[str, str]) -> bool:
+    return any(value != "absent" for key, value in digests.items() if key != ".")
+
+
+def prepare_request(
+    loaded: LoadedConfig,
+    kinds: KindRegistry,
+    position: int,
+    options: PlanOptions,
+    saved: ChannelPlan | None = None,
+) -> tuple[Kind, PlanRequest, list[RunRecord], dict[str, str]]:
+    """What a kind needs to plan the channel at ``position``: its request, the channel's
+    runs and the digests of what it publishes."""
+    channel = loaded.config.channels[position]
+    store = open_store(channel.path)
+    kind = kinds.kind_of(channel)
+    published = kind.published(channel, store)
+    runs = History(store).runs()
+    # A channel apply managed before (it has a history) that publishes an index but has
+    # no state lost its inventory; one indexed by other means is adopted quietly.
+    state = load_state(store, channel.name, published=has_index(published) and bool(runs))
+    created = options.created or now()
+    schedules = mirror_schedules(channel, runs, run_now=options.run_now, scope=options.scope)
+    expected = None
+    if saved is not None:
+        refresh = {m.name: m.refresh for m in saved.mirrors}
+        schedules = [
+            m.model_copy(update={"refresh": refresh.get(m.name, False)}) for m in schedules
+        ]
+        expected = {(u.mirror, u.location): u.sha256 for u in saved.upstream}
+    request = PlanRequest(
+        loaded=loaded,
+        channel=channel,
+        position=position,
+        store=store,
+        state=state,
+        mirrors=schedules,
+        scope=options.scope,
+        cache_dir=options.cache_dir,
+        created_ms=int(created.timestamp() * 1000),
+        expected=expected,
+        reporter=options.reporter,
+    )
+    return kind, request, runs, published
 
 
 def plan_channel(
-    channel: Channel,
-    index: int,
-    config_dir: Path | None = None,
-    mirrors: set[str] | None = None,
-    run_now: bool | set[str] = False,
+    loaded: LoadedConfig,
+    kinds: KindRegistry,
+    position: int,
+    options: PlanOptions,
+    saved: ChannelPlan | None = None,
 ) -> ChannelPlanning:
-    """The plan for one channel of the configuration (``index`` is its position)."""
-    path = Path(channel.path)
-    create = not path.exists()
-    top = observed_digests(path, [])
-    statuses = [
-        s for s in mirror_schedules(channel, run_now) if mirrors is None or s.name in mirrors
-    ]
-    not_due = {s.name for s in statuses if not s.due}
-    resolved = resolve_channel_mirrors(channel, index, config_dir, mirrors, not_due)
-    result = index_channel(
-        path,
-        options=channel.index,
-        patches=channel.patches,
-        subdirs=channel.served_subdirs,
-        channel_name=channel.name,
-        filters=FilterEngine(channel.filters, f"channels[{index}].filters"),
-        dry_run=True,
-        mirrored=resolved.records if resolved else None,
-        upstream_removed=resolved.removed if resolved else None,
-        pruned=resolved.pruned if resolved else None,
-    )
-    actions: list[Action] = []
-    for subdir_result in result.subdirs:
-        actions.extend(_subdir_actions(path, subdir_result, bool(channel.patches), resolved))
-    if resolved is not None:
-        listed = {(a.subdir, a.filename) for a in actions}
-        # Files an active mirror must fetch although their records are already
-        # published (the mirror became active, or a file went missing).
-        for item in resolved.downloads:
-            if (item.subdir, item.filename) not in listed:
-                actions.append(
-                    Action(
-                        kind="add",
-                        subdir=item.subdir,
-                        filename=item.filename,
-                        source=item.mirror,
-                        reason=f"file missing: download from mirror {item.mirror}",
-                    )
-                )
-        # Pruned files that are no longer published still have to go from disk.
-        for mirror, subdir, filename in resolved.prune:
-            if (subdir, filename) not in listed and (path / subdir / filename).exists():
-                actions.append(
-                    Action(
-                        kind="remove",
-                        subdir=subdir,
-                        filename=filename,
-                        source=mirror,
-                        reason=f"no longer wanted by mirror {mirror}; file deleted",
-                    )
-                )
-    channel_files = sorted(result.written) + [f"{n} (delete)" for n in sorted(result.deleted)]
-    if channel_files:
-        actions.append(
+    """The plan of the channel at ``position`` in the configuration.
+
+    ``saved``: the channel's part of a saved plan being applied; its mirrors refresh as
+    it said, and select from exactly the upstream metadata it selected from.
+    """
+    kind, request, runs, published = prepare_request(loaded, kinds, position, options, saved)
+    channel, store, state = request.channel, request.store, request.state
+    work = kind.plan(request)
+    plan = work.plan
+    plan.published = published
+    plan.kind = kind.name
+    if any(r.state not in ("completed", "failed", "skipped") for r in runs):
+        plan.actions.append(
             Action(
                 kind="reindex",
-                subdir=None,
-                reason="channel index files out of date",
-                files=channel_files,
+                reason=Reason.INTERRUPTED,
+                detail="the last run did not finish (killed, or still running): converge again",
             )
         )
-    interrupted = interrupted_action(path)
-    if interrupted is not None:
-        actions.append(interrupted)
-    observed = top | {r.subdir: r.observed for r in result.subdirs}
-    warnings = [f"skipping {s.format()}" for s in result.skipped]
-    if resolved is not None:
-        warnings.extend(resolved.warnings)
-    plan = ChannelPlan(
-        name=channel.name,
-        path=str(path),
-        create=create,
-        observed=observed,
-        actions=actions,
-        warnings=warnings + [f"mirror {s.name}: {s.warning}" for s in statuses if s.warning],
-        mirrors=statuses,
-    )
-    return ChannelPlanning(plan, result, resolved)
-
-
-def plan_any_channel(
-    channel: Channel | PypiChannel,
-    index: int,
-    config_dir: Path,
-    only: set[str] | None = None,
-    run_now: bool | set[str] = False,
-) -> ChannelPlan:
-    """The plan of a channel of either kind."""
-    if isinstance(channel, PypiChannel):
-        from reconciler.kinds.pypi.plan import plan_pypi_channel  # it builds on this module
-
-        planning = plan_pypi_channel(channel, config_dir, only, run_now)
-        planning.resolution.close()
-        return planning.plan
-    return plan_channel(channel, index, config_dir, only, run_now).plan
-
-
-def interrupted_action(channel_dir: Path) -> Action | None:
-    """A reindex when the channel's last run never finished: its state may lag the files."""
-    if not History(channel_dir).unfinished():
-        return None
-    return Action(
-        kind="reindex",
-        subdir=None,
-        reason="the last run did not finish (killed, or still running): converge again",
-    )
+    if state.lost is not None:
+        message = f"{state.lost}: the inventory is rebuilt from the published index"
+        plan.actions.append(Action(kind="reindex", reason=Reason.STATE_REBUILT, detail=message))
+        plan.warnings.append(PlanWarning(key="state-lost", message=message))
+    for mirror in plan.mirrors:
+        if mirror.warning:
+            text = f"mirror {mirror.name}: {mirror.warning}"
+            plan.warnings.append(PlanWarning(key=f"overlap:{mirror.name}", message=text))
+    seen = state.state.warnings
+    unique: dict[str, PlanWarning] = {}
+    for warning in plan.warnings:
+        unique.setdefault(warning.key, warning)
+    plan.warnings = [w.model_copy(update={"new": w.key not in seen}) for w in unique.values()]
+    return ChannelPlanning(channel, position, store, kind, work, state)
 
 
 def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set[str] | None:
@@ -458,17 +282,8 @@ def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set
     return set(mirrors)
 
 
-def make_plan(
-    loaded: LoadedConfig,
-    channels: Sequence[str] | None = None,
-    mirrors: Sequence[str] | None = None,
-    run_now: bool = False,
-) -> Plan:
-    """Plan every channel of the configuration, or only those named.
-
-    ``run_now`` runs mirrors regardless of their schedule: all of them, or with
-    ``mirrors`` given, those.
-    """
+def channel_positions(loaded: LoadedConfig, channels: Sequence[str] | None) -> list[int]:
+    """Positions of the channels named (all when none are), checked."""
     config = loaded.config
     wanted = set(channels or [])
     unknown = wanted - {c.name for c in config.channels}
@@ -477,17 +292,60 @@ def make_plan(
             f"no channel named {', '.join(sorted(unknown))} in {loaded.path}",
             hint="channels: " + ", ".join(c.name for c in config.channels),
         )
-    only = mirror_selection(loaded, mirrors)
-    now: bool | set[str] = (only or True) if run_now else False
-    plans = [
-        plan_any_channel(channel, i, loaded.base_dir, only, now)
-        for i, channel in enumerate(config.channels)
-        if not wanted or channel.name in wanted
-    ]
-    return Plan(
-        created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        config=str(loaded.path),
-        config_digest=file_digest(loaded.path),
-        revision=git_revision(loaded.path.parent),
-        channels=plans,
+    return [i for i, c in enumerate(config.channels) if not wanted or c.name in wanted]
+
+
+def make_plan(
+    loaded: LoadedConfig,
+    kinds: KindRegistry,
+    *,
+    channels: Sequence[str] | None = None,
+    mirrors: Sequence[str] | None = None,
+    run_now: bool = False,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+) -> Planning:
+    """Plan every channel of the configuration, or only those named.
+
+    ``mirrors`` (``--mirror``): only those mirrors refresh and only their records may
+    change. ``run_now``: mirrors refresh regardless of their schedule.
+    """
+    created = now().replace(microsecond=0)
+    options = PlanOptions(
+        scope=mirror_selection(loaded, mirrors),
+        run_now=run_now,
+        cache_dir=cache_dir,
+        created=created,
+        reporter=reporter,
+    )
+    planning = Planning(
+        Plan(
+            created=format_time(created),
+            config=str(loaded.path),
+            config_digest=file_digest(loaded.path),
+            revision=git_revision(loaded.path.parent),
+            mirrors=sorted(options.scope) if options.scope is not None else None,
+            run_now=run_now,
+        )
+    )
+    try:
+        for position in channel_positions(loaded, channels):
+            channel_planning = plan_channel(loaded, kinds, position, options)
+            planning.channels.append(channel_planning)
+            planning.plan.channels.append(channel_planning.plan)
+    except BaseException:
+        planning.close()
+        raise
+    return planning
+
+
+def plan_options_of(saved: Plan, cache_dir: Path | None, reporter: Reporter | None) -> PlanOptions:
+    """The options a saved plan was made with."""
+    created = parse_time(saved.created)
+    return PlanOptions(
+        scope=set(saved.mirrors) if saved.mirrors is not None else None,
+        run_now=saved.run_now,
+        cache_dir=cache_dir,
+        created=created,
+        reporter=reporter,
     )

@@ -3,42 +3,17 @@
 A mirror is due when a fire time of its schedule has passed since its last
 started run, or when it has never run; a mirror without a schedule is always
 due. Several fire times missed while nothing ran make it due once, not once per
-missed time. ``RECONCILE_NOW`` (an ISO 8601 time) overrides the clock, so
-schedules can be rehearsed.
+missed time. Times come from :mod:`reconciler.engine.clock`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from croniter import croniter
 
-from reconciler.errors import ReconcileError
-
-CLOCK_ENV = "RECONCILE_NOW"
-
-
-def now() -> datetime:
-    override = os.environ.get(CLOCK_ENV)
-    if override:
-        try:
-            value = datetime.fromisoformat(override.replace("Z", "+00:00"))
-        except ValueError:
-            raise ReconcileError(f"{CLOCK_ENV}={override!r} is not an ISO 8601 time") from None
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc)
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+from reconciler.engine.clock import format_time
 
 
 @dataclass(frozen=True)
@@ -57,8 +32,8 @@ def due(schedule: str | None, last_started: datetime | None, at: datetime) -> Du
     # A fire time exactly at `at` counts as passed.
     latest_fire = croniter(schedule, at + timedelta(seconds=1)).get_prev(datetime)
     if latest_fire > last_started:
-        return Due(True, f"scheduled at {latest_fire.isoformat()}", following)
-    return Due(False, f"next run at {following.isoformat()}", following)
+        return Due(True, f"scheduled at {format_time(latest_fire)}", following)
+    return Due(False, f"next run at {format_time(following)}", following)
 
 
 def interval(schedule: str, at: datetime) -> timedelta:

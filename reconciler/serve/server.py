@@ -28,7 +28,6 @@ from typing import Any
 
 from reconciler.conda.names import is_safe_package_filename
 from reconciler.config.models import Channel, LoadedConfig, PypiChannel
-from reconciler.engine.published import channel_folders
 from reconciler.kinds.pypi import routes as pypi_routes
 from reconciler.serve.files import (
     Refused,
@@ -40,7 +39,7 @@ from reconciler.serve.files import (
     split_url_path,
 )
 from reconciler.serve.passive import FetchFailed, PassiveFetcher
-from reconciler.serve.status import collect_status, render_status_html
+from reconciler.serve.status import render_status_html, status_data
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -122,11 +121,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, head)
             return
         if segments in ([], [""]):
-            body = render_status_html(collect_status(self.server.loaded)).encode()
+            body = render_status_html(status_data(self.server.loaded)).encode()
             self._bytes(body, "text/html; charset=utf-8", head)
             return
         if segments == ["api", "status"]:
-            body = json.dumps(collect_status(self.server.loaded), indent=2).encode()
+            body = json.dumps(status_data(self.server.loaded), indent=2).encode()
             self._bytes(body, "application/json", head)
             return
         channel = self.server.channels.get(segments[0])
@@ -319,8 +318,7 @@ def serve(loaded: LoadedConfig, host: str, port: int) -> None:
 
 
 def _clean_partial_downloads(loaded: LoadedConfig) -> None:
-    from reconciler.store.local import clean_temp_files
+    from reconciler.store import open_store
 
     for channel in loaded.config.channels:
-        for folder in channel_folders(channel):
-            clean_temp_files(folder)
+        open_store(channel.path).clean_temporaries()

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import html
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from reconciler.config.models import LoadedConfig
-from reconciler.engine.history import History
-from reconciler.engine.published import published_counts
-from reconciler.serve.passive import read_stats
+from reconciler.engine.status import collect_status
 
 _COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "running": "#f9a825", "skipped": "#757575"}
 
@@ -44,49 +41,11 @@ def relative(when: datetime | None, now: datetime) -> str:
     return f"in {amount}" if future else f"{amount} ago"
 
 
-def _next_due(schedule: str | None, last_started: datetime | None, now: datetime) -> str | None:
-    if not schedule:
-        return None
-    from croniter import croniter
+def status_data(loaded: LoadedConfig) -> dict[str, Any]:
+    """The engine's status model, as JSON data (``/api/status``)."""
+    from reconciler.kinds import REGISTRY
 
-    base = last_started or now
-    return str(croniter(schedule, base).get_next(datetime).isoformat())
-
-
-def collect_status(loaded: LoadedConfig, now: datetime | None = None) -> dict[str, Any]:
-    now = now or datetime.now(timezone.utc)
-    channels = []
-    for channel in loaded.config.channels:
-        path = Path(channel.path)
-        history = History(path)
-        runs = history.runs()
-        mirrors = []
-        for mirror in channel.mirrors:
-            last = history.last_run(mirror.name)
-            started = history.last_run(mirror.name, started_only=True)
-            mirrors.append(
-                {
-                    "name": mirror.name,
-                    "source": mirror.source,
-                    "mode": mirror.mode,
-                    "schedule": mirror.schedule,
-                    "last_run": last.to_json() if last else None,
-                    "next_due": _next_due(
-                        mirror.schedule, _parse_time(started.started) if started else None, now
-                    ),
-                }
-            )
-        channels.append(
-            {
-                "name": channel.name,
-                "path": str(path),
-                "subdirs": published_counts(channel),
-                "mirrors": mirrors,
-                "passive": read_stats(path).__dict__,
-                "history": [r.to_json() for r in reversed(runs[-20:])],
-            }
-        )
-    return {"generated": now.isoformat(timespec="seconds"), "channels": channels}
+    return collect_status(loaded, REGISTRY).model_dump(mode="json")
 
 
 def _timeline(runs: list[dict[str, Any]], now: datetime) -> str:
@@ -135,7 +94,7 @@ def render_status_html(status: dict[str, Any]) -> str:
     for channel in status["channels"]:
         name = e(channel["name"])
         counts = ", ".join(
-            f"{e(s)}: {'not indexed' if n is None else n}" for s, n in channel["subdirs"].items()
+            f"{e(s)}: {'not indexed' if n is None else n}" for s, n in channel["packages"].items()
         )
         passive = channel["passive"]
         parts.append(
@@ -163,10 +122,11 @@ def render_status_html(status: dict[str, Any]) -> str:
                 else:
                     text = "never"
                 due = _parse_time(mirror["next_due"])
+                due_text = "next apply" if mirror["due_now"] or due is None else relative(due, now)
                 parts.append(
                     f"<tr><td>{e(mirror['name'])}</td><td>{e(mirror['mode'])}</td>"
                     f"<td>{e(mirror['schedule'] or 'every apply')}</td><td>{text}</td>"
-                    f"<td>{e(relative(due, now)) if due else 'next apply'}</td></tr>\n"
+                    f"<td>{e(due_text)}</td></tr>\n"
                 )
             parts.append("</table>\n")
         parts.append(_timeline(channel["history"], now))
@@ -175,7 +135,7 @@ def render_status_html(status: dict[str, Any]) -> str:
             "<th>+</th><th>~</th><th>-</th><th>error</th></tr>\n"
         )
         for run in channel["history"]:
-            target = run["channel"] + (f"/{run['mirror']}" if run.get("mirror") else "")
+            target = run["target"]
             started = _parse_time(run["started"])
             parts.append(
                 f"<tr><td>{e(run['started'])} ({e(relative(started, now))})</td>"

@@ -1,12 +1,15 @@
-"""Talking to an upstream channel: repodata with conditional GET, and verified downloads.
+"""Talking to an upstream: metadata with conditional GET, and verified downloads.
 
 Sources are ``http(s)://`` URLs (one pooled ``requests`` session per upstream),
-``file://`` URLs and plain paths. Repodata is fetched ``.zst`` first, falling back
-to ``.json`` on 404; the body and its ``ETag`` / ``Last-Modified`` are kept under the
-channel's state folder so a ``304`` reuses them. Failures retry with backoff on
-5xx, connection errors and truncated bodies, then raise an error naming the URL
+``file://`` URLs and plain paths. Metadata bodies and their ``ETag`` /
+``Last-Modified`` are kept in the user's cache directory (never in a channel), so a
+``304`` reuses them; a caller may also offer validators and a body it kept itself
+(a channel keeps the metadata its last apply used), so a fresh machine with an
+empty cache still asks conditionally. Failures retry with backoff on 5xx,
+connection errors and truncated bodies, then raise an error naming the URL
 (credentials redacted). A token from ``token_env`` goes into anaconda.org-style
-``/t/<token>/`` URLs and never into messages.
+``/t/<token>/`` URLs and never into messages. This module is the only one that
+talks to the network.
 
 The upstream is untrusted: redirects are followed by hand and only to allowed
 hosts (:meth:`Upstream.check_url`), response headers must be complete within the
@@ -21,13 +24,14 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import unquote, urljoin, urlparse
 
 import orjson
@@ -38,10 +42,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
 
-from reconciler.conda.repodata import load_repodata
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
-from reconciler.store.local import TEMP_PREFIX, write_atomic, write_if_changed
+from reconciler.store.local import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +74,72 @@ def redact(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class CachedBody:
-    body: bytes
-    content_type: str
-    url: str  # where it came from after redirects, redacted
-    not_modified: bool
+class Validators:
+    """What identifies one answer of an upstream: its HTTP validators and its digest."""
+
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str = ""
+    url: str = ""  # where it came from after redirects, redacted
+
+    def to_json(self) -> dict[str, str | None]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Validators | None:
+        if not isinstance(data, dict) or not isinstance(data.get("sha256"), str):
+            return None
+        text = {k: v for k, v in data.items() if isinstance(v, str)}
+        return cls(
+            sha256=text["sha256"],
+            etag=text.get("etag"),
+            last_modified=text.get("last-modified", text.get("last_modified")),
+            content_type=text.get("content-type", text.get("content_type", "")),
+            url=text.get("url", ""),
+        )
 
 
 @dataclass(frozen=True)
-class FetchedRepodata:
-    repodata: dict[str, Any]
-    url: str  # redacted
-    not_modified: bool  # True when a 304 let us reuse the cached copy
+class CachedBody:
+    body: bytes
+    validators: Validators
+    not_modified: bool  # a 304 (or the local file unchanged) let us reuse a kept copy
+
+    @property
+    def content_type(self) -> str:
+        return self.validators.content_type
+
+    @property
+    def url(self) -> str:
+        return self.validators.url
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A body the caller kept with its validators (offered for a conditional request)."""
+
+    body: bytes
+    validators: Validators
+
+
+def body_validators(body: bytes, headers: dict[str, str], url: str) -> Validators:
+    return Validators(
+        sha256=hashlib.sha256(body).hexdigest(),
+        etag=headers.get("etag"),
+        last_modified=headers.get("last-modified"),
+        content_type=headers.get("content-type", ""),
+        url=url,
+    )
 
 
 class Upstream:
-    """One upstream channel; ``state_dir`` holds its conditional-GET cache."""
+    """One upstream; ``cache_dir`` (outside any channel) holds its conditional-GET cache."""
 
     def __init__(
         self,
         source: str,
-        state_dir: Path,
+        cache_dir: Path | None = None,
         *,
         token: str | None = None,
         timeout: float = 60.0,
@@ -103,7 +151,7 @@ class Upstream:
         self.source = source.rstrip("/")
         # Where redirects may lead: the source's host and the hosts the config allows.
         self.hosts = {_host(source), *(h.lower() for h in allowed_hosts)}
-        self.state_dir = state_dir
+        self.cache_dir = cache_dir
         self.token = token
         self.timeout = timeout
         self.retries = retries
@@ -213,103 +261,64 @@ class Upstream:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    # -- repodata ----------------------------------------------------------------------
+    # -- metadata ----------------------------------------------------------------------
 
-    def fetch_repodata(self, subdir: str) -> FetchedRepodata:
-        """The subdir's repodata; :class:`NotFound` when the upstream has no such subdir."""
-        if self.local_root is not None:
-            return self._local_repodata(subdir)
-        for name in ("repodata.json.zst", "repodata.json"):
-            try:
-                return self._http_repodata(subdir, name)
-            except NotFound:
-                continue
-        raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
+    def _cache_paths(self, name: str) -> tuple[Path, Path] | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / name, self.cache_dir / f"{name}.headers.json"
 
-    def _local_repodata(self, subdir: str) -> FetchedRepodata:
-        assert self.local_root is not None
-        folder = self.local_root / subdir
-        for name in ("repodata.json.zst", "repodata.json"):
-            path = folder / name
-            if path.is_file():
-                body = path.read_bytes()
-                data = _unzstd(body, str(path)) if name.endswith(".zst") else body
-                repodata = load_repodata(data, str(path))
-                # Kept like an HTTP body, so a mirror that is not due can use it.
-                cached, _ = self._cache_paths(subdir, name)
-                unchanged = not write_if_changed(cached, body)
-                return FetchedRepodata(repodata, str(path), unchanged)
-        raise NotFound(f"{folder / 'repodata.json'}: not found")
+    def kept(self, name: str) -> Kept | None:
+        """The body and validators in the cache directory, if any."""
+        paths = self._cache_paths(name)
+        if paths is None:
+            return None
+        try:
+            body = paths[0].read_bytes()
+            validators = Validators.from_json(orjson.loads(paths[1].read_bytes()))
+        except (OSError, ValueError):
+            return None
+        if validators is None or hashlib.sha256(body).hexdigest() != validators.sha256:
+            return None  # a torn or foreign cache entry: ask afresh
+        return Kept(body, validators)
 
-    def cached_repodata(self, subdir: str) -> FetchedRepodata | None:
-        """The copy kept from the last fetch, without asking the upstream (None: none kept)."""
-        for name in ("repodata.json.zst", "repodata.json"):
-            body_path, _ = self._cache_paths(subdir, name)
-            if body_path.is_file():
-                body = body_path.read_bytes()
-                data = _unzstd(body, str(body_path)) if name.endswith(".zst") else body
-                return FetchedRepodata(load_repodata(data, str(body_path)), str(body_path), True)
-        return None
-
-    def _cache_paths(self, subdir: str, name: str) -> tuple[Path, Path]:
-        base = self.state_dir / subdir
-        return base / name, base / f"{name}.headers.json"
-
-    def _http_repodata(self, subdir: str, name: str) -> FetchedRepodata:
-        body_path, headers_path = self._cache_paths(subdir, name)
-        shown = self.shown(subdir, name)
-
-        def parse(body: bytes) -> dict[str, Any]:
-            try:
-                data = _unzstd(body, shown) if name.endswith(".zst") else body
-                return load_repodata(data, shown)
-            except ReconcileError as exc:
-                if isinstance(exc, UpstreamError):
-                    raise
-                html = body.lstrip()[:1] == b"<"
-                raise UpstreamError(
-                    exc.message,
-                    hint="the upstream sent an HTML page: a login or error page?"
-                    if html
-                    else "the upstream sent something that is not repodata; nothing was kept",
-                ) from None
-
-        repodata, fetched = self.get_cached(
-            self.url(subdir, name), shown, body_path, headers_path, MAX_REPODATA_BYTES, parse
-        )
-        return FetchedRepodata(repodata, shown, fetched.not_modified)
+    def _keep(self, name: str, body: bytes, validators: Validators) -> None:
+        paths = self._cache_paths(name)
+        if paths is None:
+            return
+        try:
+            write_atomic(paths[0], body)
+            write_atomic(paths[1], orjson.dumps(validators.to_json()))
+        except ReconcileError as exc:  # a cache only saves work: never fail a run for it
+            log.warning("not caching %s: %s", redact(validators.url), exc.message)
 
     def get_cached(
         self,
         url: str,
         shown: str,
-        body_path: Path,
-        headers_path: Path,
+        name: str,
         limit: int,
         parse: Callable[[bytes], T],
         accept: str | None = None,
+        offered: Kept | None = None,
     ) -> tuple[T, CachedBody]:
-        """GET ``url`` with a conditional-request cache kept at ``body_path``.
+        """GET ``url`` conditionally: with the validators of the copy cached as ``name``
+        in the cache directory, or else of ``offered`` (a copy the caller kept).
 
-        A ``304`` reuses the kept body. A ``200`` body is kept only once ``parse``
+        A ``304`` reuses that copy. A ``200`` body is kept only once ``parse``
         accepted it, so a garbled response never replaces a good copy.
         Returns what ``parse`` made of the body, and the body. :class:`NotFound` on 404.
         """
-        cached_headers: dict[str, str] = {}
-        if body_path.is_file():
-            try:
-                cached_headers = orjson.loads(headers_path.read_bytes())
-            except (OSError, ValueError):
-                cached_headers = {}
+        kept = self.kept(name) or offered
 
         def attempt() -> tuple[int, bytes, dict[str, str]]:
             headers = {}
             if accept:
                 headers["Accept"] = accept
-            if cached_headers.get("etag"):
-                headers["If-None-Match"] = cached_headers["etag"]
-            if cached_headers.get("last-modified"):
-                headers["If-Modified-Since"] = cached_headers["last-modified"]
+            if kept is not None and kept.validators.etag:
+                headers["If-None-Match"] = kept.validators.etag
+            if kept is not None and kept.validators.last_modified:
+                headers["If-Modified-Since"] = kept.validators.last_modified
             try:
                 response = self._get(url, shown, headers)
             except requests.RequestException as exc:
@@ -317,96 +326,83 @@ class Upstream:
             with response:
                 if response.status_code == 404:
                     raise NotFound(f"{shown}: not found (404)")
-                if response.status_code == 304 and body_path.is_file():
+                if response.status_code == 304 and kept is not None:
                     return 304, b"", {}
                 if response.status_code >= 500:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise UpstreamError(f"{shown}: HTTP {response.status_code}")
                 body = _read_body(response, limit, self.timeout, shown)
-                kept = {
+                returned = {
                     k: response.headers[k]
                     for k in ("etag", "last-modified", "content-type")
                     if k in response.headers
                 }
-                kept["url"] = redact(response.url)
-                return 200, body, kept
+                return 200, body, returned
 
         status, body, headers = self._retrying(shown, attempt)
         if status == 304:
-            body = body_path.read_bytes()
-            kept = CachedBody(
-                body,
-                cached_headers.get("content-type", ""),
-                cached_headers.get("url", shown),
-                True,
-            )
-            return parse(body), kept
+            assert kept is not None
+            self._keep(name, kept.body, kept.validators)
+            return parse(kept.body), CachedBody(kept.body, kept.validators, True)
         parsed = parse(body)
-        write_atomic(body_path, body)
-        write_atomic(headers_path, orjson.dumps(headers))
-        fetched = CachedBody(
-            body, headers.get("content-type", ""), headers.get("url", shown), False
-        )
-        return parsed, fetched
+        validators = body_validators(body, headers, shown)
+        self._keep(name, body, validators)
+        return parsed, CachedBody(body, validators, False)
+
+    def read_local(self, path: Path, shown: str, limit: int) -> bytes:
+        """A file of a folder source: a regular file only (a FIFO or a device would hang),
+        read within the mirror's timeout (a stalled network mount would too)."""
+        return read_regular_file(path, shown, limit, self.timeout)
 
     # -- files -------------------------------------------------------------------------
 
-    def download(
-        self, subdir: str, filename: str, target: Path, size: int | None, sha256: str | None
-    ) -> int:
-        """Fetch a package into ``target`` (atomically), checking size and sha256.
-
-        Returns the bytes written. On any mismatch the temporary file is removed,
-        ``target`` is left as it was, and :class:`UpstreamError` names the file.
-        """
+    def download(self, relative: str, out: IO[bytes], size: int | None, sha256: str | None) -> int:
+        """Fetch ``<source>/<relative>`` into ``out``, checking size and sha256."""
+        subdir, _, filename = relative.rpartition("/")
         if self.local_root is not None:
-            location = str(self.local_root / subdir / filename)
+            location = str(self.local_root / relative)
         else:
             location = self.url(subdir, filename)
-        return self.download_url(location, self.shown(subdir, filename), target, size, sha256)
+        return self.download_url(location, self.shown(subdir, filename), out, size, sha256)
 
     def download_url(
-        self, location: str, shown: str, target: Path, size: int | None, sha256: str | None
+        self, location: str, shown: str, out: IO[bytes], size: int | None, sha256: str | None
     ) -> int:
-        """Fetch ``location`` (an http(s) URL or a local path) into ``target``, verified.
+        """Fetch ``location`` (an http(s) URL or a local path) into the open file ``out``.
 
-        ``shown`` is what messages say instead of the (possibly secret) location.
+        ``shown`` is what messages say instead of the (possibly secret) location. On a
+        mismatch :class:`UpstreamError` names the file; what was written is the caller's
+        to drop (the store's temporary file).
         """
-        tmp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}")
 
         def attempt() -> int:
+            out.seek(0)
+            out.truncate()
             digest = hashlib.sha256()
             written = 0
             pace = Pace(self.timeout, shown)
             sent: dict[str, str] = {}
-            try:
-                with tmp.open("wb") as out:
-                    for chunk in self._chunks(location, shown, size, sent):
-                        written += len(chunk)
-                        pace.check(written)
-                        if size is not None and written > size:
-                            raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
-                        digest.update(chunk)
-                        out.write(chunk)
-                        checkpoint("download.mid")
-                if size is not None and written != size:
-                    raise _Retryable(f"truncated: got {written} of {size} bytes")
-                if sha256 and digest.hexdigest() != sha256:
-                    html = _is_html(sent.get("content-type", ""))
-                    raise UpstreamError(
-                        f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})"
-                        + (" in an HTML page" if html else ""),
-                        hint="a login or error page? check the source URL and the mirror's "
-                        "token_env"
-                        if html
-                        else "the upstream file does not match its index; nothing was replaced",
-                    )
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, target)
-            checkpoint("download.placed")
+            for chunk in self._chunks(location, shown, size, sent):
+                written += len(chunk)
+                pace.check(written)
+                if size is not None and written > size:
+                    raise UpstreamError(f"{shown}: more than the {size} bytes recorded")
+                digest.update(chunk)
+                out.write(chunk)
+                checkpoint("download.mid")
+            if size is not None and written != size:
+                raise _Retryable(f"truncated: got {written} of {size} bytes")
+            if sha256 and digest.hexdigest() != sha256:
+                html = _is_html(sent.get("content-type", ""))
+                raise UpstreamError(
+                    f"{shown}: sha256 mismatch (expected {sha256}, got {digest.hexdigest()})"
+                    + (" in an HTML page" if html else ""),
+                    hint="a login or error page? check the source URL and the mirror's token_env"
+                    if html
+                    else "the upstream file does not match its index; nothing was replaced",
+                )
+            out.flush()
             return written
 
         result: int = self._retrying(shown, attempt)
@@ -415,12 +411,7 @@ class Upstream:
     def _chunks(self, location: str, shown: str, size: int | None, sent: dict[str, str]) -> Any:
         """The file's bytes as they arrive; ``sent`` gets the response's content type."""
         if not location.lower().startswith(("http://", "https://")):
-            try:
-                with open(location, "rb") as handle:
-                    while chunk := handle.read(CHUNK):
-                        yield chunk
-            except FileNotFoundError:
-                raise UpstreamError(f"{location}: not found upstream") from None
+            yield from _local_chunks(Path(location), size, self.timeout)
             return
         try:
             # Packages are stored as sent: no compression layer to decode (or to bomb us).
@@ -686,4 +677,86 @@ def _unzstd(data: bytes, source: str) -> bytes:
         raise UpstreamError(f"{source}: empty, not zstd data")
     if in_frame:
         raise UpstreamError(f"{source}: zstd data cut short (the last frame does not end)")
+    return b"".join(chunks)
+
+
+def unzstd(data: bytes, source: str) -> bytes:
+    """zstd frames decompressed, capped at :data:`MAX_REPODATA_BYTES` (see ``_unzstd``)."""
+    return _unzstd(data, source)
+
+
+def _within(timeout: float, shown: str, work: Callable[[], T]) -> T:
+    """``work()`` in a helper thread, given up after ``timeout`` seconds.
+
+    A read from a stalled network mount blocks in the kernel where nothing can
+    interrupt it; the thread is left to finish on its own (it is a daemon) and the
+    run goes on with an error naming the file.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="local-upstream-read").start()
+    if not done.wait(timeout):
+        raise UpstreamError(
+            f"{shown}: no answer within {timeout:g} s",
+            hint="a stalled network mount? check the folder, or raise the mirror's timeout",
+        )
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def _open_regular(path: Path, shown: str, timeout: float) -> int:
+    """An fd of ``path`` if it is a regular file; an error naming it otherwise."""
+    try:
+        fd = _within(timeout, shown, lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise NotFound(f"{shown}: not found") from None
+    except OSError as exc:
+        raise UpstreamError(f"{shown}: cannot read it: {exc.strerror or exc}") from None
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UpstreamError(
+            f"{shown}: not a regular file (a FIFO, device or folder); refusing to read it"
+        )
+    return fd
+
+
+def _local_chunks(path: Path, size: int | None, timeout: float) -> Iterator[bytes]:
+    shown = str(path)
+    fd = _open_regular(path, shown, timeout)
+    try:
+        read = 0
+        while True:
+            chunk = _within(timeout, shown, lambda: os.read(fd, CHUNK))
+            if not chunk:
+                return
+            read += len(chunk)
+            yield chunk
+            if size is not None and read > size:
+                return  # the caller refuses it; no need to read an endless file to its end
+    finally:
+        os.close(fd)
+
+
+def read_regular_file(path: Path, shown: str, limit: int, timeout: float) -> bytes:
+    """A local upstream file, whole: regular files only, each read within ``timeout``,
+    refused beyond ``limit`` bytes."""
+    chunks = []
+    total = 0
+    for chunk in _local_chunks(path, limit, timeout):
+        total += len(chunk)
+        if total > limit:
+            raise UpstreamError(f"{shown}: larger than the limit of {_amount(limit)}; gave up")
+        chunks.append(chunk)
     return b"".join(chunks)

@@ -38,9 +38,10 @@ import zstandard
 
 from reconciler.conda.shards import read_shard, read_shard_index
 from reconciler.engine.history import History
-from reconciler.engine.state import STATE_NAME, ChannelState
+from reconciler.engine.layout import STATE as STATE_NAME
+from reconciler.engine.state import ChannelState
 from reconciler.faults import CRASH_AT_ENV, CRASH_TRACE_ENV
-from reconciler.store.local import TEMP_PREFIX
+from reconciler.store.local import TEMP_PREFIX, LocalStore
 from tests.crash.forkserver import Forked, ForkServer
 
 # One clock for every run, so outputs can be compared byte for byte. Without it
@@ -367,7 +368,7 @@ def check_channel(channel: Path, expect: Expect, had_noarch: bool) -> list[str]:
         if "reconcile-tmp" in path.name and not path.name.startswith(TEMP_PREFIX):
             problems.append(f"temporary file under a final name: {path.relative_to(channel)}")
     try:
-        History(channel).runs()
+        History(LocalStore(channel)).runs()
     except Exception as exc:
         problems.append(f"history unreadable: {type(exc).__name__}: {exc}")
     state = channel / STATE_NAME
@@ -529,7 +530,7 @@ def kill_point(
     if left := leftovers(channel):
         outcome.problems.append(f"temporary files left after the rerun: {left[:4]}")
     try:
-        runs = History(channel).runs()
+        runs = History(LocalStore(channel)).runs()
         if runs and runs[-1].state not in ("completed", "failed", "skipped"):
             outcome.problems.append(f"history ends with an unfinished run: {runs[-1].state}")
     except Exception as exc:

@@ -462,8 +462,8 @@ def test_explain_agrees_with_what_apply_published(
     capsys.readouterr()
     assert cli.main(["explain", "*", "--json", "-c", str(config)]) == ExitCode.OK
     explained = json.loads(capsys.readouterr().out)
-    said_in = {(e["subdir"], e["filename"]) for e in explained if e["selected"]}
-    said_out = {(e["subdir"], e["filename"]) for e in explained if not e["selected"]}
+    said_in = {(e["location"], e["name"]) for e in explained if e["selected"]}
+    said_out = {(e["location"], e["name"]) for e in explained if not e["selected"]}
     on_disk = published(channel)
     event(f"{len(on_disk)} published, {len(said_out)} left out")
     assert said_in == on_disk, (said_in ^ on_disk, explained)

@@ -10,15 +10,18 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from reconciler import cli
+from reconciler.config.models import Mirror
 from reconciler.errors import ExitCode
 from reconciler.kinds.conda.indexer import index_channel
+from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, parse_body
 from reconciler.kinds.pypi.client import MAX_PAGE_BYTES
-from reconciler.store.local import TEMP_PREFIX
+from reconciler.store.local import TEMP_PREFIX, LocalStore
 from reconciler.transport import http as upstream_module
 from reconciler.transport.http import Upstream, UpstreamError
 from tests.hostile_server import HostileServer, gzip_bomb, hostile_server, zstd_bomb
@@ -42,9 +45,44 @@ def hostile(tmp_path: Path) -> Iterator[HostileServer]:
         yield server
 
 
-def _client(server: HostileServer, tmp_path: Path, **options: object) -> Upstream:
-    settings: dict[str, object] = {"timeout": 1, "retries": 0, **options}
-    return Upstream(server.url, tmp_path / "state", **settings)  # type: ignore[arg-type]
+class _Client:
+    """A mirror's upstream with a test's settings (timeout 1 s, no retries by default)."""
+
+    def __init__(self, server: HostileServer, tmp_path: Path, **options: object) -> None:
+        settings: dict[str, object] = {"timeout": 1, "retries": 0, **options}
+        self.http = Upstream(server.url, tmp_path / "state", **settings)  # type: ignore[arg-type]
+        self.conda = CondaUpstream(Mirror(name="m", source=server.url), None, None)
+        self.conda.http = self.http
+
+    def fetch_repodata(self, subdir: str) -> Metadata:
+        return self.conda.fetch(subdir, None)
+
+    def cached_repodata(self, subdir: str) -> dict[str, object] | None:
+        kept = self.http.kept(f"{subdir}/repodata.json.zst")
+        if kept is None:
+            return None
+        return parse_body(kept.body, "repodata.json.zst", "kept")
+
+    def download(self, relative: str, out: Path, size: int | None, sha256: str | None) -> int:
+        store = LocalStore(out.parent)
+        writer = store.writer(out.name)
+        try:
+            written = self.http.download(relative, writer.handle, size, sha256)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+        return written
+
+    def get_cached(self, *args: Any, **kwargs: Any) -> Any:
+        return self.http.get_cached(*args, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _client(server: HostileServer, tmp_path: Path, **options: object) -> _Client:
+    return _Client(server, tmp_path, **options)
 
 
 def _record(root: Path, key: str) -> dict[str, object]:
@@ -55,13 +93,13 @@ def _record(root: Path, key: str) -> dict[str, object]:
     return record
 
 
-def _download(upstream: Upstream, root: Path, key: str, out: Path) -> int:
+def _download(upstream: _Client, root: Path, key: str, out: Path) -> int:
     record = _record(root, key)
-    subdir, filename = key.split("/")
+    filename = key.split("/")[1]
     out.mkdir(parents=True, exist_ok=True)
     size, sha256 = record["size"], record["sha256"]
     assert isinstance(size, int) and isinstance(sha256, str)
-    return upstream.download(subdir, filename, out / filename, size, sha256)
+    return upstream.download(key, out / filename, size, sha256)
 
 
 def _leftovers(folder: Path) -> list[Path]:
@@ -224,8 +262,7 @@ def test_bad_repodata_is_a_clear_error_and_keeps_the_cached_copy(
     assert cached.read_bytes() == kept  # a bad answer never replaces the good copy
     assert not (tmp_path / "state" / "linux-64" / "repodata.json").exists()
     assert _leftovers(tmp_path / "state") == []
-    cached_repodata = upstream.cached_repodata("linux-64")
-    assert cached_repodata is not None and cached_repodata.repodata == good
+    assert upstream.cached_repodata("linux-64") == good
     upstream.close()
 
 
@@ -287,9 +324,7 @@ def test_a_page_gzip_bomb_stops_at_the_page_limit(hostile: HostileServer, tmp_pa
     upstream = _client(hostile, tmp_path)
     shown = f"{hostile.url}/simple/numpy/"
     with pytest.raises(UpstreamError) as info:
-        upstream.get_cached(
-            shown, shown, tmp_path / "page", tmp_path / "page.json", MAX_PAGE_BYTES, len
-        )
+        upstream.get_cached(shown, shown, "page", MAX_PAGE_BYTES, len)
     upstream.close()
     assert info.value.message == (
         f"{shown}: response larger than the limit of 64 MiB once decoded "

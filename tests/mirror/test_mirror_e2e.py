@@ -143,7 +143,7 @@ def test_active_mirror_with_filters_then_solve(
     project.write(config(url, channel_filters=GPL_EXCEPT_GCC))
     code, out, _ = project.run("plan", "--detailed-exitcode")
     assert code == ExitCode.CHANGES
-    assert "+ numpy-1.26.4-0.conda [up]  (new from mirror up (download))" in out
+    assert "+ numpy-1.26.4-0.conda [up]  (new-upstream: from mirror up, download 1." in out
     assert "readline" not in out and "cli-1.0" in out  # cli itself is not GPL
     code, out, _ = project.run("apply")
     assert code == ExitCode.OK, out
@@ -234,8 +234,13 @@ def test_upstream_adds_removes_and_hotfixes(
     code, out, _ = project.run("plan", "--detailed-exitcode")
     assert code == ExitCode.CHANGES
     assert "+ zlib-1.3.2-0.conda [up]" in out
-    assert "- zlib-1.2.13-0.tar.bz2 [up]  (no longer wanted by mirror up; file deleted)" in out
-    assert "~ tqdm-4.66-0.conda [up]  (record changed upstream in mirror up)" in out
+    assert (
+        "- zlib-1.2.13-0.tar.bz2 [up]  (removed-upstream: no longer upstream in mirror up "
+        "(file deleted))"
+    ) in out
+    assert (
+        "~ tqdm-4.66-0.conda [up]  (changed-upstream: record changed upstream in mirror up)"
+    ) in out
     assert 'depends: + "python >=3.9"' in out and 'depends: - "python >=3.8"' in out
     assert project.run("apply")[0] == ExitCode.OK
     assert "zlib-1.2.13-0.tar.bz2" not in project.files("linux-64")  # pruned
@@ -368,10 +373,10 @@ def test_second_run_gets_304_and_rewrites_nothing(
 def test_not_enough_disk_space(
     project: Project, served: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reconciler.engine import downloads as download
+    from reconciler.store import local
 
     url, _ = served
-    monkeypatch.setattr(download, "DISK_MARGIN", 1 << 60)
+    monkeypatch.setattr(local, "DISK_MARGIN", 1 << 60)
     project.write(config(url))
     code, _, err = project.run("apply")
     assert code == ExitCode.ERROR
@@ -415,7 +420,7 @@ def test_explain_agrees_with_the_plan(project: Project, served: tuple[str, dict[
     )
     # Everything explain calls "in" is what apply published, and nothing else.
     code, out, _ = project.run("explain", "*", "--json")
-    explained = {(e["subdir"], e["filename"]) for e in json.loads(out) if e["selected"]}
+    explained = {(e["location"], e["name"]) for e in json.loads(out) if e["selected"]}
     published = {("linux-64", n) for n in project.names("linux-64")} | {
         ("noarch", n) for n in project.names("noarch")
     }

@@ -273,7 +273,7 @@ def test_upstream_changes_are_planned_and_pruned(
         capsys.readouterr()
         assert cli.main(["plan", "-c", str(config), "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
-        actions = {(a["kind"], a["filename"]) for c in plan["channels"] for a in c["actions"]}
+        actions = {(a["kind"], a["name"]) for c in plan["channels"] for a in c["actions"]}
         assert ("add", "tiny-1.3-py3-none-any.whl") in actions
         assert ("remove", "tiny-1.1-py3-none-any.whl") in actions
         assert cli.main(["apply", "-c", str(config)]) == 0

@@ -14,6 +14,7 @@ from reconciler.kinds.pypi.simple_index import (
     published_pages,
     render_pages,
 )
+from reconciler.store.local import LocalStore
 
 SHA = "c" * 64
 
@@ -91,7 +92,7 @@ def test_published_entries_round_trip(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(body)
     (tmp_path / "simple" / "broken").mkdir()
     (tmp_path / "simple" / "broken" / "index.json").write_text("{torn")
-    entries = published_entries(tmp_path)
+    entries = published_entries(LocalStore(tmp_path))
     assert set(entries) == {
         ("demo", "demo-1.10-py3-none-any.whl"),
         ("demo", "demo-1.9.tar.gz"),
@@ -99,4 +100,4 @@ def test_published_entries_round_trip(tmp_path: Path) -> None:
     }
     again = [PublishedFile.from_entry(p, e) for (p, _), e in entries.items()]
     assert render_pages(again) == render_pages(_files())
-    assert "simple/broken/index.json" in published_pages(tmp_path)
+    assert "simple/broken/index.json" in published_pages(LocalStore(tmp_path))

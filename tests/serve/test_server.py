@@ -223,7 +223,7 @@ def test_status_page_and_api(setup: dict[str, Any]) -> None:
     assert 'href="http' not in page.text
     api = requests.get(setup["url"] + "/api/status", timeout=30).json()
     channel = api["channels"][0]
-    assert channel["subdirs"] == {"linux-64": 4, "noarch": 1}
+    assert channel["packages"] == {"linux-64": 4, "noarch": 1}
     assert channel["mirrors"][0]["last_run"]["state"] == "completed"
     assert [r["state"] for r in channel["history"]] == ["completed", "completed"]
 

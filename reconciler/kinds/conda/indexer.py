@@ -1,18 +1,21 @@
-"""Incremental indexer of one channel folder.
+"""Incremental indexer of one conda channel, through its store.
 
-Per subdir: scan package files → read only new or changed ones (stat cache,
-in parallel) → records → patched repodata and the files derived from it.
-Outputs are written atomically and only when their bytes change; when nothing
-that feeds a subdir's outputs changed and the outputs are untouched on disk,
-the derived files are not even recomputed (that keeps a no-op re-index fast).
+Per subdir: list package files → read only new or changed ones (stat cache, in
+parallel) → records, plus the records mirrors bring in → patched repodata and
+the files derived from it. :meth:`ChannelIndexer.compute` works all of that out
+without writing anything (that is what ``plan`` runs); :meth:`ChannelIndexer.publish`
+writes the outputs atomically, in an order that keeps clients safe, and only
+where their bytes change, and saves the caches. When nothing that feeds a
+subdir's outputs changed and the outputs are untouched, the derived files are
+not even recomputed: that keeps a no-op plan of a big channel fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,36 +33,40 @@ from reconciler.conda.metadata import PackageMetadata
 from reconciler.conda.names import filename_problem, is_valid_subdir, package_suffix, strip_suffix
 from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patch_source
 from reconciler.conda.records import make_record
-from reconciler.conda.repodata import (
-    build_repodata,
-    compress_bz2,
-    compress_zst,
-    serialize_json,
-)
+from reconciler.conda.repodata import build_repodata, compress_bz2, compress_zst, serialize_json
 from reconciler.conda.run_exports import build_run_exports
 from reconciler.conda.shards import build_shards
 from reconciler.config.models import IndexOptions
+from reconciler.engine import layout
+from reconciler.engine.clock import now_ms
 from reconciler.engine.progress import NullReporter, Reporter
-from reconciler.engine.schedule import now
 from reconciler.errors import PackageError, ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
-from reconciler.store.local import (
-    TEMP_PREFIX,
-    remove_if_exists,
-    temp_writer_alive,
-    write_if_changed,
-)
+from reconciler.store.base import Store
+from reconciler.store.local import LocalStore
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".reconciler"
-CACHE_DIR = f"{STATE_DIR}/cache"
-
 # Below this many files, a process pool costs more than it saves.
 PARALLEL_THRESHOLD = 64
+
+# The order a subdir's files are published in: shards (first, so the shard index
+# never names a missing shard), twins and pages, then repodata.json, which names
+# the packages; current_repodata and run_exports after it.
+SUBDIR_OUTPUTS = (
+    "repodata_from_packages.json",
+    "repodata.json.zst",
+    "repodata.json.bz2",
+    "repodata_shards.msgpack.zst",
+    "index.html",
+    "repodata.json",
+    "current_repodata.json",
+    "run_exports.json",
+)
+CHANNEL_OUTPUTS = ("channeldata.json", "index.html")
 
 
 class IndexError_(ReconcileError):
@@ -84,12 +91,14 @@ class SubdirResult:
     updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     skipped: list[SkippedPackage] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # written, or would be (compute only)
     deleted: list[str] = field(default_factory=list)
-    # Filled when the outputs were recomputed (always in a dry run that found changes):
+    # Filled when the outputs were recomputed:
     recomputed: bool = False
     desired: dict[str, Any] | None = None  # the patched repodata it publishes
+    from_packages: dict[str, Any] | None = None  # ... before patches
     excluded: dict[str, str] = field(default_factory=dict)  # filename -> filter reason
+    local: set[str] = field(default_factory=set)  # package files read from the folder
     # Digests of the folder as scanned: package files only, and every visible file.
     scan_digest: str = ""
     observed: str = ""
@@ -97,7 +106,7 @@ class SubdirResult:
 
 @dataclass
 class IndexResult:
-    channel: Path
+    channel: Path | str
     subdirs: list[SubdirResult] = field(default_factory=list)
     written: list[str] = field(default_factory=list)  # channel-level files
     deleted: list[str] = field(default_factory=list)
@@ -113,6 +122,9 @@ class IndexResult:
     @property
     def skipped(self) -> list[SkippedPackage]:
         return [s for result in self.subdirs for s in result.skipped]
+
+    def subdir(self, name: str) -> SubdirResult | None:
+        return next((r for r in self.subdirs if r.subdir == name), None)
 
     def summary(self) -> str:
         packages = sum(r.packages for r in self.subdirs)
@@ -130,7 +142,7 @@ class _Outputs:
     """What one subdir's derived files depend on, to skip recomputing them."""
 
     fingerprint: str
-    files: dict[str, tuple[int, int]]  # name -> (size, mtime_ns) as last written
+    files: dict[str, tuple[int, str]]  # name -> (size, tag) as last written
     # For skipping a subdir before its cache is even loaded: the package files'
     # scan digest and the options they were indexed with, and what that produced.
     scan: str = ""
@@ -138,6 +150,29 @@ class _Outputs:
     packages: int = 0
     excluded: dict[str, str] = field(default_factory=dict)
     skipped: int = 0  # bad packages are re-read (and reported) on every run
+
+
+@dataclass
+class _SubdirWork:
+    """One subdir between compute and publish."""
+
+    result: SubdirResult
+    fingerprint: str
+    options_digest: str
+    outputs: dict[str, bytes | None] | None = None  # None: unchanged, nothing to write
+    shards: dict[str, bytes] = field(default_factory=dict)
+    cache: StatCache | None = None
+
+
+@dataclass
+class Computation:
+    """Everything :meth:`ChannelIndexer.publish` writes, worked out by ``compute``."""
+
+    result: IndexResult
+    subdirs: dict[str, _SubdirWork]
+    channel_outputs: dict[str, bytes | None] | None
+    channel_fingerprint: str
+    channel_summaries: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -188,11 +223,6 @@ def _identity_problem(meta: PackageMetadata, subdir: str) -> str | None:
     return None
 
 
-def _now_ms() -> int:
-    # The tool's clock (RECONCILE_NOW in rehearsals and tests), like history's.
-    return int(now().timestamp() * 1000)
-
-
 def _options_key(
     options: IndexOptions, patch_digests: Sequence[str], filters: FilterEngine | None
 ) -> bytes:
@@ -207,12 +237,16 @@ def _options_key(
     )
 
 
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
 class ChannelIndexer:
-    """Index one channel folder; see :func:`index_channel`."""
+    """Index one conda channel; see the module docstring and :func:`index_channel`."""
 
     def __init__(
         self,
-        channel_dir: Path,
+        store: Store,
         *,
         options: IndexOptions | None = None,
         patches: Iterable[Path] = (),
@@ -222,16 +256,20 @@ class ChannelIndexer:
         workers: int | None = None,
         reporter: Reporter | None = None,
         filters: FilterEngine | None = None,
-        dry_run: bool = False,
         mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
         upstream_removed: Mapping[str, set[str]] | None = None,
-        pruned: Mapping[str, set[str]] | None = None,
+        skip: Mapping[str, set[str]] | None = None,
+        stamp_ms: int | None = None,
+        force: bool = False,
     ) -> None:
-        self.root = channel_dir
+        self.store = store
+        # Recompute every subdir even when its inputs look unchanged (a lost inventory
+        # is rebuilt from what the records say).
+        self.force = force
         self.options = options or IndexOptions()
         self.patch_paths = list(patches)
         self.requested_subdirs = list(subdirs) if subdirs is not None else None
-        self.channel_name = channel_name or channel_dir.resolve().name
+        self.channel_name = channel_name or Path(store.location).name
         self.strict = strict
         self.workers = workers
         self.reporter = reporter or NullReporter()
@@ -240,18 +278,16 @@ class ChannelIndexer:
         # upstream wrote them, never read from the files.
         self.mirrored = mirrored or {}
         self.upstream_removed = upstream_removed or {}
-        # Files a mirror placed and now prunes: gone from the index before they go from disk.
-        self.pruned = pruned or {}
+        # Package files that are not local packages (mirrors' files, files to prune).
+        self.skip = skip or {}
+        # CEP-47: when a package first indexed now is stamped (the plan's time).
+        self.stamp_ms = stamp_ms if stamp_ms is not None else now_ms()
         self._mirrored_digests: dict[str, str] = {}
-        # A dry run computes everything and publishes nothing. It still keeps the
-        # indexer's own cache (facts about files, under .reconciler/) when the
-        # channel exists, so the apply that follows reads nothing twice and assigns
-        # the same indexed_timestamp the plan showed.
-        self.dry_run = dry_run
+        self.caches: dict[str, StatCache] = {}
 
-    @property
-    def _may_cache(self) -> bool:
-        return not self.dry_run or self.root.is_dir()
+    def reset_digests(self) -> None:
+        """Forget digests of the mirrored records (after ``mirrored`` changed)."""
+        self._mirrored_digests.clear()
 
     # -- discovery -------------------------------------------------------------------
 
@@ -263,143 +299,149 @@ class ChannelIndexer:
             if bad:
                 raise IndexError_(f"invalid subdir name(s): {', '.join(bad)}")
             found.update(self.requested_subdirs)
-        try:
-            for entry in os.scandir(self.root):
-                if entry.is_dir() and is_valid_subdir(entry.name):
-                    found.add(entry.name)
-        except FileNotFoundError:
-            pass
+        found.update(d for d in self.store.list_dirs() if is_valid_subdir(d))
         return sorted(found)
 
     def _scan(self, subdir: str, result: SubdirResult) -> dict[str, FileStat]:
-        """Package files of a subdir with their stat; leftovers of a crashed run go.
+        """Package files of a subdir with their fingerprints.
 
         Also sets the scan digests on ``result``: one over the package files (to
         skip an unchanged subdir cheaply) and one over every visible file (what a
         plan saw, to refuse it later if the folder changed).
         """
-        folder = self.root / subdir
         files: dict[str, FileStat] = {}
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except FileNotFoundError:
+        entries = self.store.list_files(subdir)
+        if not entries and not self.store.list_dirs(subdir):
             result.scan_digest = result.observed = "absent"
             return files
         packages = hashlib.sha256()
         visible = hashlib.sha256()
-        for entry in entries:
-            if entry.name.startswith(TEMP_PREFIX):
-                if (
-                    entry.is_file(follow_symlinks=False)
-                    and not self.dry_run
-                    and not temp_writer_alive(entry.name)  # not a server's download
-                ):
-                    remove_if_exists(Path(entry.path))
+        for info in entries:
+            name = info.name
+            if name.startswith("."):
                 continue
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            st = entry.stat()
-            line = f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            line = f"{name}\0{info.size}\0{info.tag}\n".encode()
             visible.update(line)
-            if package_suffix(entry.name) is None:
+            if package_suffix(name) is None:
                 continue
             packages.update(line)
-            problem = filename_problem(entry.name)
-            if problem:
-                result.skipped.append(SkippedPackage(subdir, entry.name, problem))
+            if not info.regular:
+                result.skipped.append(
+                    SkippedPackage(subdir, name, "not a regular file (a symlink, FIFO or device)")
+                )
                 continue
-            files[entry.name] = FileStat(st.st_mtime_ns, st.st_size)
+            problem = filename_problem(name)
+            if problem:
+                result.skipped.append(SkippedPackage(subdir, name, problem))
+                continue
+            files[name] = FileStat(info.tag, info.size)
         result.scan_digest = packages.hexdigest()
         result.observed = visible.hexdigest()
         return files
 
-    # -- main ------------------------------------------------------------------------
+    # -- compute -----------------------------------------------------------------------
 
-    def run(self) -> IndexResult:
-        if self.root.exists() and not self.root.is_dir():
-            raise IndexError_(f"{self.root} is not a folder")
-        if not self.dry_run:
-            self.root.mkdir(parents=True, exist_ok=True)
+    def compute(self) -> Computation:
+        """Everything the index would publish, without writing anything."""
+        if self.store.exists() and not self.store.list_dirs() and self._root_is_file():
+            raise IndexError_(f"{self.store.location} is not a folder")
         sources = [load_patch_source(path) for path in self.patch_paths]
         options_key = _options_key(self.options, [s.digest() for s in sources], self.filters)
+        options_digest = hashlib.sha256(options_key).hexdigest()
 
         subdirs = self.subdirs()
-        results = {s: SubdirResult(s) for s in subdirs}
-        caches: dict[str, StatCache] = {}
+        works: dict[str, _SubdirWork] = {}
         stats: dict[str, dict[str, FileStat]] = {}
         baselines: dict[str, dict[str, tuple[str, int]]] = {}
-        unchanged: dict[str, str] = {}  # subdir -> fingerprint, for subdirs skipped outright
-        options_digest = hashlib.sha256(options_key).hexdigest()
-        to_read: list[str] = []
+        to_read: list[tuple[str, str, Path]] = []  # (subdir, name, path to read)
         for subdir in subdirs:
-            if not self.dry_run:
-                (self.root / subdir).mkdir(exist_ok=True)
-            result = results[subdir]
+            result = SubdirResult(subdir)
             files = self._scan(subdir, result)
-            owned = self.mirrored.get(subdir, {})
-            pruned = self.pruned.get(subdir, set())
-            files = {
-                name: stat
-                for name, stat in files.items()
-                if name not in owned and name not in pruned
-            }
-            previous = _load_outputs(self.root / CACHE_DIR / f"{subdir}.outputs.json")
+            skip = self.skip.get(subdir, set()) | set(self.mirrored.get(subdir, {}))
+            files = {name: stat for name, stat in files.items() if name not in skip}
+            result.local = set(files)
+            subdir_options = self._subdir_options(subdir, options_digest)
+            previous = _load_outputs(self.store, subdir)
+            work = _SubdirWork(result, "", subdir_options)
+            works[subdir] = work
             if (
-                previous is not None
+                not self.force
+                and previous is not None
                 and previous.scan == result.scan_digest
-                and previous.options == self._subdir_options(subdir, options_digest)
+                and previous.options == subdir_options
                 and previous.skipped == 0
                 and not result.skipped
-                and _untouched(self.root / subdir, previous)
+                and self._untouched(subdir, previous)
             ):
-                # Same package files, same options, outputs as written: nothing to do,
-                # not even loading the cache.
-                unchanged[subdir] = previous.fingerprint
+                # Same package files, same options, outputs as published: nothing to
+                # do, not even loading the cache.
+                work.fingerprint = previous.fingerprint
                 result.packages = previous.packages
                 result.excluded = dict(previous.excluded)
                 continue
-            cache = self._cache(subdir, caches)
+            cache = self._cache(subdir)
+            work.cache = cache
             baselines[subdir] = self._baseline(subdir, cache)
             stats[subdir] = files
             for name, stat in files.items():
                 if cache.lookup(name, stat) is None:
-                    to_read.append(str(self.root / subdir / name))
+                    to_read.append((subdir, name, self._readable(f"{subdir}/{name}")))
 
-        read = {p: (meta, err) for p, meta, err in _read_many(to_read, self.workers, self.reporter)}
-
+        read = {
+            (subdir, name): outcome
+            for (subdir, name, _), outcome in zip(
+                to_read,
+                (
+                    (meta, err)
+                    for _, meta, err in _read_many(
+                        [str(p) for _, _, p in to_read], self.workers, self.reporter
+                    )
+                ),
+                strict=True,
+            )
+        }
         for subdir in stats:
+            work = works[subdir]
+            assert work.cache is not None
             self._update_cache(
-                subdir, caches[subdir], stats[subdir], read, baselines[subdir], results[subdir]
+                subdir, work.cache, stats[subdir], read, baselines[subdir], work.result
             )
 
-        if self.strict and any(r.skipped for r in results.values()):
-            skipped = [s.format() for r in results.values() for s in r.skipped]
+        if self.strict and any(w.result.skipped for w in works.values()):
+            skipped = [s.format() for w in works.values() for s in w.result.skipped]
             raise IndexError_(
                 f"{len(skipped)} package(s) could not be indexed:\n  " + "\n  ".join(skipped),
                 hint="fix or remove them, or run without --strict to skip them",
             )
 
-        fingerprints = []
         for subdir in subdirs:
-            if subdir in unchanged:
-                fingerprints.append(unchanged[subdir])
-                continue
-            fingerprints.append(
-                self._write_subdir(subdir, caches[subdir], sources, options_key, results[subdir])
-            )
-            if self._may_cache:
-                caches[subdir].save()
+            work = works[subdir]
+            if work.cache is not None:
+                self._compute_subdir(subdir, work, sources, options_key)
 
-        index_result = IndexResult(self.root, [results[s] for s in subdirs], dry_run=self.dry_run)
+        index_result = IndexResult(self.store.location, [works[s].result for s in subdirs])
         channel_key = hashlib.sha256(
-            options_key
-            + "".join(f"{s}={f};" for s, f in zip(subdirs, fingerprints, strict=True)).encode()
+            options_key + "".join(f"{s}={works[s].fingerprint};" for s in subdirs).encode()
         ).hexdigest()
-        excluded = {r.subdir: r.excluded for r in index_result.subdirs}
-        self._write_channel_files(
-            subdirs, caches, fingerprints, excluded, channel_key, index_result
-        )
-        return index_result
+        computation = Computation(index_result, works, None, channel_key)
+        self._compute_channel_files(subdirs, computation)
+        return computation
+
+    def _root_is_file(self) -> bool:
+        path = Path(self.store.location)
+        return path.exists() and not path.is_dir()
+
+    def _readable(self, key: str) -> Path:
+        """A local path to read a package from (S3 stores download it to a temp file)."""
+        path = self.store.local_path(key)
+        if path is not None:
+            return path
+        folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
+        target = folder / key.rpartition("/")[2]
+        with self.store.open(key) as source, target.open("wb") as out:
+            while chunk := source.read(1024 * 1024):
+                out.write(chunk)
+        return target
 
     def _mirrored_digest(self, subdir: str) -> str:
         if subdir not in self._mirrored_digests:
@@ -408,64 +450,64 @@ class ChannelIndexer:
                 for name, entry in self.mirrored.get(subdir, {}).items()
             }
             removed = sorted(self.upstream_removed.get(subdir, ()))
-            pruned = sorted(self.pruned.get(subdir, ()))
+            skip = sorted(self.skip.get(subdir, ()))
             self._mirrored_digests[subdir] = hashlib.sha256(
-                orjson.dumps([records, removed, pruned], option=orjson.OPT_SORT_KEYS)
+                orjson.dumps([records, removed, skip], option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
         return self._mirrored_digests[subdir]
 
     def _subdir_options(self, subdir: str, options_digest: str) -> str:
         """The options digest, plus what the mirrors bring into this subdir."""
-        brought = (self.mirrored, self.upstream_removed, self.pruned)
+        brought = (self.mirrored, self.upstream_removed, self.skip)
         if not any(part.get(subdir) for part in brought):
             return options_digest
-        return hashlib.sha256(
-            f"{options_digest}\0{self._mirrored_digest(subdir)}".encode()
-        ).hexdigest()
+        return _digest(options_digest, self._mirrored_digest(subdir))
 
-    def _cache(self, subdir: str, caches: dict[str, StatCache]) -> StatCache:
-        if subdir not in caches:
-            caches[subdir] = StatCache.load(self.root / CACHE_DIR / f"{subdir}.msgpack")
-        return caches[subdir]
+    def _cache(self, subdir: str) -> StatCache:
+        if subdir not in self.caches:
+            self.caches[subdir] = StatCache.load(self.store, layout.cache_key(f"{subdir}.msgpack"))
+        return self.caches[subdir]
 
     def _baseline(self, subdir: str, cache: StatCache) -> dict[str, tuple[str, int]]:
         """filename → (sha256, indexed_timestamp) as last indexed.
 
         From the stat cache, or, when the cache is gone, from the published
-        ``repodata_from_packages.json`` so timestamps and change counts survive.
+        ``repodata_from_packages.json`` (else ``repodata.json``) so timestamps and
+        change counts survive.
         """
         if cache.entries:
             return {name: (e.sha256, e.indexed_timestamp) for name, e in cache.entries.items()}
-        path = self.root / subdir / "repodata_from_packages.json"
-        try:
-            data = orjson.loads(path.read_bytes())
-            baseline = {}
-            for key in ("packages", "packages.conda"):
-                for name, record in (data.get(key) or {}).items():
-                    baseline[name] = (
-                        str(record.get("sha256", "")),
-                        int(record.get("indexed_timestamp") or 0),
-                    )
-            return baseline
-        except (OSError, ValueError, AttributeError, TypeError):
-            return {}
+        for name in ("repodata_from_packages.json", "repodata.json"):
+            try:
+                data = orjson.loads(self.store.read(f"{subdir}/{name}") or b"null")
+                baseline = {}
+                for key in ("packages", "packages.conda"):
+                    for filename, record in (data.get(key) or {}).items():
+                        stamp = record.get("indexed_timestamp")
+                        baseline[filename] = (
+                            str(record.get("sha256", "")),
+                            stamp if type(stamp) is int else 0,
+                        )
+                return baseline
+            except (ReconcileError, ValueError, AttributeError, TypeError):
+                continue
+        return {}
 
     def _update_cache(
         self,
         subdir: str,
         cache: StatCache,
         files: Mapping[str, FileStat],
-        read: Mapping[str, tuple[dict[str, Any] | None, str | None]],
+        read: Mapping[tuple[str, str], tuple[dict[str, Any] | None, str | None]],
         baseline: Mapping[str, tuple[str, int]],
         result: SubdirResult,
     ) -> None:
-        """Bring the cache up to date with the files on disk; counts go into ``result``."""
-        now = _now_ms()
+        """Bring the cache up to date with the files; counts go into ``result``."""
         good: set[str] = set()
         for name, stat in sorted(files.items()):
             entry = cache.lookup(name, stat)
             if entry is None:
-                meta_dict, error = read.get(str(self.root / subdir / name), (None, "not read"))
+                meta_dict, error = read.get((subdir, name), (None, "not read"))
                 if meta_dict is None:
                     result.skipped.append(SkippedPackage(subdir, name, error or "unreadable"))
                     continue
@@ -475,7 +517,7 @@ class ChannelIndexer:
                     result.skipped.append(SkippedPackage(subdir, name, problem))
                     continue
                 old_sha, old_stamp = baseline.get(name, ("", 0))
-                stamp = old_stamp if old_sha == meta.sha256 and old_stamp else now
+                stamp = old_stamp if old_sha == meta.sha256 and old_stamp else self.stamp_ms
                 entry = CacheEntry(stat, meta, stamp)
                 cache.put(name, entry)
             good.add(name)
@@ -487,49 +529,38 @@ class ChannelIndexer:
         result.removed = sorted(set(baseline) - good)
         cache.retain(good)
         result.packages = len(good)
+        result.local = good
         for skipped in result.skipped:
             log.warning("skipping %s", skipped.format())
 
-    # -- outputs ---------------------------------------------------------------------
-
-    def _write_subdir(
+    def _compute_subdir(
         self,
         subdir: str,
-        cache: StatCache,
+        work: _SubdirWork,
         sources: Sequence[PatchSource],
         options_key: bytes,
-        result: SubdirResult,
-    ) -> str:
-        """Write the subdir's index files; returns the fingerprint of their inputs."""
-        folder = self.root / subdir
+    ) -> None:
+        """Work out a subdir's index files, unless their inputs are as last published."""
+        cache = work.cache
+        assert cache is not None
+        result = work.result
         # Same files (by digest and CEP-47 stamp), same options and patches: same
         # outputs. Cheap to compute, so a no-op never decodes the cached metadata.
         digest = hashlib.sha256(options_key + b"\0" + subdir.encode())
         for name, entry in sorted(cache.entries.items()):
             digest.update(f"\0{name}\0{entry.sha256}\0{entry.indexed_timestamp}".encode())
-        options_digest = self._subdir_options(subdir, hashlib.sha256(options_key).hexdigest())
-        digest.update(options_digest.encode())
-        fingerprint = digest.hexdigest()
-        state_path = self.root / CACHE_DIR / f"{subdir}.outputs.json"
-        previous = _load_outputs(state_path)
-        if previous and previous.fingerprint == fingerprint and _untouched(folder, previous):
+        digest.update(work.options_digest.encode())
+        work.fingerprint = digest.hexdigest()
+        previous = _load_outputs(self.store, subdir)
+        if (
+            not self.force
+            and previous
+            and previous.fingerprint == work.fingerprint
+            and self._untouched(subdir, previous)
+        ):
             result.packages = previous.packages
             result.excluded = dict(previous.excluded)
-            if self._may_cache:
-                # Files may have been touched but not changed: remember the new scan.
-                _save_outputs(
-                    state_path,
-                    _Outputs(
-                        fingerprint,
-                        previous.files,
-                        result.scan_digest,
-                        options_digest,
-                        previous.packages,
-                        previous.excluded,
-                        len(result.skipped),
-                    ),
-                )
-            return fingerprint
+            return
 
         records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
         if self.filters is not None:
@@ -540,7 +571,6 @@ class ChannelIndexer:
                 if not decision.selected:
                     result.excluded[name] = decision.reason
                     del records[name]
-            result.packages = len(records)
         for name, mirrored in self.mirrored.get(subdir, {}).items():
             records[name] = mirrored.record
         result.packages = len(records)
@@ -556,6 +586,25 @@ class ChannelIndexer:
         outputs["repodata_from_packages.json"] = (
             from_packages_bytes if opts.repodata_from_packages else None
         )
+        outputs["repodata.json.zst"] = compress_zst(repodata_bytes) if opts.zst else None
+        outputs["repodata.json.bz2"] = compress_bz2(repodata_bytes) if opts.bz2 else None
+        if opts.shards:
+            sharded = build_shards(patched)
+            work.shards = sharded.shards
+            outputs["repodata_shards.msgpack.zst"] = sharded.index_bytes
+        else:
+            outputs["repodata_shards.msgpack.zst"] = None
+        outputs["index.html"] = (
+            render_subdir_html(self.channel_name, subdir, patched, None).encode()
+            if opts.html
+            else None
+        )
+        outputs["repodata.json"] = repodata_bytes
+        outputs["current_repodata.json"] = (
+            serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
+            if opts.current_repodata
+            else None
+        )
         outputs["run_exports.json"] = (
             serialize_json(
                 build_run_exports(
@@ -569,108 +618,31 @@ class ChannelIndexer:
             if opts.run_exports
             else None
         )
-        outputs["current_repodata.json"] = (
-            serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
-            if opts.current_repodata
-            else None
-        )
-        shard_files: dict[str, bytes] = {}
-        if opts.shards:
-            sharded = build_shards(patched)
-            shard_files = sharded.shards
-            outputs["repodata_shards.msgpack.zst"] = sharded.index_bytes
-        else:
-            outputs["repodata_shards.msgpack.zst"] = None
-        outputs["repodata.json.zst"] = compress_zst(repodata_bytes) if opts.zst else None
-        outputs["repodata.json.bz2"] = compress_bz2(repodata_bytes) if opts.bz2 else None
-        outputs["index.html"] = (
-            render_subdir_html(self.channel_name, subdir, patched, None).encode()
-            if opts.html
-            else None
-        )
-        # repodata.json last: a client reading it finds every file it names, and the
-        # compressed twins already agree with it.
-        outputs["repodata.json"] = repodata_bytes
-
+        work.outputs = outputs
         result.recomputed = True
         result.desired = patched
-        shard_dir = folder / "shards"
-        if self.dry_run:
-            self._compare_outputs(folder, outputs, shard_dir, shard_files, result)
-            return fingerprint
-        # Shards first, so the shard index never names a missing shard.
-        for shard_name, shard in sorted(shard_files.items()):
-            if write_if_changed(shard_dir / f"{shard_name}.msgpack.zst", shard):
+        result.from_packages = from_packages
+        self._compare_outputs(subdir, work)
+
+    def _compare_outputs(self, subdir: str, work: _SubdirWork) -> None:
+        """Note which files publishing would write or delete."""
+        assert work.outputs is not None
+        result = work.result
+        present = {info.name for info in self.store.list_files(f"{subdir}/shards")}
+        for shard_name in sorted(work.shards):
+            if f"{shard_name}.msgpack.zst" not in present:
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
-        for name, data in outputs.items():
-            path = folder / name
-            if name == "repodata.json":  # the twins, shards and pages are in place
-                checkpoint("index.before_repodata")
+        for name, data in work.outputs.items():
+            key = f"{subdir}/{name}"
             if data is None:
-                if remove_if_exists(path):
+                if self.store.stat(key) is not None:
                     result.deleted.append(name)
-            elif write_if_changed(path, data):
+            elif not _same_bytes(self.store, key, data):
                 result.written.append(name)
-        self._collect_shards(shard_dir, set(shard_files), result)
-
-        files = {}
-        for name, data in outputs.items():
-            if data is not None:
-                st = (folder / name).stat()
-                files[name] = (st.st_size, st.st_mtime_ns)
-        _save_outputs(
-            state_path,
-            _Outputs(
-                fingerprint,
-                files,
-                result.scan_digest,
-                options_digest,
-                result.packages,
-                dict(result.excluded),
-                len(result.skipped),
-            ),
-        )
-        return fingerprint
-
-    def _compare_outputs(
-        self,
-        folder: Path,
-        outputs: Mapping[str, bytes | None],
-        shard_dir: Path,
-        shard_files: Mapping[str, bytes],
-        result: SubdirResult,
-    ) -> None:
-        """Dry run: note which files a real run would write or delete."""
-        for shard_name in sorted(shard_files):
-            if not (shard_dir / f"{shard_name}.msgpack.zst").exists():
-                result.written.append(f"shards/{shard_name}.msgpack.zst")
-        for name, data in outputs.items():
-            path = folder / name
-            if data is None:
-                if path.exists():
-                    result.deleted.append(name)
-            elif not _same_bytes(path, data):
-                result.written.append(name)
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(shard_dir):
-                digest = entry.name.removesuffix(".msgpack.zst")
-                if entry.name.endswith(".msgpack.zst") and digest not in shard_files:
-                    result.deleted.append(f"shards/{entry.name}")
-
-    def _collect_shards(self, shard_dir: Path, keep: set[str], result: SubdirResult) -> None:
-        """Delete shard files the current shard index no longer names."""
-        try:
-            entries = list(os.scandir(shard_dir))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            digest = entry.name.removesuffix(".msgpack.zst")
-            if entry.name.endswith(".msgpack.zst") and digest not in keep:
-                remove_if_exists(Path(entry.path))
-                result.deleted.append(f"shards/{entry.name}")
-        if not keep:
-            with contextlib.suppress(OSError):  # not empty: something else lives there
-                shard_dir.rmdir()
+        for name in sorted(present):
+            digest = name.removesuffix(".msgpack.zst")
+            if name.endswith(".msgpack.zst") and digest not in work.shards:
+                result.deleted.append(f"shards/{name}")
 
     @staticmethod
     def _record(entry: CacheEntry) -> dict[str, Any]:
@@ -679,54 +651,54 @@ class ChannelIndexer:
         record["indexed_timestamp"] = entry.indexed_timestamp
         return record
 
+    def _untouched(self, subdir: str, outputs: _Outputs) -> bool:
+        """True when every output is still published exactly as last written."""
+        for name, (size, tag) in outputs.files.items():
+            info = self.store.stat(f"{subdir}/{name}" if subdir else name)
+            if info is None or (info.size, info.tag) != (size, tag):
+                return False
+        return True
+
+    # -- channel-wide files ------------------------------------------------------------
+
     def _channeldata_summary(
-        self,
-        subdir: str,
-        caches: dict[str, StatCache],
-        key: str,
-        excluded_names: set[str] | None = None,
-    ) -> dict[str, Any]:
-        """The subdir's part of channeldata, recomputed only when the subdir changed."""
-        path = self.root / CACHE_DIR / f"{subdir}.channeldata.json"
+        self, subdir: str, work: _SubdirWork, key: str
+    ) -> tuple[dict[str, Any], bool]:
+        """The subdir's part of channeldata (and whether it was computed afresh)."""
         try:
-            saved = orjson.loads(path.read_bytes())
+            saved = orjson.loads(
+                self.store.read(layout.cache_key(f"{subdir}.channeldata.json")) or b"null"
+            )
             if saved.get("fingerprint") == key:
-                return dict(saved["summary"])
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                return dict(saved["summary"]), False
+        except (ReconcileError, ValueError, AttributeError, KeyError, TypeError):
             pass
-        excluded = excluded_names or set()
-        cache = self._cache(subdir, caches)
+        excluded = set(work.result.excluded)
+        cache = work.cache or self._cache(subdir)
         packages = {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
         for name, entry in self.mirrored.get(subdir, {}).items():
             packages[name] = metadata_from_record(name, entry.record)
-        summary = summarize_subdir(packages)
-        if self._may_cache:
-            write_if_changed(path, orjson.dumps({"fingerprint": key, "summary": summary}))
-        return summary
+        return summarize_subdir(packages), True
 
-    def _write_channel_files(
-        self,
-        subdirs: list[str],
-        caches: dict[str, StatCache],
-        subdir_keys: Sequence[str],
-        excluded: Mapping[str, Mapping[str, str]],
-        fingerprint: str,
-        result: IndexResult,
-    ) -> None:
-        state_path = self.root / CACHE_DIR / "channel.outputs.json"
-        previous = _load_outputs(state_path)
-        if previous and previous.fingerprint == fingerprint and _untouched(self.root, previous):
+    def _compute_channel_files(self, subdirs: list[str], computation: Computation) -> None:
+        previous = _load_outputs(self.store, "channel")
+        result = computation.result
+        if (
+            previous
+            and previous.fingerprint == computation.channel_fingerprint
+            and self._untouched("", previous)
+        ):
             return
         channeldata: dict[str, Any] | None = None
         if self.options.channeldata or self.options.html:
-            channeldata = merge_summaries(
-                {
-                    subdir: self._channeldata_summary(
-                        subdir, caches, key, set(excluded.get(subdir, {}))
-                    )
-                    for subdir, key in zip(subdirs, subdir_keys, strict=True)
-                }
-            )
+            summaries = {}
+            for subdir in subdirs:
+                work = computation.subdirs[subdir]
+                summary, fresh = self._channeldata_summary(subdir, work, work.fingerprint)
+                summaries[subdir] = summary
+                if fresh:
+                    computation.channel_summaries[subdir] = (work.fingerprint, summary)
+            channeldata = merge_summaries(summaries)
         targets: dict[str, bytes | None] = {
             "channeldata.json": serialize_json(channeldata)
             if self.options.channeldata and channeldata is not None
@@ -735,69 +707,148 @@ class ChannelIndexer:
             if self.options.html
             else None,
         }
-        if self.dry_run:
-            for name, data in targets.items():
-                path = self.root / name
-                if data is None:
-                    if path.exists():
-                        result.deleted.append(name)
-                elif not _same_bytes(path, data):
-                    result.written.append(name)
-            return
+        computation.channel_outputs = targets
         for name, data in targets.items():
-            path = self.root / name
             if data is None:
-                if remove_if_exists(path):
+                if self.store.stat(name) is not None:
                     result.deleted.append(name)
-            elif write_if_changed(path, data):
+            elif not _same_bytes(self.store, name, data):
                 result.written.append(name)
+
+    # -- publish -----------------------------------------------------------------------
+
+    def publish(self, computation: Computation) -> IndexResult:
+        """Write what ``compute`` worked out, in the order that keeps clients safe."""
+        result = computation.result
+        for subdir in sorted(computation.subdirs):
+            work = computation.subdirs[subdir]
+            work.result.written.clear()
+            work.result.deleted.clear()
+            if work.outputs is not None:
+                self._publish_subdir(subdir, work)
+            elif work.cache is not None:
+                work.cache.save()
+        result.written.clear()
+        result.deleted.clear()
+        for subdir, (key, summary) in computation.channel_summaries.items():
+            self.store.write_if_changed(
+                layout.cache_key(f"{subdir}.channeldata.json"),
+                orjson.dumps({"fingerprint": key, "summary": summary}),
+            )
+        if computation.channel_outputs is not None:
+            files = {}
+            for name in CHANNEL_OUTPUTS:
+                data = computation.channel_outputs.get(name)
+                if data is None:
+                    if self.store.delete(name):
+                        result.deleted.append(name)
+                    continue
+                if self.store.write_if_changed(name, data):
+                    result.written.append(name)
+                info = self.store.stat(name)
+                if info is not None:
+                    files[name] = (info.size, info.tag)
+            _save_outputs(self.store, "channel", _Outputs(computation.channel_fingerprint, files))
+        return result
+
+    def _publish_subdir(self, subdir: str, work: _SubdirWork) -> None:
+        assert work.outputs is not None
+        result = work.result
+        for shard_name, shard in sorted(work.shards.items()):
+            if self.store.write_if_changed(f"{subdir}/shards/{shard_name}.msgpack.zst", shard):
+                result.written.append(f"shards/{shard_name}.msgpack.zst")
+        for name in SUBDIR_OUTPUTS:
+            data = work.outputs[name]
+            key = f"{subdir}/{name}"
+            if name == "repodata.json":  # the twins, shards and pages are in place
+                checkpoint("index.before_repodata")
+            if data is None:
+                if self.store.delete(key):
+                    result.deleted.append(name)
+            elif self.store.write_if_changed(key, data):
+                result.written.append(name)
+        for listed in self.store.list_files(f"{subdir}/shards"):
+            digest = listed.name.removesuffix(".msgpack.zst")
+            if listed.name.endswith(".msgpack.zst") and digest not in work.shards:
+                self.store.delete(listed.key)
+                result.deleted.append(f"shards/{listed.name}")
+        if not work.shards:
+            self.store.remove_empty_folder(f"{subdir}/shards")
         files = {}
-        for name, data in targets.items():
+        for name, data in work.outputs.items():
             if data is not None:
-                st = (self.root / name).stat()
-                files[name] = (st.st_size, st.st_mtime_ns)
-        _save_outputs(state_path, _Outputs(fingerprint, files))
+                info = self.store.stat(f"{subdir}/{name}")
+                if info is not None:
+                    files[name] = (info.size, info.tag)
+        # The facts about the files before the record that the outputs are current: a run
+        # that fails in between recomputes the outputs from the files, never from a stale
+        # cache.
+        if work.cache is not None:
+            work.cache.save()
+        _save_outputs(
+            self.store,
+            subdir,
+            _Outputs(
+                work.fingerprint,
+                files,
+                result.scan_digest,
+                work.options_digest,
+                result.packages,
+                dict(result.excluded),
+                len(result.skipped),
+            ),
+        )
+
+    def run(self) -> IndexResult:
+        """Compute and publish (``reconcile index``)."""
+        return self.publish(self.compute())
 
 
 def metadata_from_record(filename: str, record: Mapping[str, Any]) -> PackageMetadata:
     """What channeldata can know of a mirrored package: its repodata record."""
     about = {k: record[k] for k in ("license", "summary", "home") if record.get(k)}
+    size = record.get("size")
     return PackageMetadata(
         filename=filename,
         index=dict(record),
         about=about,
         md5=str(record.get("md5", "")),
         sha256=str(record.get("sha256", "")),
-        size=int(record.get("size") or 0),
+        size=size if type(size) is int else 0,
     )
 
 
-def _same_bytes(path: Path, data: bytes) -> bool:
+def _same_bytes(store: Store, key: str, data: bytes) -> bool:
+    info = store.stat(key)
+    if info is None or info.size != len(data) or not info.regular:
+        return False
     try:
-        if path.stat().st_size != len(data):
-            return False
-        return path.read_bytes() == data
-    except OSError:
+        return store.read(key) == data
+    except ReconcileError:
         return False
 
 
-def _load_outputs(path: Path) -> _Outputs | None:
+def _outputs_key(subdir: str) -> str:
+    return layout.cache_key(f"{subdir}.outputs.json")
+
+
+def _load_outputs(store: Store, subdir: str) -> _Outputs | None:
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(store.read(_outputs_key(subdir)) or b"null")
         return _Outputs(
             str(data["fingerprint"]),
-            {str(k): (int(v[0]), int(v[1])) for k, v in data["files"].items()},
+            {str(k): (int(v[0]), str(v[1])) for k, v in data["files"].items()},
             str(data.get("scan", "")),
             str(data.get("options", "")),
             int(data.get("packages", 0)),
             {str(k): str(v) for k, v in (data.get("excluded") or {}).items()},
             int(data.get("skipped", 0)),
         )
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (ReconcileError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
 
 
-def _save_outputs(path: Path, outputs: _Outputs) -> None:
+def _save_outputs(store: Store, subdir: str, outputs: _Outputs) -> None:
     data = {
         "fingerprint": outputs.fingerprint,
         "files": outputs.files,
@@ -807,19 +858,7 @@ def _save_outputs(path: Path, outputs: _Outputs) -> None:
         "excluded": outputs.excluded,
         "skipped": outputs.skipped,
     }
-    write_if_changed(path, orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-
-def _untouched(folder: Path, outputs: _Outputs) -> bool:
-    """True when every output is still on disk exactly as last written."""
-    for name, (size, mtime_ns) in outputs.files.items():
-        try:
-            st = (folder / name).stat()
-        except FileNotFoundError:
-            return False
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-            return False
-    return True
+    store.write_if_changed(_outputs_key(subdir), orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
 
 
 def index_channel(
@@ -836,21 +875,30 @@ def index_channel(
     dry_run: bool = False,
     mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
     upstream_removed: Mapping[str, set[str]] | None = None,
-    pruned: Mapping[str, set[str]] | None = None,
+    store: Store | None = None,
 ) -> IndexResult:
-    """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run)."""
-    return ChannelIndexer(
-        channel_dir,
+    """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run).
+
+    A dry run writes nothing at all, not even caches.
+    """
+    if channel_dir.exists() and not channel_dir.is_dir():
+        raise IndexError_(f"{channel_dir} is not a folder")
+    indexer = ChannelIndexer(
+        store or LocalStore(channel_dir),
         options=options,
         patches=patches,
         subdirs=subdirs,
-        channel_name=channel_name,
+        channel_name=channel_name or channel_dir.resolve().name,
         strict=strict,
         workers=workers,
         reporter=reporter,
         filters=filters,
-        dry_run=dry_run,
         mirrored=mirrored,
         upstream_removed=upstream_removed,
-        pruned=pruned,
-    ).run()
+    )
+    computation = indexer.compute()
+    if dry_run:
+        computation.result.dry_run = True
+        return computation.result
+    indexer.store.clean_temporaries()  # leftovers of a crashed run
+    return indexer.publish(computation)

@@ -1,141 +1,141 @@
 """A channel's mirrors, resolved: the upstream records each one brings in.
 
-Fetches each mirror's upstream repodata, refuses unsafe records, applies the
-channel's and the mirror's filters, merges mirrors (same filename and sha256 is
-one package; a different sha256 is a conflict), and works out which files an
-active mirror must download and which files a pruning mirror must delete.
+Each mirror selects from its upstream's repodata: fetched now when it refreshes
+(its schedule says so, or ``--run-now``), else the copy its last apply used,
+kept with the channel — so a configuration change takes effect at the next
+apply without the network, schedule or not. Unsafe records are refused, the
+channel's and the mirror's filters applied, and mirrors merged (the same
+filename and sha256 is one package; a different sha256 is a conflict). A mirror
+whose upstream cannot be read fails alone: its packages stay as published.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from reconciler.config.models import Channel, Mirror
+from reconciler.engine.plan import PlanWarning, UpstreamValidator
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.select import Selection, safe_records, select
-from reconciler.transport.http import NotFound, Upstream
+from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
+from reconciler.store.base import Store
+from reconciler.transport.http import NotFound
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_STATE = ".reconciler/upstream"
 
-
-@dataclass(frozen=True)
-class Download:
-    mirror: str
-    subdir: str
-    filename: str
-    size: int | None
-    sha256: str | None
+class StaleUpstream(ReconcileError):
+    """A saved plan's upstream metadata is not what the upstream serves now."""
 
 
 @dataclass
-class ResolvedMirror:
+class MirrorResolution:
     mirror: Mirror
-    upstream: Upstream
-    run: bool = True  # False: not due; its records stay as last fetched, nothing is fetched
-    selection: Selection = field(default_factory=Selection)
-    not_modified: bool = True  # every subdir answered 304 (or came from disk unchanged)
-
-
-@dataclass
-class ResolvedMirrors:
-    """Everything the mirrors of one channel want."""
-
-    records: dict[str, dict[str, MirroredRecord]] = field(default_factory=dict)  # subdir → fn
-    removed: dict[str, set[str]] = field(default_factory=dict)  # upstream `removed`, carried over
-    downloads: list[Download] = field(default_factory=list)
-    prune: list[tuple[str, str, str]] = field(default_factory=list)  # (mirror, subdir, filename)
-    mirrors: list[ResolvedMirror] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    position: int
+    upstream: CondaUpstream
+    refreshed: bool  # its metadata was fetched in this run
+    in_scope: bool  # its records may change in this run (--mirror names others)
+    error: str | None = None  # its upstream could not be read: records stay as published
+    metadata: dict[str, Metadata] = field(default_factory=dict)  # what it selected from
+    previous: dict[str, Metadata] = field(default_factory=dict)  # what its last apply used
+    selection: Selection | None = None
 
     @property
-    def pruned(self) -> dict[str, set[str]]:
-        """Files to prune, by subdir: never indexed as local packages meanwhile."""
-        found: dict[str, set[str]] = {}
-        for _mirror, subdir, filename in self.prune:
-            found.setdefault(subdir, set()).add(filename)
-        return found
+    def selects(self) -> bool:
+        """Its selection decides its records in this run."""
+        return self.in_scope and self.error is None and self.selection is not None
+
+
+@dataclass
+class Resolution:
+    mirrors: list[MirrorResolution] = field(default_factory=list)
+    records: dict[str, dict[str, MirroredRecord]] = field(default_factory=dict)  # subdir → fn
+    removed: dict[str, set[str]] = field(default_factory=dict)  # upstream `removed`, carried
+    warnings: list[PlanWarning] = field(default_factory=list)
 
     def owner(self, subdir: str, filename: str) -> str | None:
         entry = self.records.get(subdir, {}).get(filename)
         return entry.mirror if entry else None
 
+    def get(self, name: str) -> MirrorResolution | None:
+        return next((m for m in self.mirrors if m.mirror.name == name), None)
 
-def make_upstream(channel: Channel, mirror: Mirror, config_dir: Path | None) -> Upstream:
-    token = os.environ.get(mirror.token_env) if mirror.token_env else None
-    return Upstream(
-        mirror.source,
-        Path(channel.path) / UPSTREAM_STATE / mirror.name,
-        token=token,
-        timeout=mirror.timeout,
-        retries=mirror.retries,
-        config_dir=config_dir,
-    )
+    def validators(self) -> list[UpstreamValidator]:
+        return [
+            UpstreamValidator(
+                mirror=m.mirror.name,
+                location=subdir,
+                url=meta.validators.url,
+                sha256=meta.sha256,
+                etag=meta.validators.etag,
+                last_modified=meta.validators.last_modified,
+            )
+            for m in self.mirrors
+            for subdir, meta in sorted(m.metadata.items())
+        ]
+
+    def close(self) -> None:
+        for state in self.mirrors:
+            state.upstream.close()
+
+
+def _warn(warnings: list[PlanWarning], message: str, key: str | None = None) -> None:
+    warnings.append(PlanWarning(key=key or message, message=message))
 
 
 def resolve_mirrors(
     channel: Channel,
-    index: int,
-    inventory: Mapping[str, Any],
+    position: int,
+    store: Store,
     *,
-    config_dir: Path | None = None,
-    only: set[str] | None = None,
-    not_due: set[str] | None = None,
-) -> ResolvedMirrors:
-    """Resolve the channel's mirrors (or those in ``only``) against their upstreams.
+    config_dir: Path | None,
+    cache_dir: Path | None,
+    refresh: Iterable[str],
+    scope: set[str] | None,
+    expected: Mapping[tuple[str, str], str] | None = None,
+) -> Resolution:
+    """Resolve the channel's mirrors against their upstreams (or their kept metadata).
 
-    ``inventory`` maps ``<subdir>/<filename>`` to objects with ``source`` and
-    ``sha256`` (the channel state), to know which files each mirror placed.
+    ``refresh``: mirrors that fetch their upstream now. ``scope``: mirrors whose records
+    may change (None: all). ``expected``: (mirror, subdir) → sha256 a saved plan selected
+    from; that metadata is used (from the channel or the cache, else fetched and checked).
     """
-    resolved = ResolvedMirrors()
-    channel_filters = FilterEngine(channel.filters, f"channels[{index}].filters")
+    resolved = Resolution()
+    refreshing = set(refresh)
+    channel_filters = FilterEngine(channel.filters, f"channels[{position}].filters")
     served = set(channel.served_subdirs)
     conflicts: list[str] = []
     for j, mirror in enumerate(channel.mirrors):
-        if only is not None and mirror.name not in only:
-            continue
-        upstream = make_upstream(channel, mirror, config_dir)
-        state = ResolvedMirror(mirror, upstream, run=mirror.name not in (not_due or set()))
-        resolved.mirrors.append(state)
-        records: dict[str, dict[str, dict[str, Any]]] = {}
-        for subdir in channel.mirror_subdirs(mirror):
-            if subdir not in served:
-                continue
-            try:
-                # A mirror that is not due keeps what it published: its last copy.
-                kept = None if state.run else upstream.cached_repodata(subdir)
-                fetched = kept or upstream.fetch_repodata(subdir)
-            except NotFound as exc:
-                if subdir == "noarch":
-                    raise ReconcileError(
-                        f"mirror {mirror.name}: {exc.message}",
-                        hint="every conda channel has noarch/repodata.json; check the source",
-                    ) from None
-                resolved.warnings.append(
-                    f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
-                    "mirroring it as empty"
-                )
-                records[subdir] = {}
-                continue
-            state.not_modified = state.not_modified and fetched.not_modified
-            safe, refused = safe_records(subdir, fetched.repodata, upstream.shown(subdir, "")[:-1])
-            resolved.warnings.extend(refused)
-            records[subdir] = safe
-            removed = {str(r) for r in fetched.repodata.get("removed") or () if isinstance(r, str)}
-            resolved.removed.setdefault(subdir, set()).update(removed)
-        mirror_filters = FilterEngine(mirror.filters, f"channels[{index}].mirrors[{j}].filters")
-        state.selection = select(
-            records, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+        in_scope = scope is None or mirror.name in scope
+        state = MirrorResolution(
+            mirror,
+            j,
+            CondaUpstream(mirror, config_dir, cache_dir),
+            refreshed=in_scope and mirror.name in refreshing,
+            in_scope=in_scope,
         )
-        resolved.warnings.extend(f"mirror {mirror.name}: {w}" for w in state.selection.warnings)
+        resolved.mirrors.append(state)
+        if not in_scope:
+            continue
+        try:
+            upstream = _upstream_records(channel, state, store, served, resolved, expected)
+        except ReconcileError as exc:
+            state.error = exc.message
+            log.error("channel %s, mirror %s: %s", channel.name, mirror.name, exc.message)
+            continue
+        if upstream is None:
+            continue
+        mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
+        state.selection = select(
+            upstream, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+        )
+        for warning in state.selection.warnings:
+            _warn(resolved.warnings, f"mirror {mirror.name}: {warning}")
         for (subdir, filename), record in sorted(state.selection.selected.items()):
             existing = resolved.records.setdefault(subdir, {}).get(filename)
             if existing is not None:
@@ -146,61 +146,84 @@ def resolve_mirrors(
                     "offer different files (sha256 differs)"
                 )
                 if channel.on_conflict == "first":
-                    resolved.warnings.append(f"{message}; keeping {existing.mirror}'s")
+                    _warn(resolved.warnings, f"{message}; keeping {existing.mirror}'s")
                 else:
                     conflicts.append(message)
                 continue
             resolved.records[subdir][filename] = MirroredRecord(record, mirror.name)
     if conflicts:
+        resolved.close()
         raise ReconcileError(
             f"channel {channel.name}: {len(conflicts)} conflict(s) between mirrors:\n  "
             + "\n  ".join(conflicts),
             hint="set on_conflict: first on the channel to keep the mirror listed first",
         )
-    _plan_files(channel, resolved, inventory)
     return resolved
 
 
-def _plan_files(channel: Channel, resolved: ResolvedMirrors, inventory: Mapping[str, Any]) -> None:
-    root = Path(channel.path)
-    modes = {m.mirror.name: m.mirror for m in resolved.mirrors}
-    running = {m.mirror.name for m in resolved.mirrors if m.run}
-    missing: list[tuple[str, str]] = []
-    for subdir, records in sorted(resolved.records.items()):
-        for filename, entry in sorted(records.items()):
-            mirror = modes[entry.mirror]
-            path = root / subdir / filename
-            if mirror.mode == "active" and entry.mirror not in running:
-                # Not due: nothing is fetched, so nothing may be published without its file.
-                if not path.is_file():
-                    missing.append((subdir, filename))
-                continue
-            if mirror.mode != "active":
-                continue
-            known = inventory.get(f"{subdir}/{filename}")
-            sha256 = entry.record.get("sha256")
-            size = entry.record.get("size")
-            on_disk = path.is_file() and (size is None or path.stat().st_size == size)
-            if on_disk and known is not None and getattr(known, "sha256", None) == sha256:
-                continue
-            if on_disk and known is None:
-                continue  # a file someone placed by hand wins; the index reads it as local
-            resolved.downloads.append(
-                Download(
-                    entry.mirror,
-                    subdir,
-                    filename,
-                    int(size) if isinstance(size, int) else None,
-                    str(sha256) if sha256 else None,
-                )
-            )
-    for subdir, filename in missing:
-        del resolved.records[subdir][filename]
-    wanted = {(s, f) for s, records in resolved.records.items() for f in records}
-    for key, known in sorted(inventory.items()):
-        source = getattr(known, "source", "local")
-        if source not in running or not modes[source].prune:
+def _upstream_records(
+    channel: Channel,
+    state: MirrorResolution,
+    store: Store,
+    served: set[str],
+    resolved: Resolution,
+    expected: Mapping[tuple[str, str], str] | None,
+) -> dict[str, dict[str, dict[str, object]]] | None:
+    """subdir → filename → record the mirror selects from (None: nothing to select from)."""
+    mirror = state.mirror
+    records: dict[str, dict[str, dict[str, object]]] = {}
+    for subdir in channel.mirror_subdirs(mirror):
+        if subdir not in served:
             continue
-        subdir, _, filename = key.partition("/")
-        if (subdir, filename) not in wanted:
-            resolved.prune.append((source, subdir, filename))
+        previous = read_snapshot(store, mirror.name, subdir)
+        if previous is not None:
+            state.previous[subdir] = previous
+        want = expected.get((mirror.name, subdir)) if expected is not None else None
+        metadata: Metadata | None = None
+        if want is not None:
+            # A saved plan: select from exactly what it selected from, without asking.
+            if previous is not None and previous.sha256 == want:
+                metadata = previous
+            else:
+                metadata = state.upstream.cached(subdir, want)
+        if metadata is None and state.refreshed:
+            try:
+                metadata = state.upstream.fetch(subdir, previous)
+            except NotFound as exc:
+                if subdir == "noarch":
+                    raise ReconcileError(
+                        f"{exc.message} (every conda channel has noarch/repodata.json; "
+                        "check the source)"
+                    ) from None
+                _warn(
+                    resolved.warnings,
+                    f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
+                    "mirroring it as empty",
+                )
+                records[subdir] = {}
+                continue
+        if metadata is None:
+            metadata = previous
+        if metadata is None:
+            if want is not None:
+                raise StaleUpstream(
+                    f"mirror {mirror.name}: the {subdir} metadata the plan used is gone"
+                )
+            if state.refreshed:
+                raise AssertionError("a refreshed mirror always has metadata")
+            _warn(
+                resolved.warnings,
+                f"mirror {mirror.name}: no upstream metadata kept for {subdir} yet; its "
+                "packages stay as published until it runs (`reconcile apply --run-now`)",
+            )
+            state.selection = None
+            return None
+        state.metadata[subdir] = metadata
+        source = state.upstream.shown(subdir, metadata.name)
+        safe, refused = safe_records(subdir, metadata.repodata, source.rpartition("/")[0])
+        for line in refused:
+            _warn(resolved.warnings, line)
+        records[subdir] = safe
+        removed = {r for r in metadata.repodata.get("removed") or () if isinstance(r, str)}
+        resolved.removed.setdefault(subdir, set()).update(removed)
+    return records

@@ -1,31 +1,33 @@
-"""Per-subdir cache of extracted package metadata, keyed by filename, mtime and size.
+"""Per-subdir cache of extracted package metadata, keyed by filename and fingerprint.
 
-The cache only saves work: it is safe to delete, and a cache that cannot be read
-is dropped and rebuilt. It lives under ``<channel>/.reconciler/cache/``, which is
-never served.
+A file's fingerprint is its size and the store's tag for it (the mtime on disk,
+the ETag in a bucket). The cache only saves work: it is safe to delete, and a
+cache that cannot be read is dropped and rebuilt. It lives under
+``<channel>/.reconciler/cache/``, which is never served.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from reconciler.conda.metadata import PackageMetadata
-from reconciler.store.local import write_atomic
+from reconciler.errors import ReconcileError
+from reconciler.store.base import Store
 
 log = logging.getLogger(__name__)
 
 # 2: metadata stored as a nested msgpack blob, decoded only when needed.
-CACHE_FORMAT = 2
+# 3: files keyed by the store's tag (text) instead of an mtime.
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
 class FileStat:
-    mtime_ns: int
+    tag: str  # mtime_ns on disk, ETag in a bucket
     size: int
 
 
@@ -85,32 +87,37 @@ class CacheEntry:
 
 @dataclass
 class StatCache:
-    path: Path
+    store: Store
+    key: str
     entries: dict[str, CacheEntry] = field(default_factory=dict)
     dirty: bool = False
 
     @classmethod
-    def load(cls, path: Path) -> StatCache:
-        """Read the cache at ``path``; a missing or unreadable cache is empty."""
-        cache = cls(path)
+    def load(cls, store: Store, key: str) -> StatCache:
+        """Read the cache at ``key``; a missing or unreadable cache is empty."""
+        cache = cls(store, key)
+        path = store.describe(key)
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return cache
-        except OSError as exc:
-            log.warning("ignoring unreadable index cache %s: %s", path, exc)
+            raw = store.read(key)
+        except ReconcileError as exc:
+            log.warning("ignoring unreadable index cache %s: %s", path, exc.message)
             cache.dirty = True
+            return cache
+        if raw is None:
             return cache
         try:
             data = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-            if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-                raise ValueError("unknown cache format")
+            if not isinstance(data, dict):
+                raise ValueError("not a cache")
+            if data.get("format") != CACHE_FORMAT:  # an older version's: rebuilt quietly
+                cache.dirty = True
+                return cache
             for name, item in data["entries"].items():
-                mtime_ns, size, sha256, stamp, blob = item
+                tag, size, sha256, stamp, blob = item
                 if not isinstance(blob, bytes):
                     raise ValueError(f"bad entry for {name}")
                 cache.entries[str(name)] = CacheEntry(
-                    FileStat(int(mtime_ns), int(size)),
+                    FileStat(str(tag), int(size)),
                     indexed_timestamp=int(stamp),
                     sha256=str(sha256),
                     blob=blob,
@@ -147,7 +154,7 @@ class StatCache:
             "format": CACHE_FORMAT,
             "entries": {
                 name: [
-                    entry.stat.mtime_ns,
+                    entry.stat.tag,
                     entry.stat.size,
                     entry.sha256,
                     entry.indexed_timestamp,
@@ -156,5 +163,5 @@ class StatCache:
                 for name, entry in sorted(self.entries.items())
             },
         }
-        write_atomic(self.path, msgpack.packb(data, use_bin_type=True))
+        self.store.write(self.key, msgpack.packb(data, use_bin_type=True))
         self.dirty = False

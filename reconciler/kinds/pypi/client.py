@@ -9,18 +9,48 @@ only from inside that folder.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
-from reconciler.config.models import PypiChannel, PypiMirror
-from reconciler.errors import ReconcileError
-from reconciler.kinds.pypi.names import normalize
-from reconciler.kinds.pypi.pages import ACCEPT, DistFile, ProjectPage, parse_project_page
-from reconciler.transport.http import NotFound, Upstream, UpstreamError, redact
+import orjson
 
-UPSTREAM_STATE = ".reconciler/upstream"
+from reconciler.config.models import PypiMirror
+from reconciler.engine import layout
+from reconciler.errors import ReconcileError
+from reconciler.kinds.pypi.names import METADATA_SUFFIX, normalize
+from reconciler.kinds.pypi.pages import ACCEPT, DistFile, ProjectPage, parse_project_page
+from reconciler.store.base import Store
+from reconciler.transport.http import (
+    Kept,
+    NotFound,
+    Upstream,
+    UpstreamError,
+    Validators,
+    body_validators,
+    redact,
+)
+
 # A project page bigger than this is refused (the largest on PyPI are a few MB).
 MAX_PAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """A project page as a mirror read it, with what identifies it."""
+
+    project: str
+    page: ProjectPage
+    body: bytes
+    validators: Validators
+    not_modified: bool
+
+    @property
+    def sha256(self) -> str:
+        return self.validators.sha256
 
 
 def _host(url: str) -> str:
@@ -28,11 +58,16 @@ def _host(url: str) -> str:
 
 
 class SimpleIndexClient:
-    def __init__(self, channel: PypiChannel, mirror: PypiMirror, config_dir: Path | None) -> None:
+    def __init__(
+        self, mirror: PypiMirror, config_dir: Path | None, cache_dir: Path | None = None
+    ) -> None:
         self.mirror = mirror
+        folder = None
+        if cache_dir is not None:
+            folder = cache_dir / "pypi" / hashlib.sha256(mirror.source.encode()).hexdigest()[:20]
         self.upstream = Upstream(
             mirror.source,
-            Path(channel.path) / UPSTREAM_STATE / mirror.name,
+            folder,
             timeout=mirror.timeout,
             retries=mirror.retries,
             config_dir=config_dir,
@@ -50,49 +85,55 @@ class SimpleIndexClient:
             return self.local_root.resolve().as_uri() + f"/{name}/"
         return self.upstream.source + f"/{name}/"
 
-    def _cache(self, project: str) -> tuple[Path, Path]:
-        base = self.upstream.state_dir / "pages"
-        return base / f"{normalize(project)}.page", base / f"{normalize(project)}.headers.json"
+    def project_page(self, project: str, offered: FetchedPage | None = None) -> FetchedPage:
+        """The project's page now, conditionally on ``offered`` (or the cached copy).
 
-    def project_page(self, project: str) -> tuple[ProjectPage, bool]:
-        """The project's page and whether it was unchanged (304). :class:`NotFound` if none."""
+        :class:`NotFound` when the upstream has no such project.
+        """
         name = normalize(project)
         url = self.page_url(name)
         if self.local_root is not None:
-            return self._local_page(name, url), False
-        body_path, headers_path = self._cache(name)
+            return self._local_page(name, url, offered)
         shown = redact(url)
+        kept = Kept(offered.body, offered.validators) if offered is not None else None
 
         def parse(body: bytes) -> ProjectPage:
             # Sniffed, not by content type: a page is kept only once it parsed.
             return parse_project_page(body, "", url, name)
 
         page, fetched = self.upstream.get_cached(
-            url, shown, body_path, headers_path, MAX_PAGE_BYTES, parse, accept=ACCEPT
+            url, shown, f"{name}.page", MAX_PAGE_BYTES, parse, accept=ACCEPT, offered=kept
         )
-        return page, fetched.not_modified
+        unchanged = fetched.not_modified or (
+            offered is not None and offered.sha256 == fetched.validators.sha256
+        )
+        return FetchedPage(name, page, fetched.body, fetched.validators, unchanged)
 
-    def _local_page(self, name: str, url: str) -> ProjectPage:
+    def _local_page(self, name: str, url: str, offered: FetchedPage | None) -> FetchedPage:
         assert self.local_root is not None
         folder = self.local_root / name
         for filename, kind in (("index.json", "application/json"), ("index.html", "text/html")):
             path = folder / filename
-            if path.is_file():
-                return parse_project_page(path.read_bytes(), kind, url, name)
+            try:
+                body = self.upstream.read_local(path, str(path), MAX_PAGE_BYTES)
+            except NotFound:
+                continue
+            page = parse_project_page(body, kind, url, name)
+            validators = body_validators(body, {"content-type": kind}, str(path))
+            unchanged = offered is not None and offered.sha256 == validators.sha256
+            return FetchedPage(name, page, body, validators, unchanged)
         raise NotFound(f"{folder}: no index.json or index.html for project {name}")
 
-    def cached_page(self, project: str) -> ProjectPage | None:
-        """The page kept from the last fetch, without asking (None: none kept)."""
+    def cached_page(self, project: str, sha256: str) -> FetchedPage | None:
+        """The copy in the cache directory if it has exactly that digest (no network)."""
         name = normalize(project)
-        if self.local_root is not None:
-            try:
-                return self._local_page(name, self.page_url(name))
-            except ReconcileError:
-                return None
-        body_path, _ = self._cache(name)
-        if not body_path.is_file():
+        kept = self.upstream.kept(f"{name}.page")
+        if kept is None or kept.validators.sha256 != sha256:
             return None
-        return parse_project_page(body_path.read_bytes(), "", self.page_url(name), name)
+        page = parse_project_page(
+            kept.body, kept.validators.content_type, self.page_url(name), name
+        )
+        return FetchedPage(name, page, kept.body, kept.validators, True)
 
     def location(self, url: str) -> str:
         """Where to fetch ``url`` from; :class:`UpstreamError` if it is not allowed."""
@@ -115,16 +156,71 @@ class SimpleIndexClient:
             )
         return url
 
-    def download(self, item: DistFile, target: Path) -> int:
-        return self.upstream.download_url(
-            self.location(item.url), redact(item.url), target, item.size, item.sha256
-        )
+    def fetcher(self, item: DistFile) -> Callable[[IO[bytes]], int]:
+        """What the download executor calls to stream the file into an open file, verified.
 
-    def download_metadata(self, item: DistFile, target: Path) -> int:
-        url = item.url + ".metadata"
-        return self.upstream.download_url(
-            self.location(url), redact(url), target, None, item.metadata_sha256
-        )
+        Where the file may come from is checked when it is fetched: a refused URL fails
+        that file (recorded with the run), not the whole plan.
+        """
+
+        def fetch(out: IO[bytes]) -> int:
+            return self.upstream.download_url(
+                self.location(item.url), redact(item.url), out, item.size, item.sha256
+            )
+
+        return fetch
+
+    def metadata_fetcher(self, item: DistFile) -> Callable[[IO[bytes]], int]:
+        """The same for the file's PEP 658 metadata (``<url>.metadata``)."""
+        url = item.url + METADATA_SUFFIX
+
+        def fetch(out: IO[bytes]) -> int:
+            return self.upstream.download_url(
+                self.location(url), redact(url), out, None, item.metadata_sha256
+            )
+
+        return fetch
 
     def close(self) -> None:
         self.upstream.close()
+
+
+# -- snapshots: the pages a mirror's last apply used, kept with the channel ---------------
+
+
+def _snapshot_keys(mirror: str, project: str) -> tuple[str, str]:
+    prefix = layout.snapshot_prefix(mirror, project)
+    return f"{prefix}/page", f"{prefix}/page.validators.json"
+
+
+def read_page_snapshot(
+    store: Store, client: SimpleIndexClient, mirror: str, project: str
+) -> FetchedPage | None:
+    """The page the mirror's last apply used (None: none kept, or damaged)."""
+    body_key, meta_key = _snapshot_keys(mirror, project)
+    try:
+        body = store.read(body_key, limit=MAX_PAGE_BYTES)
+        meta = store.read(meta_key)
+    except ReconcileError:
+        return None
+    if body is None or meta is None:
+        return None
+    try:
+        validators = Validators.from_json(orjson.loads(meta))
+    except ValueError:
+        return None
+    if validators is None or hashlib.sha256(body).hexdigest() != validators.sha256:
+        return None
+    try:
+        page = parse_project_page(
+            body, validators.content_type, client.page_url(project), normalize(project)
+        )
+    except ReconcileError:
+        return None
+    return FetchedPage(normalize(project), page, body, validators, True)
+
+
+def write_page_snapshot(store: Store, mirror: str, fetched: FetchedPage) -> None:
+    body_key, meta_key = _snapshot_keys(mirror, fetched.project)
+    store.write_if_changed(body_key, fetched.body)
+    store.write_if_changed(meta_key, orjson.dumps(fetched.validators.to_json()))

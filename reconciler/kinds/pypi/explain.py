@@ -1,18 +1,13 @@
-"""``reconcile explain`` for PyPI channels: why each file of a project is in or out."""
+"""What ``reconcile explain`` accepts for PyPI channels: a filename, a glob, a requirement."""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
-from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from reconciler.config.models import PypiChannel
-from reconciler.engine.state import ChannelState
 from reconciler.errors import ReconcileError
 from reconciler.kinds.pypi.names import Distribution, is_safe_filename, normalize
-from reconciler.kinds.pypi.resolve import resolve
 
 
 class PypiQuery:
@@ -42,23 +37,3 @@ class PypiQuery:
             return False
         spec = self.requirement.specifier
         return not spec or (dist is not None and spec.contains(dist.version, prereleases=True))
-
-
-def explain_pypi(
-    channel: PypiChannel, query: PypiQuery, config_dir: Path | None
-) -> Iterator[tuple[str, str, str, bool, str]]:
-    """(project, filename, mirror, selected, reason) for every matching upstream file."""
-    inventory = ChannelState.load(Path(channel.path), channel.name).files
-    resolution = resolve(channel, inventory, config_dir)
-    try:
-        for mirror, project, verdict in resolution.verdicts:
-            filename = verdict.file.filename
-            if not query.matches(filename, verdict.dist, project):
-                continue
-            selected, reason = verdict.selected, verdict.reason
-            owner = resolution.owner(f"{project}/{filename}")
-            if selected and owner not in (None, mirror):
-                selected, reason = False, f"the same filename comes from mirror {owner}"
-            yield project, filename, mirror, selected, reason
-    finally:
-        resolution.close()

@@ -17,13 +17,14 @@ import datetime as dt
 import html
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 from packaging.version import InvalidVersion, Version
 
+from reconciler.errors import ReconcileError
 from reconciler.kinds.pypi.names import parse_filename
+from reconciler.store.base import Store
 
 API_VERSION = "1.1"
 SIMPLE = "simple"
@@ -191,28 +192,29 @@ def render_pages(files: Iterable[PublishedFile]) -> dict[str, bytes]:
     return pages
 
 
-def published_entries(channel_dir: Path) -> dict[tuple[str, str], Mapping[str, Any]]:
+def published_entries(store: Store) -> dict[tuple[str, str], Mapping[str, Any]]:
     """The file entries our own JSON pages list now, by (project, filename)."""
     found: dict[tuple[str, str], Mapping[str, Any]] = {}
-    simple = channel_dir / SIMPLE
-    if not simple.is_dir():
-        return found
-    for page in sorted(simple.glob("*/index.json")):
+    for project in store.list_dirs(SIMPLE):
         try:
-            data = orjson.loads(page.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            data = orjson.loads(store.read(f"{SIMPLE}/{project}/index.json") or b"null")
+        except (ReconcileError, orjson.JSONDecodeError):
             continue  # an unreadable page is rewritten; its files show as new
         for entry in data.get("files") or () if isinstance(data, dict) else ():
             if isinstance(entry, dict) and isinstance(entry.get("filename"), str):
-                found[(page.parent.name, entry["filename"])] = entry
+                found[(project, entry["filename"])] = entry
     return found
 
 
-def published_pages(channel_dir: Path) -> list[str]:
-    """Paths of the pages on disk, relative to the channel folder."""
-    simple = channel_dir / SIMPLE
-    if not simple.is_dir():
-        return []
-    names = [p for p in simple.glob("*/index.*") if p.suffix in (".html", ".json")]
-    names += [p for p in simple.glob("index.*") if p.suffix in (".html", ".json")]
-    return sorted(str(p.relative_to(channel_dir)) for p in names)
+def published_pages(store: Store) -> list[str]:
+    """Keys of the pages in the channel."""
+    names = [
+        info.key
+        for project in store.list_dirs(SIMPLE)
+        for info in store.list_files(f"{SIMPLE}/{project}")
+        if info.name in ("index.html", "index.json")
+    ]
+    names += [
+        info.key for info in store.list_files(SIMPLE) if info.name in ("index.html", "index.json")
+    ]
+    return sorted(names)

@@ -1,4 +1,4 @@
-"""Planner helpers: field diffs, git revision, observed digests."""
+"""Planner helpers: field diffs, git revision, published digests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.planner import field_diff, git_revision, observed_digests
+from reconciler.config.models import Channel
+from reconciler.engine.diff import field_diff
+from reconciler.engine.planner import git_revision
+from reconciler.kinds.conda.kind import CondaKind
+from reconciler.store.local import LocalStore
 
 
 def test_field_diff_lists_each_change() -> None:
@@ -50,14 +54,20 @@ def test_git_revision_reads_head(tmp_path: Path) -> None:
     assert git_revision(tmp_path) == git("rev-parse", "HEAD")
 
 
-def test_observed_digests_follow_files_not_state(tmp_path: Path) -> None:
+def test_published_digests_follow_files_not_state(tmp_path: Path) -> None:
     (tmp_path / "noarch").mkdir()
     (tmp_path / "noarch" / "a-1-0.conda").write_bytes(b"x")
-    first = observed_digests(tmp_path, ["noarch", "linux-64"])
+    channel = Channel(name="c", path=tmp_path, subdirs=["noarch", "linux-64"])
+    store = LocalStore(tmp_path)
+
+    def digests() -> dict[str, str]:
+        return CondaKind().published(channel, store)
+
+    first = digests()
     assert first["linux-64"] == "absent"
     (tmp_path / ".reconciler").mkdir()
     (tmp_path / ".reconciler" / "history.jsonl").write_text("{}")
     (tmp_path / "noarch" / ".reconcile-tmp-x").write_text("partial")
-    assert observed_digests(tmp_path, ["noarch", "linux-64"]) == first
+    assert digests() == first
     (tmp_path / "noarch" / "b-1-0.conda").write_bytes(b"y")
-    assert observed_digests(tmp_path, ["noarch", "linux-64"])["noarch"] != first["noarch"]
+    assert digests()["noarch"] != first["noarch"]

@@ -1,0 +1,216 @@
+"""A conda mirror's upstream: its repodata per subdir, and the files it lists.
+
+Repodata is fetched ``.zst`` first, falling back to ``.json`` on 404, from an
+HTTP(S) channel or a local folder. Every fetch is conditional: on the
+validators of the copy in the user's cache directory, or else of the copy the
+channel keeps from its last apply (its *snapshot*, so a fresh CI runner with an
+empty cache still gets a ``304``). What a mirror selected from is kept with the
+channel by apply (``.reconciler/upstream/<mirror>/<subdir>/``), so a later plan
+can re-select from it without the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from reconciler.conda.repodata import load_repodata
+from reconciler.config.models import Mirror
+from reconciler.engine import layout
+from reconciler.errors import ReconcileError
+from reconciler.store.base import Store
+from reconciler.transport import http as transport
+from reconciler.transport.http import (
+    Kept,
+    NotFound,
+    Upstream,
+    UpstreamError,
+    Validators,
+    body_validators,
+    unzstd,
+)
+
+REPODATA_NAMES = ("repodata.json.zst", "repodata.json")
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """One subdir's repodata as a mirror read it, with what identifies it."""
+
+    subdir: str
+    name: str  # repodata.json.zst or repodata.json
+    body: bytes  # as sent (compressed when .zst)
+    validators: Validators
+    repodata: dict[str, Any]
+    not_modified: bool  # the same bytes as the copy offered or cached
+
+    @property
+    def sha256(self) -> str:
+        return self.validators.sha256
+
+
+def parse_body(body: bytes, name: str, shown: str) -> dict[str, Any]:
+    """Repodata from a body as fetched; an error naming ``shown`` when it is not repodata."""
+    try:
+        data = unzstd(body, shown) if name.endswith(".zst") else body
+        return load_repodata(data, shown)
+    except UpstreamError:
+        raise
+    except ReconcileError as exc:
+        html = body.lstrip()[:1] == b"<"
+        raise UpstreamError(
+            exc.message,
+            hint="the upstream sent an HTML page: a login or error page?"
+            if html
+            else "the upstream sent something that is not repodata; nothing was kept",
+        ) from None
+
+
+def cache_folder(cache_dir: Path | None, source: str) -> Path | None:
+    """This source's folder in the HTTP cache (one per source URL)."""
+    if cache_dir is None:
+        return None
+    return cache_dir / "conda" / hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+class CondaUpstream:
+    """A mirror's upstream channel."""
+
+    def __init__(
+        self,
+        mirror: Mirror,
+        config_dir: Path | None,
+        cache_dir: Path | None,
+        *,
+        backoff: float = 0.5,
+    ) -> None:
+        token = os.environ.get(mirror.token_env) if mirror.token_env else None
+        self.mirror = mirror
+        self.http = Upstream(
+            mirror.source,
+            cache_folder(cache_dir, mirror.source),
+            token=token,
+            timeout=mirror.timeout,
+            retries=mirror.retries,
+            backoff=backoff,
+            config_dir=config_dir,
+        )
+
+    def shown(self, subdir: str, name: str) -> str:
+        return self.http.shown(subdir, name)
+
+    def fetch(self, subdir: str, offered: Metadata | None) -> Metadata:
+        """The subdir's repodata now; :class:`NotFound` when the upstream has no such subdir."""
+        if self.http.local_root is not None:
+            return self._local(subdir, offered)
+        for name in REPODATA_NAMES:
+            kept = (
+                Kept(offered.body, offered.validators)
+                if offered is not None and offered.name == name
+                else None
+            )
+            shown = self.shown(subdir, name)
+            try:
+                repodata, fetched = self.http.get_cached(
+                    self.http.url(subdir, name),
+                    shown,
+                    f"{subdir}/{name}",
+                    transport.MAX_REPODATA_BYTES,
+                    lambda body, n=name, s=shown: parse_body(body, n, s),  # type: ignore[misc]
+                    offered=kept,
+                )
+            except NotFound:
+                continue
+            unchanged = fetched.not_modified or (
+                offered is not None and offered.sha256 == fetched.validators.sha256
+            )
+            return Metadata(subdir, name, fetched.body, fetched.validators, repodata, unchanged)
+        raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
+
+    def _local(self, subdir: str, offered: Metadata | None) -> Metadata:
+        assert self.http.local_root is not None
+        folder = self.http.local_root / subdir
+        for name in REPODATA_NAMES:
+            path = folder / name
+            try:
+                body = self.http.read_local(path, str(path), transport.MAX_REPODATA_BYTES)
+            except NotFound:
+                continue
+            validators = body_validators(body, {}, str(path))
+            repodata = parse_body(body, name, str(path))
+            unchanged = offered is not None and offered.sha256 == validators.sha256
+            return Metadata(subdir, name, body, validators, repodata, unchanged)
+        raise NotFound(f"{folder / 'repodata.json'}: not found")
+
+    def cached(self, subdir: str, sha256: str) -> Metadata | None:
+        """The copy in the cache directory if it has exactly that digest (no network)."""
+        for name in REPODATA_NAMES:
+            kept = self.http.kept(f"{subdir}/{name}")
+            if kept is not None and kept.validators.sha256 == sha256:
+                shown = self.shown(subdir, name)
+                repodata = parse_body(kept.body, name, shown)
+                return Metadata(subdir, name, kept.body, kept.validators, repodata, True)
+        return None
+
+    def fetcher(
+        self, subdir: str, filename: str, size: int | None, sha256: str | None
+    ) -> Callable[[IO[bytes]], int]:
+        """What the download executor calls to stream one package into a file, verified."""
+
+        def fetch(out: IO[bytes]) -> int:
+            return self.http.download(f"{subdir}/{filename}", out, size, sha256)
+
+        return fetch
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# -- snapshots: the metadata a mirror's last apply used, kept with the channel -------------
+
+
+def _snapshot_keys(mirror: str, subdir: str, name: str) -> tuple[str, str]:
+    prefix = layout.snapshot_prefix(mirror, subdir)
+    return f"{prefix}/{name}", f"{prefix}/{name}.validators.json"
+
+
+def read_snapshot(store: Store, mirror: str, subdir: str) -> Metadata | None:
+    """The metadata the mirror's last apply used for ``subdir`` (None: none kept, or damaged)."""
+    for name in REPODATA_NAMES:
+        body_key, meta_key = _snapshot_keys(mirror, subdir, name)
+        try:
+            body = store.read(body_key, limit=transport.MAX_REPODATA_BYTES)
+            meta = store.read(meta_key)
+        except ReconcileError:
+            continue
+        if body is None or meta is None:
+            continue
+        try:
+            validators = Validators.from_json(orjson.loads(meta))
+        except ValueError:
+            continue
+        if validators is None or hashlib.sha256(body).hexdigest() != validators.sha256:
+            continue  # torn or edited: as if none were kept
+        try:
+            repodata = parse_body(body, name, store.describe(body_key))
+        except ReconcileError:
+            continue
+        return Metadata(subdir, name, body, validators, repodata, True)
+    return None
+
+
+def write_snapshot(store: Store, mirror: str, metadata: Metadata) -> None:
+    """Keep what the mirror used (the validators last: a reader checks the digest)."""
+    body_key, meta_key = _snapshot_keys(mirror, metadata.subdir, metadata.name)
+    store.write_if_changed(body_key, metadata.body)
+    store.write_if_changed(meta_key, orjson.dumps(metadata.validators.to_json()))
+    for other in REPODATA_NAMES:
+        if other != metadata.name:
+            for key in _snapshot_keys(mirror, metadata.subdir, other):
+                store.delete(key)
