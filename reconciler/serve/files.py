@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,6 +23,9 @@ _TYPES = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class Refused(Exception):
     """The URL is not one we serve (404), whatever is on disk."""
 
@@ -29,7 +34,8 @@ def split_url_path(raw: str) -> list[str]:
     """URL path → segments, refusing anything that could leave a channel folder.
 
     Percent-decoding happens once, here; a decoded segment that is ``..``, ``.``,
-    hidden (``.reconciler``, ``.cache``), or holds a separator or NUL is refused.
+    hidden (``.reconciler``, ``.cache``), or holds a separator or a control character
+    (NUL, CR, LF, ...: nothing from a URL may end up in a header) is refused.
     """
     path = raw.split("?", 1)[0].split("#", 1)[0]
     segments = [unquote(s) for s in path.split("/")]
@@ -44,7 +50,7 @@ def split_url_path(raw: str) -> list[str]:
             or segment.startswith(".")
             or "/" in segment
             or "\\" in segment
-            or "\x00" in segment
+            or _CONTROL.search(segment)
         ):
             raise Refused(raw)
     return segments + ([""] if trailing else [])
@@ -73,10 +79,11 @@ def channel_file(root: Path, rest: list[str]) -> Path:
 def inside(root: Path, path: Path) -> bool:
     """True when ``path`` (symlinks resolved) stays inside ``root``."""
     try:
-        path.resolve().relative_to(root.resolve())
+        real = os.path.realpath(path)
+        top = os.path.realpath(root)
     except (ValueError, OSError):
         return False
-    return True
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def content_type(name: str) -> str:
