@@ -433,6 +433,8 @@ def _check_mirror(
 
 # A read token shorter than this can be guessed by a patient client.
 MIN_TOKEN_LENGTH = 16
+# conda's token URLs: /t/<token>/<channel>/...
+TOKEN_URL_PREFIX = "t"
 
 
 def _check_serve(
@@ -484,6 +486,12 @@ def _check_serve(
                 )
     for ci, channel in _dicts(raw.get("channels")):
         name = channel.get("name")
+        if name == TOKEN_URL_PREFIX:
+            out.add(
+                ("channels", ci, "name"),
+                f"a channel named '{TOKEN_URL_PREFIX}' cannot be served: "
+                f"/{TOKEN_URL_PREFIX}/<token>/ starts conda's token URLs",
+            )
         if channel.get("access") == "private" and isinstance(name, str) and name not in granted:
             out.add(
                 ("channels", ci, "access"),

@@ -129,6 +129,7 @@ class _Exchange:
     kind: str = "other"
     user: str = "-"
     sent: int = 0
+    aborted: bool = False  # the client left before the response was complete
 
 
 class AccessLog:
@@ -235,7 +236,7 @@ class ServeApp:
         snapshot = _Snapshot(loaded)
         self.passive.reconfigure(loaded)
         self.snapshot = snapshot
-        log.warning("reloaded %s: serving %d channel(s)", path, len(snapshot.channels))
+        log.info("reloaded %s: serving %d channel(s)", path, len(snapshot.channels))
         return True
 
     def config_changed(self) -> bool:
@@ -286,11 +287,10 @@ class ServeApp:
         status = 500
         try:
             response = await self._route(request, exchange)
-            status = response.status
+            status = 499 if exchange.aborted else response.status  # 499: as nginx logs it
+            if not response.prepared:
+                response.headers.setdefault("Server", SERVER)
             return response
-        except ConnectionError:
-            status = 499  # the client went away (nginx's code for it)
-            raise
         finally:
             self._record(request, exchange, status, started)
 
@@ -497,6 +497,7 @@ class ServeApp:
                 return _plain(404)
             etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
             headers = {
+                "Server": SERVER,
                 "ETag": etag,
                 "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
                 "Cache-Control": cache_control(path),
@@ -526,13 +527,18 @@ class ServeApp:
                 await response.write_eof()
                 return response
             transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client went away")
             try:
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
                 await asyncio.get_running_loop().sendfile(transport, handle, start, length)
-            except ConnectionError:
-                log.debug("client went away during %s", auth.redact_path(request.raw_path))
-                raise
+            except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport closing
+                # A client that leaves mid-response is normal (a cancelled download).
+                log.debug("client left during %s: %s", auth.redact_path(request.raw_path), exc)
+                exchange.aborted = True
+                response.force_close()
+                if transport is not None:
+                    transport.abort()
+                return response
             exchange.sent = length
             await response.write_eof()
             return response
@@ -555,6 +561,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def tls_warning(host: str, private: list[str], behind_proxy: bool) -> str | None:
+    """What to say when tokens would cross a network in clear text (None: nothing)."""
+    if not private or behind_proxy or _loopback(host):
+        return None
+    return (
+        f"serving private channel(s) {', '.join(private)} on {host} without TLS: tokens "
+        "would cross the network in clear text. Put a TLS terminator (nginx, caddy) in "
+        "front and pass --behind-proxy; see docs/serve.md#tls"
+    )
 
 
 class ChannelServer:
@@ -671,15 +688,9 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
     """Serve until SIGTERM or SIGINT; requests in flight finish first; SIGHUP reloads."""
     options = options or ServeOptions()
     server = ChannelServer((host, port), loaded, options)
-    private = server.app.snapshot.private
-    if private and not options.behind_proxy and not _loopback(host):
-        log.warning(
-            "serving private channel(s) %s on %s without TLS: tokens would cross the network "
-            "in clear text. Put a TLS terminator (nginx, caddy) in front and pass "
-            "--behind-proxy; see docs/serve.md#tls",
-            ", ".join(private),
-            host,
-        )
+    warning = tls_warning(host, server.app.snapshot.private, options.behind_proxy)
+    if warning:
+        log.warning("%s", warning)
     server.install_signals = True
     print(
         f"serving {len(server.channels)} channel(s) on {server.url}/", file=sys.stderr, flush=True
