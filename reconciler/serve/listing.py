@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -66,17 +65,17 @@ class Listings:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cache: dict[Path, tuple[tuple[int, int], frozenset[str]]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], frozenset[str]]] = {}
 
     @staticmethod
-    def _key(path: Path) -> tuple[int, int] | None:
+    def _key(path: str) -> tuple[int, int] | None:
         try:
             st = os.stat(path)
         except OSError:
             return None
         return st.st_size, st.st_mtime_ns
 
-    def cached(self, path: Path) -> frozenset[str] | None:
+    def cached(self, path: str) -> frozenset[str] | None:
         """The names, when the cached parse is current (one stat); None: call :meth:`load`.
 
         A missing index lists nothing.
@@ -87,13 +86,14 @@ class Listings:
         hit = self._cache.get(path)
         return hit[1] if hit is not None and hit[0] == key else None
 
-    def load(self, path: Path, parse: Parser) -> frozenset[str]:
+    def load(self, path: str, parse: Parser) -> frozenset[str]:
         """Parse ``path`` (blocking: call it from a worker thread)."""
         key = self._key(path)
         if key is None:
             return frozenset()
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read()
             names = parse(data)
         except FileNotFoundError:
             return frozenset()

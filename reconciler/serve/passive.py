@@ -182,7 +182,7 @@ class PassiveFetcher:
             except StorageError as exc:  # the next request hashes the file again
                 log.warning("verified passive files not recorded: %s", exc.message)
 
-    def current(self, channel: AnyChannel, key: str, target: Path) -> bool:
+    def current(self, channel: AnyChannel, key: str, target: str | Path) -> bool:
         """True when ``target`` holds the bytes the inventory records for ``key`` now.
 
         A ``stat`` and two dictionary look-ups: the sidecar says which bytes were

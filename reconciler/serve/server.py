@@ -52,9 +52,9 @@ from reconciler.serve import auth
 from reconciler.serve.files import (
     Refused,
     cache_control,
-    channel_file,
+    channel_relative,
     content_type,
-    inside,
+    open_inside,
     parse_range,
     split_url_path,
 )
@@ -108,12 +108,12 @@ class _Snapshot:
 
     loaded: LoadedConfig
     channels: dict[str, Channel | PypiChannel] = field(init=False)
-    roots: dict[str, Path] = field(init=False)
+    roots: dict[str, str] = field(init=False)  # real paths of the channel folders
     tokens: auth.TokenTable = field(init=False)
 
     def __post_init__(self) -> None:
         self.channels = {c.name: c for c in self.loaded.config.channels}
-        self.roots = {c.name: Path(c.path) for c in self.loaded.config.channels}
+        self.roots = {c.name: os.path.realpath(c.path) for c in self.loaded.config.channels}
         self.tokens = auth.TokenTable(self.loaded.config)
 
     @property
@@ -166,6 +166,43 @@ def _plain(
     return response
 
 
+_Entry = tuple[str | None, str, str, Any, "_Exchange", int, float]
+
+
+def _log_line(
+    remote: str | None,
+    method: str,
+    raw_path: str,
+    version: Any,
+    exchange: _Exchange,
+    status: int,
+    elapsed: float,
+) -> str:
+    """One access log line; the token of a ``/t/<token>/`` URL is never written."""
+    return (
+        f'{remote} {exchange.user} "{method} {auth.redact_path(raw_path)} '
+        f'HTTP/{version.major}.{version.minor}" {status} {exchange.sent} {elapsed * 1000:.1f}ms'
+    )
+
+
+def _below(root: str, path: Path) -> str:
+    """``path`` (under ``root``) relative to ``root``."""
+    return os.fspath(path)[len(root) + 1 :]
+
+
+_DATES: dict[int, str] = {}
+
+
+def _http_date(mtime: float) -> str:
+    seconds = int(mtime)
+    text = _DATES.get(seconds)
+    if text is None:
+        if len(_DATES) > 4096:
+            _DATES.clear()
+        text = _DATES[seconds] = email.utils.formatdate(seconds, usegmt=True)
+    return text
+
+
 def _not_modified(request: web.BaseRequest, etag: str, mtime: float) -> bool:
     match = request.headers.get("If-None-Match")
     if match is not None:
@@ -203,7 +240,7 @@ class ServeApp:
             loaded, failed_fetch_ttl=self.options.failed_fetch_ttl, observer=self.metrics
         )
         self.listings = Listings()
-        self.recent: deque[str] = deque(maxlen=1000)  # the last requests (tests, debugging)
+        self._recent: deque[_Entry] = deque(maxlen=200)
         self.access_log = AccessLog(self.options.access_log) if self.options.access_log else None
         self.fetch_pool = ThreadPoolExecutor(
             max_workers=self.options.fetch_workers, thread_name_prefix="reconcile-fetch"
@@ -270,12 +307,12 @@ class ServeApp:
         finally:
             self._flights.pop(key, None)
 
-    async def _listed(self, index: Path, parse: Parser) -> frozenset[str]:
+    async def _listed(self, index: str, parse: Parser) -> frozenset[str]:
         names = self.listings.cached(index)
         if names is not None:
             return names
         loaded, _ = await self._single_flight(
-            ("index", str(index)), lambda: self.listings.load(index, parse)
+            ("index", index), lambda: self.listings.load(index, parse)
         )
         return loaded
 
@@ -298,15 +335,25 @@ class ServeApp:
         self, request: web.BaseRequest, exchange: _Exchange, status: int, started: float
     ) -> None:
         self.metrics.request(exchange.channel, exchange.kind, status, exchange.sent)
-        line = (
-            f'{request.remote} {exchange.user} "{request.method} '
-            f"{auth.redact_path(request.raw_path)} HTTP/{request.version.major}."
-            f'{request.version.minor}" {status} {exchange.sent} '
-            f"{(time.perf_counter() - started) * 1000:.1f}ms"
+        elapsed = time.perf_counter() - started
+        entry = (
+            request.remote,
+            request.method,
+            request.raw_path,
+            request.version,
+            exchange,
+            status,
+            elapsed,
         )
-        self.recent.append(line)
+        self._recent.append(entry)
         if self.access_log is not None:
-            self.access_log.write(f"{time.strftime('[%d/%b/%Y:%H:%M:%S %z]')} {line}")
+            stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
+            self.access_log.write(f"{stamp} {_log_line(*entry)}")
+
+    @property
+    def recent(self) -> list[str]:
+        """The last requests as access log lines (tests, debugging)."""
+        return [_log_line(*entry) for entry in list(self._recent)]
 
     async def _route(self, request: web.BaseRequest, exchange: _Exchange) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -385,25 +432,24 @@ class ServeApp:
         self,
         request: web.BaseRequest,
         channel: Channel,
-        root: Path,
+        root: str,
         rest: list[str],
         head: bool,
         exchange: _Exchange,
     ) -> web.StreamResponse:
         try:
-            path = channel_file(root, rest)
+            relative = channel_relative(rest)
         except Refused:
             return _plain(404)
         if len(rest) == 2 and rest[1] != "":
             subdir, filename = rest
             if package_suffix(filename) is not None:
-                listed = await self._listed(root / subdir / "repodata.json", conda_packages)
+                listed = await self._listed(f"{root}/{subdir}/repodata.json", conda_packages)
                 if filename not in listed:
                     return _plain(404)  # on disk or not: the index does not name it
-                key = f"{subdir}/{filename}"
-                if not self.passive.current(channel, key, path):
+                if not self.passive.current(channel, relative, f"{root}/{relative}"):
                     failed = await self._fetch(
-                        ("conda", channel.name, key),
+                        ("conda", channel.name, relative),
                         channel.name,
                         lambda: self.passive.fetch(channel, subdir, filename),
                     )
@@ -412,12 +458,10 @@ class ServeApp:
             elif filename not in SUBDIR_FILES:
                 return _plain(404)
         elif len(rest) == 3 and rest[1] == "shards":
-            listed = await self._listed(
-                root / rest[0] / "repodata_shards.msgpack.zst", conda_shards
-            )
-            if rest[2] not in listed:
+            shards = f"{root}/{rest[0]}/repodata_shards.msgpack.zst"
+            if rest[2] not in await self._listed(shards, conda_shards):
                 return _plain(404)
-        return await self._send_file(request, root, path, head, exchange)
+        return await self._send_file(request, root, relative, head, exchange)
 
     async def _fetch(
         self, key: tuple[str, ...], channel: str, function: Callable[[], Path | None]
@@ -440,13 +484,14 @@ class ServeApp:
         self,
         request: web.BaseRequest,
         channel: PypiChannel,
-        root: Path,
+        root: str,
         rest: list[str],
         prefix: str,
         head: bool,
         exchange: _Exchange,
     ) -> web.StreamResponse:
-        target = pypi_routes.route(root, rest, request.headers.get("Accept"), request.query_string)
+        accept = request.headers.get("Accept")
+        target = pypi_routes.route(Path(root), rest, accept, request.query_string)
         if isinstance(target, pypi_routes.Redirect):
             location = f"{prefix}/{channel.name}/{target.location}"
             return web.Response(
@@ -454,10 +499,11 @@ class ServeApp:
             )
         if isinstance(target, pypi_routes.Page):
             return await self._send_file(
-                request, root, target.path, head, exchange, kind=target.content_type, vary="Accept"
-            )
+                request, root, _below(root, target.path), head, exchange,
+                kind=target.content_type, vary="Accept",
+            )  # fmt: skip
         if isinstance(target, pypi_routes.PackageFile):
-            page = root / SIMPLE / target.project / "index.json"
+            page = f"{root}/{SIMPLE}/{target.project}/index.json"
             if target.filename not in await self._listed(page, pypi_files):
                 return _plain(404)
             key = f"{target.project}/{target.filename}"
@@ -469,7 +515,7 @@ class ServeApp:
                 )
                 if failed is not None:
                     return failed
-            return await self._send_file(request, root, target.path, head, exchange)
+            return await self._send_file(request, root, _below(root, target.path), head, exchange)
         return _plain(target.status)
 
     # -- files -----------------------------------------------------------------------------
@@ -477,30 +523,28 @@ class ServeApp:
     async def _send_file(
         self,
         request: web.BaseRequest,
-        root: Path,
-        path: Path,
+        root: str,
+        relative: str,
         head: bool,
         exchange: _Exchange,
         *,
         kind: str | None = None,
         vary: str | None = None,
     ) -> web.StreamResponse:
-        if not inside(root, path):  # a symlink out of the channel, or nothing there
+        fd = open_inside(root, relative)  # None: a symlink out of the channel, or nothing
+        if fd is None:
             return _plain(404)
+        handle = os.fdopen(fd, "rb")
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below, after sendfile
-        except OSError:
-            return _plain(404)
-        try:
-            st = os.fstat(handle.fileno())
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return _plain(404)
             etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
             headers = {
                 "Server": SERVER,
                 "ETag": etag,
-                "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
-                "Cache-Control": cache_control(path),
+                "Last-Modified": _http_date(st.st_mtime),
+                "Cache-Control": cache_control(relative),
                 "Accept-Ranges": "bytes",
             }
             if vary:
@@ -518,7 +562,7 @@ class ServeApp:
                 start, end = span
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
-            headers["Content-Type"] = kind or content_type(path.name)
+            headers["Content-Type"] = kind or content_type(relative.rsplit("/", 1)[-1])
             length = max(0, end - start + 1)
             response = web.StreamResponse(status=status, headers=headers)
             response.content_length = length
@@ -607,7 +651,8 @@ class ChannelServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
-    def access_log(self) -> deque[str]:
+    def access_log(self) -> list[str]:
+        """The last requests, as access log lines."""
         return self.app.recent
 
     @property
