@@ -121,7 +121,7 @@ def main() -> None:
                 ],
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "BENCH_TOKEN": TOKEN},
-            )  # fmt: skip
+            )
         )
         wait_for_port(ours)
         servers = direct_config(root, plain) + sample_config(root, front, ours)
@@ -133,7 +133,8 @@ def main() -> None:
             package_size = (channel / "linux-64" / package).stat().st_size
             print(
                 f"repodata.json {size / 1e6:.2f} MB, package {package_size / 1e6:.2f} MB, "
-                f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, median of {args.repeats}"
+                f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, "
+                f"median of {args.repeats}"
             )
             ports = {"nginx": plain, "reconcile serve": ours, "nginx -> reconcile": front}
             cases: list[tuple[str, str, dict[str, str], list[str]]] = [

@@ -38,22 +38,19 @@ def split_url_path(raw: str) -> list[str]:
     hidden (``.reconciler``, ``.cache``), or holds a separator or a control character
     (NUL, CR, LF, ...: nothing from a URL may end up in a header) is refused.
     """
-    path = raw.split("?", 1)[0].split("#", 1)[0]
-    segments = [unquote(s) for s in path.split("/")]
+    path = raw.partition("?")[0].partition("#")[0]
+    parts = path.split("/")
+    segments = [unquote(s) for s in parts] if "%" in path else parts
     if segments and segments[0] == "":
         segments = segments[1:]
     trailing = bool(segments) and segments[-1] == ""
     if trailing:
         segments = segments[:-1]
     for segment in segments:
-        if (
-            not segment
-            or segment.startswith(".")
-            or "/" in segment
-            or "\\" in segment
-            or _CONTROL.search(segment)
-        ):
+        if not segment or segment[0] == "." or "/" in segment or "\\" in segment:
             raise Refused(raw)
+    if _CONTROL.search("".join(segments)):
+        raise Refused(raw)
     return segments + ([""] if trailing else [])
 
 
@@ -90,6 +87,32 @@ def inside(root: Path, path: Path) -> bool:
     except (ValueError, OSError):
         return False
     return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def stat_inside(root: str, relative: str) -> os.stat_result | None:
+    """The status of ``root/relative`` unless it leads out of ``root``; None when not.
+
+    ``root`` is a real path (no symlinks). Each component below it is ``lstat``-ed:
+    with no symlink on the way (the usual case) the last one is the answer; a symlink
+    is followed only when the real path it leads to is still inside ``root``.
+    """
+    path = root
+    st: os.stat_result | None = None
+    for part in relative.split("/"):
+        path = f"{path}/{part}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(f"{root}/{relative}")
+            if not real.startswith(root.rstrip("/") + "/"):
+                return None
+            try:
+                return os.stat(real)
+            except OSError:
+                return None
+    return st
 
 
 def open_inside(root: str, relative: str) -> int | None:

@@ -57,6 +57,7 @@ from reconciler.serve.files import (
     open_inside,
     parse_range,
     split_url_path,
+    stat_inside,
 )
 from reconciler.serve.listing import Listings, Parser, conda_packages, conda_shards, pypi_files
 from reconciler.serve.metrics import ServeMetrics
@@ -531,26 +532,41 @@ class ServeApp:
         kind: str | None = None,
         vary: str | None = None,
     ) -> web.StreamResponse:
-        fd = open_inside(root, relative)  # None: a symlink out of the channel, or nothing
-        if fd is None:
+        st = stat_inside(root, relative)  # None: a symlink out of the channel, or nothing
+        if st is None or not stat.S_ISREG(st.st_mode):
             return _plain(404)
+        etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+        headers = {
+            "Server": SERVER,
+            "ETag": etag,
+            "Last-Modified": _http_date(st.st_mtime),
+            "Cache-Control": cache_control(relative),
+            "Accept-Ranges": "bytes",
+        }
+        if vary:
+            headers["Vary"] = vary
+        if _not_modified(request, etag, st.st_mtime):  # answered from a stat: no open
+            return web.Response(status=304, headers=headers)
+        try:
+            fd = os.open(f"{root}/{relative}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return _plain(404)
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            # Replaced since the stat (a publish, or a symlink swapped in): check again.
+            os.close(fd)
+            found = open_inside(root, relative)
+            if found is None:
+                return _plain(404)
+            fd, opened = found, os.fstat(found)
         handle = os.fdopen(fd, "rb")
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(opened.st_mode):
                 return _plain(404)
-            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-            headers = {
-                "Server": SERVER,
-                "ETag": etag,
-                "Last-Modified": _http_date(st.st_mtime),
-                "Cache-Control": cache_control(relative),
-                "Accept-Ranges": "bytes",
-            }
-            if vary:
-                headers["Vary"] = vary
-            if _not_modified(request, etag, st.st_mtime):
-                return web.Response(status=304, headers=headers)
+            if (opened.st_size, opened.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                st = opened  # changed in between: describe what is sent
+                etag = headers["ETag"] = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+                headers["Last-Modified"] = _http_date(st.st_mtime)
             start, end, status = 0, st.st_size - 1, 200
             wanted = request.headers.get("Range")
             if wanted and _if_range_holds(request.headers.get("If-Range"), etag, st.st_mtime):
