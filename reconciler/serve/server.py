@@ -451,7 +451,7 @@ class ServeApp:
                 if not self.passive.current(channel, relative, f"{root}/{relative}"):
                     failed = await self._fetch(
                         ("conda", channel.name, relative),
-                        channel.name,
+                        channel,
                         lambda: self.passive.fetch(channel, subdir, filename),
                     )
                     if failed is not None:
@@ -465,20 +465,23 @@ class ServeApp:
         return await self._send_file(request, root, relative, head, exchange)
 
     async def _fetch(
-        self, key: tuple[str, ...], channel: str, function: Callable[[], Path | None]
+        self,
+        key: tuple[str, ...],
+        channel: Channel | PypiChannel,
+        function: Callable[[], Path | None],
     ) -> web.Response | None:
         """Fetch a passive file (one download per file); a 502 response when it failed."""
         try:
             _, waited = await self._single_flight(key, function)
         except FetchFailed as exc:
             if exc.retry_after is None:
-                log.error("passive fetch of %s/%s failed: %s", channel, key[-1], exc)
+                log.error("passive fetch of %s/%s failed: %s", channel.name, key[-1], exc)
             headers = (
                 {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
             )
             return _plain(502, str(exc), headers)
-        if waited:
-            self.metrics.hits(channel, 1)
+        if waited:  # served the file another request fetched: a hit, as the stats count them
+            await self._in_thread(lambda: self.passive.count(channel, hits=1))
         return None
 
     async def _pypi(
@@ -511,7 +514,7 @@ class ServeApp:
             if not self.passive.current(channel, key, target.path):
                 failed = await self._fetch(
                     ("pypi", channel.name, key),
-                    channel.name,
+                    channel,
                     lambda: self.passive.fetch_pypi(channel, target.project, target.filename),
                 )
                 if failed is not None:

@@ -307,3 +307,12 @@ def test_serve_refuses_to_start_without_the_token_variable(
     err = capsys.readouterr().err
     assert "serve.tokens[0].token_env: environment variable SERVE_TOKEN_READERS" in err
     assert cli.main(["validate", "-c", str(config)]) == 0
+
+
+def test_a_channel_named_t_is_refused() -> None:
+    text = "version: 1\nchannels:\n  - {name: t, path: ./t}\n"
+    result = check_config_text(text, Path("/x/c.yaml"), environ={}, serving=True)
+    assert [d.format() for d in result.diagnostics] == [
+        "/x/c.yaml:3: channels[0].name: a channel named 't' cannot be served: "
+        "/t/<token>/ starts conda's token URLs"
+    ]
