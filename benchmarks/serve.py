@@ -1,109 +1,96 @@
-"""Serving benchmark: `reconcile serve` next to `python -m http.server` on the same files.
+"""Serving benchmark: `reconcile serve` next to nginx on the same files, measured with wrk.
 
-    python benchmarks/serve.py                 # 32 clients, 5 s per run, 3 repeats
+    python benchmarks/serve.py                 # 32 connections, 5 s per run, 3 repeats
 
-A channel holds a repodata.json of 2,000 records and a 1 MB package. Each server runs
-in its own process on 127.0.0.1; 32 client threads (keep-alive connections where the
-server allows them) GET one path for the duration. Prints requests/s and p99 latency
-(medians of the repeats) for repodata.json and for the 1 MB package, for both servers.
-The client is Python too, so absolute figures are bounded by it; the comparison is the
-point.
+Needs Debian's nginx and wrk (`apt-get install nginx wrk`). A channel holds a
+repodata.json of 2,000 records and a 1 MB package. Three servers run on 127.0.0.1:
+
+- `reconcile serve` alone;
+- nginx (1 worker, sendfile) serving the same folder as static files;
+- the documented deployment (docs/serve.md): nginx in front, serving what is on disk
+  and passing the rest to `reconcile serve`.
+
+wrk (2 threads, 32 keep-alive connections) GETs one URL for the duration: repodata.json,
+the 1 MB package, a revalidation of repodata.json (If-None-Match: 304), and repodata.json
+of a private channel with a Bearer token (through reconcile in both deployments). Prints
+requests/s and p99 latency (medians of the repeats) and our ratio to nginx.
 """
 
 from __future__ import annotations
 
-import http.client
+import argparse
+import os
 import random
+import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from tests.serve.nginx import (  # noqa: E402
+    NGINX,
+    direct_config,
+    free_port,
+    nginx,
+    sample_config,
+    wait_for_port,
+)
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server on port {port} did not start")
+THREADS = 2
+TOKEN = "benchmark-token-2f9c61d0a7e4b3"
+WRK = shutil.which("wrk")
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def load(port: int, path: str, clients: int, seconds: float) -> tuple[float, float]:
-    """(requests per second, p99 latency in ms)."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def client() -> None:
-        mine: list[float] = []
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        while time.monotonic() < stop:
-            start = time.perf_counter()
-            try:
-                connection.request("GET", path)
-                response = connection.getresponse()
-                response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}")
-                if (
-                    response.getheader("Connection", "").lower() == "close"
-                    or response.version == 10
-                ):
-                    connection.close()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                continue
-            mine.append(time.perf_counter() - start)
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan")
-    return len(latencies) / elapsed, p99
+def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> tuple[float, float]:
+    """(requests per second, p99 latency in ms) of one wrk run."""
+    assert WRK is not None
+    command = [
+        WRK,
+        f"-t{THREADS}",
+        f"-c{connections}",
+        f"-d{round(seconds)}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
+    for key, value in headers.items():
+        command += ["-H", f"{key}: {value}"]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx or 3xx responses" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw errors on {url}:\n{out}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out).groups()  # type: ignore[union-attr]
+    return rate, float(value) * _UNITS[unit]
 
 
 def main() -> None:
-    import argparse
-
     from reconciler.kinds.conda.indexer import index_channel
     from tests.packages import PackageSpec, build_package
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=32)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("-r", "--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
     args = parser.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if NGINX is None or WRK is None:
+        raise SystemExit("needs nginx and wrk: apt-get install nginx wrk")
 
     work = Path(tempfile.mkdtemp(prefix="reconcile-serve-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        channel = work / "chan"
+        root = work / "srv"
+        channel = root / "chan"
         for i in range(2000):
             build_package(channel, PackageSpec(f"p{i:04d}", "1.0", subdir="linux-64"), ".conda")
         big = PackageSpec(
@@ -111,10 +98,14 @@ def main() -> None:
         )
         package = build_package(channel, big, ".conda").name
         index_channel(channel)
-        (work / "channels.yaml").write_text(
-            "version: 1\nchannels:\n  - {name: chan, path: ./chan, subdirs: [linux-64]}\n"
+        shutil.copytree(channel, root / "internal")
+        (root / "channels.yaml").write_text(
+            "version: 1\nserve:\n  tokens:\n"
+            "    - {name: bench, token_env: BENCH_TOKEN, channels: [internal]}\n"
+            "channels:\n  - {name: chan, path: ./chan, subdirs: [linux-64]}\n"
+            "  - {name: internal, access: private, path: ./internal, subdirs: [linux-64]}\n"
         )
-        ours, plain = free_port(), free_port()
+        ours, plain, front = free_port(), free_port(), free_port()
         processes.append(
             subprocess.Popen(
                 [
@@ -124,47 +115,56 @@ def main() -> None:
                     "-q",
                     "serve",
                     "-c",
-                    str(work / "channels.yaml"),
+                    str(root / "channels.yaml"),
                     "--port",
                     str(ours),
                 ],
                 stderr=subprocess.DEVNULL,
+                env={**os.environ, "BENCH_TOKEN": TOKEN},
             )
         )
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "http.server",
-                    str(plain),
-                    "--bind",
-                    "127.0.0.1",
-                    "--directory",
-                    str(work),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        wait_for_port(ours)
+        servers = direct_config(root, plain) + sample_config(root, front, ours)
+        # The sample lists its private channels by name; ours is called "internal" too.
+        with nginx(work / "nginx", servers, plain):
+            wait_for_port(front)
+            repodata = "/chan/linux-64/repodata.json"
+            size = (channel / "linux-64" / "repodata.json").stat().st_size
+            package_size = (channel / "linux-64" / package).stat().st_size
+            print(
+                f"repodata.json {size / 1e6:.2f} MB, package {package_size / 1e6:.2f} MB, "
+                f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, "
+                f"median of {args.repeats}"
             )
-        )
-        wait_for(ours)
-        wait_for(plain)
-        size = (channel / "linux-64" / "repodata.json").stat().st_size
-        package_size = (channel / "linux-64" / package).stat().st_size
-        print(
-            f"repodata.json {size / 1e6:.1f} MB, package {package_size / 1e6:.1f} MB, "
-            f"{args.clients} clients, {args.seconds:.0f} s per run, median of {args.repeats}"
-        )
-        print(f"{'file':16}{'server':24}{'req/s':>10}{'p99 ms':>10}")
-        for label, path in (
-            ("repodata.json", "/chan/linux-64/repodata.json"),
-            ("1 MB package", f"/chan/linux-64/{package}"),
-        ):
-            for name, port in (("reconcile serve", ours), ("python -m http.server", plain)):
-                runs = [load(port, path, args.clients, args.seconds) for _ in range(args.repeats)]
-                rate = statistics.median(r[0] for r in runs)
-                p99 = statistics.median(r[1] for r in runs)
-                print(f"{label:16}{name:24}{rate:10.0f}{p99:10.1f}", flush=True)
+            ports = {"nginx": plain, "reconcile serve": ours, "nginx -> reconcile": front}
+            cases: list[tuple[str, str, dict[str, str], list[str]]] = [
+                ("repodata.json", repodata, {}, list(ports)),
+                ("1 MB package", f"/chan/linux-64/{package}", {}, list(ports)),
+                ("304 repodata.json", repodata, {"If-None-Match": ""}, list(ports)),
+                (
+                    "private repodata",
+                    "/internal/linux-64/repodata.json",
+                    {"Authorization": f"Bearer {TOKEN}"},
+                    ["reconcile serve", "nginx -> reconcile"],  # nginx alone has no tokens
+                ),
+            ]
+            print(f"{'request':20}{'server':22}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}")
+            for label, path, headers, names in cases:
+                baseline = None
+                for name in names:
+                    url = f"http://127.0.0.1:{ports[name]}{path}"
+                    sent = dict(headers)
+                    if "If-None-Match" in sent:  # each server's own validator
+                        sent["If-None-Match"] = requests.head(url, timeout=30).headers["ETag"]
+                    runs = [
+                        wrk(url, args.connections, args.seconds, sent) for _ in range(args.repeats)
+                    ]
+                    rate = statistics.median(r[0] for r in runs)
+                    p99 = statistics.median(r[1] for r in runs)
+                    if name == "nginx":
+                        baseline = rate
+                    ratio = f"{rate / baseline:.2f}x" if baseline and name != "nginx" else ""
+                    print(f"{label:20}{name:22}{rate:10.0f}{p99:10.1f}{ratio:>10}", flush=True)
     finally:
         for process in processes:
             process.terminate()

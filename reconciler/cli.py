@@ -193,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", "serve the channels over HTTP, with a status page", _run("cmd_serve"))
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks one)")
+    p.add_argument(
+        "--access-log",
+        metavar="FILE",
+        help="write one line per request to FILE ('-': stderr); off by default",
+    )
+    p.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="a TLS terminator (nginx, caddy) is in front: no warning for private channels "
+        "on a non-loopback address",
+    )
+    p.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="re-read the configuration when the file changes (SIGHUP always does)",
+    )
+    p.add_argument(
+        "--failed-fetch-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="answer a failed passive fetch from memory for this long "
+        "(default: serve.failed_fetch_ttl, 60)",
+    )
 
     p = add(
         "watch",

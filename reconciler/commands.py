@@ -16,8 +16,8 @@ from reconciler.config.models import LoadedConfig, load_config
 from reconciler.errors import ExitCode
 
 
-def _load(args: argparse.Namespace, *, require_env: bool) -> LoadedConfig:
-    loaded = load_config(args.config, require_env=require_env)
+def _load(args: argparse.Namespace, *, require_env: bool, serving: bool = False) -> LoadedConfig:
+    loaded = load_config(args.config, require_env=require_env, serving=serving)
     for diagnostic in loaded.warnings:
         print(diagnostic.format(), file=sys.stderr)
     return loaded
@@ -212,10 +212,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from reconciler.serve.server import serve
+    from reconciler.serve.server import ServeOptions, serve
 
-    loaded = _load(args, require_env=False)
-    serve(loaded, args.host, args.port)
+    loaded = _load(args, require_env=False, serving=True)
+    options = ServeOptions(
+        access_log=args.access_log,
+        behind_proxy=args.behind_proxy,
+        watch_config=args.watch_config,
+        failed_fetch_ttl=args.failed_fetch_ttl,
+    )
+    serve(loaded, args.host, args.port, options)
     return ExitCode.OK
 
 

@@ -69,8 +69,12 @@ def check_config_text(
     *,
     environ: Mapping[str, str],
     require_env: bool = False,
+    serving: bool = False,
 ) -> CheckResult:
-    """Validate configuration ``text`` read from ``path`` (used for messages and paths)."""
+    """Validate configuration ``text`` read from ``path`` (used for messages and paths).
+
+    ``serving``: the read tokens' variables must be set (``reconcile serve`` needs them).
+    """
     file = str(path)
     try:
         document = load_yaml(text)
@@ -110,6 +114,7 @@ def check_config_text(
 
     base_dir = path.parent
     _check_cross_fields(raw, base_dir, out, environ=environ, require_env=require_env)
+    _check_serve(raw, out, environ=environ, serving=serving)
 
     if config is None or out.has_errors:
         return CheckResult(None, sorted(out.items, key=lambda d: (d.line, d.path)))
@@ -424,6 +429,75 @@ def _check_mirror(
             out.add((*mpath, "token_env"), message)
         else:
             out.warn((*mpath, "token_env"), message)
+
+
+# A read token shorter than this can be guessed by a patient client.
+MIN_TOKEN_LENGTH = 16
+# conda's token URLs: /t/<token>/<channel>/...
+TOKEN_URL_PREFIX = "t"
+
+
+def _check_serve(
+    raw: dict[str, Any], out: _Collector, *, environ: Mapping[str, str], serving: bool
+) -> None:
+    """Read tokens name known channels; every private channel has one; secrets are set."""
+    channels = {
+        c.get("name"): ci for ci, c in _dicts(raw.get("channels")) if isinstance(c.get("name"), str)
+    }
+    serve = raw.get("serve")
+    tokens = serve.get("tokens") if isinstance(serve, dict) else None
+    granted: set[str] = set()
+    names: dict[str, int] = {}
+    for ti, token in _dicts(tokens):
+        tpath: KeyPath = ("serve", "tokens", ti)
+        name = token.get("name")
+        if isinstance(name, str):
+            if name in names:
+                out.add(
+                    (*tpath, "name"), f"duplicate token name '{name}' (also tokens[{names[name]}])"
+                )
+            else:
+                names[name] = ti
+        listed = token.get("channels")
+        for ni, channel in enumerate(listed if isinstance(listed, list) else []):
+            if not isinstance(channel, str):
+                continue
+            if channel not in channels:
+                known = ", ".join(sorted(str(c) for c in channels)) or "none"
+                close = difflib.get_close_matches(channel, [str(c) for c in channels], n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f"; channels: {known}"
+                out.add((*tpath, "channels", ni), f"unknown channel '{channel}'{hint}")
+            else:
+                granted.add(channel)
+        variable = token.get("token_env")
+        if isinstance(variable, str) and variable:
+            value = environ.get(variable, "")
+            if not value:
+                message = f"environment variable {variable} (token_env) is not set"
+                if serving:
+                    out.add((*tpath, "token_env"), message)
+                else:
+                    out.warn((*tpath, "token_env"), message)
+            elif len(value) < MIN_TOKEN_LENGTH:
+                out.warn(
+                    (*tpath, "token_env"),
+                    f"the token in {variable} has {len(value)} characters; use at least "
+                    f"{MIN_TOKEN_LENGTH} random ones (e.g. `openssl rand -hex 24`)",
+                )
+    for ci, channel in _dicts(raw.get("channels")):
+        name = channel.get("name")
+        if name == TOKEN_URL_PREFIX:
+            out.add(
+                ("channels", ci, "name"),
+                f"a channel named '{TOKEN_URL_PREFIX}' cannot be served: "
+                f"/{TOKEN_URL_PREFIX}/<token>/ starts conda's token URLs",
+            )
+        if channel.get("access") == "private" and isinstance(name, str) and name not in granted:
+            out.add(
+                ("channels", ci, "access"),
+                f"private channel '{name}' is granted by no token: add it to the channels of "
+                "a token under serve.tokens, or make it public",
+            )
 
 
 def shortest_interval(expression: str, samples: int = 400) -> dt.timedelta | None:

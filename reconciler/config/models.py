@@ -341,6 +341,11 @@ class Channel(_Model):
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
     kind: Literal["conda"] = Field("conda", description="conda (default) or pypi")
     path: Path = Field(description="channel folder; relative paths start at this file's folder")
+    access: Literal["public", "private"] = Field(
+        "public",
+        description="public: anyone who reaches `reconcile serve` reads it; private: only "
+        "with a token of `serve.tokens` that names this channel",
+    )
     subdirs: list[SubdirName] = Field(
         default_factory=lambda: ["noarch"],
         min_length=1,
@@ -512,6 +517,11 @@ class PypiChannel(_Model):
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
     kind: Literal["pypi"] = Field(description="pypi: a PEP 503/691 simple repository")
     path: Path = Field(description="channel folder; relative paths start at this file's folder")
+    access: Literal["public", "private"] = Field(
+        "public",
+        description="public: anyone who reaches `reconcile serve` reads it; private: only "
+        "with a token of `serve.tokens` that names this channel",
+    )
     filters: PypiFilters = Field(
         default_factory=PypiFilters, description="applies to every mirror of the channel"
     )
@@ -524,6 +534,37 @@ class PypiChannel(_Model):
 
 
 AnyChannelModel = Channel | PypiChannel
+
+
+# -- reconcile serve ------------------------------------------------------------------
+
+
+class ServeToken(_Model):
+    """A read token for private channels; the secret lives in an environment variable."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN, description="what logs and pages call it (never the secret)"
+    )
+    token_env: str = Field(
+        pattern=ENV_VAR_PATTERN,
+        description="environment variable holding the secret (never the secret itself)",
+    )
+    channels: list[str] = Field(min_length=1, description="channels this token may read")
+
+
+class ServeSettings(_Model):
+    """Settings of `reconcile serve`."""
+
+    tokens: list[ServeToken] = Field(
+        default_factory=list, description="read tokens for private channels"
+    )
+    failed_fetch_ttl: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="seconds a failed passive fetch is answered from memory (502) before the "
+        "upstream is asked again; 0 asks every time",
+    )
 
 
 def channel_kind(value: Any) -> str:
@@ -554,6 +595,9 @@ class Config(_Model):
     version: Literal[1] = Field(description="configuration format version")
     defaults: Defaults = Field(default_factory=Defaults)
     channels: list[AnyChannel] = Field(min_length=1)
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings, description="`reconcile serve`: read tokens and limits"
+    )
 
     @property
     def conda_channels(self) -> list[Channel]:
@@ -577,11 +621,14 @@ class LoadedConfig:
         return self.path.parent
 
 
-def load_config(path: Path | str, *, require_env: bool = False) -> LoadedConfig:
+def load_config(
+    path: Path | str, *, require_env: bool = False, serving: bool = False
+) -> LoadedConfig:
     """Read, validate and resolve ``path``.
 
     Raises :class:`ConfigError` listing every error; warnings are returned.
-    ``require_env`` turns an unset ``token_env`` variable into an error (apply needs it).
+    ``require_env`` turns an unset ``token_env`` variable into an error (apply needs it);
+    ``serving`` does the same for the read tokens of ``serve.tokens`` (serve needs them).
     """
     from reconciler.config.checks import check_config_text
 
@@ -602,7 +649,9 @@ def load_config(path: Path | str, *, require_env: bool = False) -> LoadedConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
 
-    result = check_config_text(text, path, environ=os.environ, require_env=require_env)
+    result = check_config_text(
+        text, path, environ=os.environ, require_env=require_env, serving=serving
+    )
     errors = [d for d in result.diagnostics if d.severity is Severity.ERROR]
     warnings = [d for d in result.diagnostics if d.severity is Severity.WARNING]
     if errors or result.config is None:

@@ -10,6 +10,7 @@ their own files is defined here, so the layout is visible in one place:
 ``cache/<location>.*``                 the indexer's caches (facts about files; safe to lose)
 ``upstream/<mirror>/<location>/...``   the upstream metadata each mirror's last run used
 ``passive.json``                       counts of passive fetches by ``reconcile serve``
+``passive-verified.json``              what ``serve`` verified of each passive file it fetched
 =====================================  ===================================================
 """
 
@@ -22,6 +23,7 @@ LOCK = f"{STATE_DIR}/lock"
 CACHE = f"{STATE_DIR}/cache"
 UPSTREAM = f"{STATE_DIR}/upstream"
 PASSIVE_STATS = f"{STATE_DIR}/passive.json"
+PASSIVE_VERIFIED = f"{STATE_DIR}/passive-verified.json"
 
 
 def cache_key(name: str) -> str:

@@ -27,6 +27,7 @@ from reconciler.store.base import Store
 from reconciler.transport.http import redact
 
 STATUS_VERSION = 1
+RECENT_FAILURES = 20  # failed passive fetches kept for the status page
 
 MirrorState = Literal["never", "pending", "running", "completed", "failed", "skipped"]
 
@@ -74,6 +75,10 @@ class PassiveStats(BaseModel):
     fetches: int = 0  # fetched from upstream on request
     bytes: int = 0
     failures: int = 0
+    recent_failures: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="the last failed fetches (file, time, error), newest first",
+    )
 
 
 class MirrorStatus(BaseModel):
@@ -114,9 +119,15 @@ def read_passive_stats(store: Store) -> PassiveStats:
         data = orjson.loads(store.read(layout.PASSIVE_STATS) or b"{}")
         if not isinstance(data, dict):
             return PassiveStats()
-        return PassiveStats(
-            **{k: v for k, v in data.items() if k in PassiveStats.model_fields and type(v) is int}
-        )
+        failures = [
+            {str(k): str(v) for k, v in item.items()}
+            for item in data.get("recent_failures") or ()
+            if isinstance(item, dict)
+        ][:RECENT_FAILURES]
+        counts = {
+            k: v for k, v in data.items() if k in PassiveStats.model_fields and type(v) is int
+        }
+        return PassiveStats(**counts, recent_failures=failures)
     except (ReconcileError, ValueError):
         return PassiveStats()
 

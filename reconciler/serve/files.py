@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,6 +24,9 @@ _TYPES = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class Refused(Exception):
     """The URL is not one we serve (404), whatever is on disk."""
 
@@ -29,54 +35,109 @@ def split_url_path(raw: str) -> list[str]:
     """URL path → segments, refusing anything that could leave a channel folder.
 
     Percent-decoding happens once, here; a decoded segment that is ``..``, ``.``,
-    hidden (``.reconciler``, ``.cache``), or holds a separator or NUL is refused.
+    hidden (``.reconciler``, ``.cache``), or holds a separator or a control character
+    (NUL, CR, LF, ...: nothing from a URL may end up in a header) is refused.
     """
-    path = raw.split("?", 1)[0].split("#", 1)[0]
-    segments = [unquote(s) for s in path.split("/")]
+    path = raw.partition("?")[0].partition("#")[0]
+    parts = path.split("/")
+    segments = [unquote(s) for s in parts] if "%" in path else parts
     if segments and segments[0] == "":
         segments = segments[1:]
     trailing = bool(segments) and segments[-1] == ""
     if trailing:
         segments = segments[:-1]
     for segment in segments:
-        if (
-            not segment
-            or segment.startswith(".")
-            or "/" in segment
-            or "\\" in segment
-            or "\x00" in segment
-        ):
+        if not segment or segment[0] == "." or "/" in segment or "\\" in segment:
             raise Refused(raw)
+    if _CONTROL.search("".join(segments)):
+        raise Refused(raw)
     return segments + ([""] if trailing else [])
 
 
-def channel_file(root: Path, rest: list[str]) -> Path:
-    """The file ``rest`` (segments after the channel name) names under ``root``."""
+def channel_relative(rest: list[str]) -> str:
+    """The file ``rest`` (segments after the channel name) names, relative to the channel."""
     if not rest or rest == [""]:
-        return root / "index.html"
+        return "index.html"
     if len(rest) == 1:
         if rest[0] in ("channeldata.json", "index.html"):
-            return root / rest[0]
+            return rest[0]
         raise Refused("/".join(rest))
     subdir, *inner = rest
     if not is_valid_subdir(subdir):
         raise Refused(subdir)
     if inner == [""]:
-        return root / subdir / "index.html"
+        return f"{subdir}/index.html"
     if len(inner) == 1:
-        return root / subdir / inner[0]
+        return f"{subdir}/{inner[0]}"
     if len(inner) == 2 and inner[0] == "shards" and inner[1].endswith(".msgpack.zst"):
-        return root / subdir / "shards" / inner[1]
+        return f"{subdir}/shards/{inner[1]}"
     raise Refused("/".join(rest))
+
+
+def channel_file(root: Path, rest: list[str]) -> Path:
+    """The file ``rest`` (segments after the channel name) names under ``root``."""
+    return root / channel_relative(rest)
 
 
 def inside(root: Path, path: Path) -> bool:
     """True when ``path`` (symlinks resolved) stays inside ``root``."""
     try:
-        path.resolve().relative_to(root.resolve())
+        real = os.path.realpath(path)
+        top = os.path.realpath(root)
     except (ValueError, OSError):
         return False
-    return True
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def stat_inside(root: str, relative: str) -> os.stat_result | None:
+    """The status of ``root/relative`` unless it leads out of ``root``; None when not.
+
+    ``root`` is a real path (no symlinks). Each component below it is ``lstat``-ed:
+    with no symlink on the way (the usual case) the last one is the answer; a symlink
+    is followed only when the real path it leads to is still inside ``root``.
+    """
+    path = root
+    st: os.stat_result | None = None
+    for part in relative.split("/"):
+        path = f"{path}/{part}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(f"{root}/{relative}")
+            if not real.startswith(root.rstrip("/") + "/"):
+                return None
+            try:
+                return os.stat(real)
+            except OSError:
+                return None
+    return st
+
+
+def open_inside(root: str, relative: str) -> int | None:
+    """Open ``root/relative`` for reading unless it leads out of ``root``; None when not.
+
+    ``root`` is a real path (no symlinks). Each component below it is ``lstat``-ed:
+    with no symlink on the way (the usual case) nothing else is needed; a symlink is
+    followed only when the real path it leads to is still inside ``root``.
+    """
+    path = root
+    for part in relative.split("/"):
+        path = f"{path}/{part}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(f"{root}/{relative}")
+            if not real.startswith(root.rstrip("/") + "/"):
+                return None
+            break
+    try:
+        return os.open(f"{root}/{relative}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
 
 
 def content_type(name: str) -> str:
@@ -88,8 +149,10 @@ def content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-def cache_control(path: Path) -> str:
-    if package_suffix(path.name) is not None or path.parent.name == "shards":
+def cache_control(path: Path | str) -> str:
+    relative = os.fspath(path)
+    name = relative.rsplit("/", 1)[-1]
+    if package_suffix(name) is not None or relative.endswith(f"/shards/{name}"):
         return IMMUTABLE
     return SHORT_LIVED
 

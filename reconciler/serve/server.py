@@ -1,312 +1,760 @@
 """``reconcile serve``: every channel of the configuration over HTTP.
 
-``/<channel>/<subdir>/<file>`` and ``/<channel>/channeldata.json`` with GET and
-HEAD, single ``Range`` requests (206), ``ETag`` / ``Last-Modified`` and the
-conditional requests that use them (304), and ``Cache-Control`` as clients
-expect: index files short-lived, package files and shards immutable. Nothing
-outside a channel folder and nothing under ``.reconciler/`` is ever served; no
-directory listings but the generated ``index.html``. ``/`` is the status page
-and ``/api/status`` its JSON.
+An asynchronous server (aiohttp's low-level server: one event loop, no thread
+per connection). Files go out with ``sendfile``; ``/<channel>/<subdir>/<file>``
+and ``/<channel>/channeldata.json`` with GET and HEAD, single ``Range`` requests
+(206/416), ``ETag`` / ``Last-Modified`` and the conditional requests that use
+them (304), and ``Cache-Control`` as clients expect: index files short-lived,
+package files and shards immutable. Nothing outside a channel folder, nothing
+under ``.reconciler/`` and no package the published index does not list is ever
+served; no directory listings but the generated ``index.html``.
+
+``/`` is the status page, ``/api/status`` its JSON and ``/metrics`` Prometheus'
+text format. Private channels need a read token (:mod:`reconciler.serve.auth`).
+Anything that blocks (a passive fetch, parsing an index after a publish,
+hashing, reading the run history) runs in worker threads, never on the loop.
+``SIGHUP`` re-reads the configuration; ``SIGTERM`` lets requests in flight
+finish and closes idle connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
-from reconciler.conda.names import is_safe_package_filename
-from reconciler.config.models import Channel, LoadedConfig, PypiChannel
+from aiohttp import web
+
+from reconciler.conda.names import package_suffix
+from reconciler.config.models import Channel, LoadedConfig, PypiChannel, load_config
+from reconciler.errors import ConfigError
 from reconciler.kinds.pypi import routes as pypi_routes
+from reconciler.kinds.pypi.simple_index import SIMPLE
+from reconciler.serve import auth
 from reconciler.serve.files import (
     Refused,
     cache_control,
-    channel_file,
+    channel_relative,
     content_type,
-    inside,
+    open_inside,
     parse_range,
     split_url_path,
+    stat_inside,
 )
+from reconciler.serve.listing import Listings, Parser, conda_packages, conda_shards, pypi_files
+from reconciler.serve.metrics import ServeMetrics
 from reconciler.serve.passive import FetchFailed, PassiveFetcher
-from reconciler.serve.status import render_status_html, status_data
+from reconciler.serve.status import redact_status, render_status_html, status_data
 
 log = logging.getLogger(__name__)
-CHUNK = 256 * 1024
+T = TypeVar("T")
+
+SERVER = "conda-reconcile"
+# Files a subdir may serve besides the packages its repodata lists.
+SUBDIR_FILES = frozenset(
+    {
+        "repodata.json",
+        "repodata.json.zst",
+        "repodata.json.bz2",
+        "repodata_from_packages.json",
+        "repodata_from_packages.json.zst",
+        "repodata_from_packages.json.bz2",
+        "current_repodata.json",
+        "current_repodata.json.zst",
+        "current_repodata.json.bz2",
+        "run_exports.json",
+        "run_exports.json.zst",
+        "repodata_shards.msgpack.zst",
+        "index.html",
+    }
+)
+KEEPALIVE_TIMEOUT = 120  # an idle keep-alive connection is dropped after this many seconds
 
 
-class ChannelServer(ThreadingHTTPServer):
-    daemon_threads = False  # shutdown waits for requests in flight
-    block_on_close = True
+@dataclass
+class ServeOptions:
+    """How ``reconcile serve`` runs (its command-line options)."""
 
-    def __init__(self, address: tuple[str, int], loaded: LoadedConfig) -> None:
-        self.loaded = loaded
-        self.channels: dict[str, Channel | PypiChannel] = {
-            c.name: c for c in loaded.config.channels
-        }
-        self.passive = PassiveFetcher(loaded)
-        self.access_log: deque[str] = deque(maxlen=1000)  # the last requests, for tests
-        self.connections: set[RequestHandler] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, RequestHandler)
+    access_log: str | None = None  # a file, "-" for stderr, None for none
+    behind_proxy: bool = False  # a TLS terminator is in front
+    watch_config: bool = False  # reload when the file changes
+    failed_fetch_ttl: float | None = None  # overrides serve.failed_fetch_ttl
+    backlog: int = 1024
+    shutdown_timeout: float = 60.0
+    watch_interval: float = 1.0
+    fetch_workers: int = 16
 
-    def server_close(self) -> None:
-        """Close idle keep-alive connections, then wait for requests in flight."""
-        with self.connections_lock:
-            idle = [h for h in self.connections if not h.busy]
-        for handler in idle:
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(socket.SHUT_RDWR)
-        super().server_close()
+
+@dataclass
+class _Snapshot:
+    """One configuration, replaced whole on reload (requests keep the one they started with)."""
+
+    loaded: LoadedConfig
+    channels: dict[str, Channel | PypiChannel] = field(init=False)
+    roots: dict[str, str] = field(init=False)  # real paths of the channel folders
+    tokens: auth.TokenTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channels = {c.name: c for c in self.loaded.config.channels}
+        self.roots = {c.name: os.path.realpath(c.path) for c in self.loaded.config.channels}
+        self.tokens = auth.TokenTable(self.loaded.config)
 
     @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{name}:{port}"
+    def private(self) -> list[str]:
+        return [c.name for c in self.channels.values() if c.access == "private"]
 
 
-class RequestHandler(BaseHTTPRequestHandler):
-    server: ChannelServer
-    protocol_version = "HTTP/1.1"
-    server_version = "conda-reconcile"
-    timeout = 120  # an idle keep-alive connection is dropped after this many seconds
-    busy = False
+@dataclass
+class _Exchange:
+    """What one request was, for the metrics and the access log."""
 
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self)
+    channel: str = ""
+    kind: str = "other"
+    user: str = "-"
+    sent: int = 0
+    aborted: bool = False  # the client left before the response was complete
 
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self)
-        super().finish()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        line = f"{self.address_string()} - {format % args}"
-        self.server.access_log.append(line)
-        sys.stderr.write(line + "\n")
+class AccessLog:
+    """Buffered access log lines (no tokens: ``/t/<token>/`` is redacted, headers never)."""
 
-    def do_HEAD(self) -> None:
-        self._handle(head=True)
+    def __init__(self, target: str) -> None:
+        self._own = target != "-"
+        self._handle: IO[str] = (
+            open(target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            if self._own
+            else sys.stderr
+        )
 
-    def do_GET(self) -> None:
-        self._handle(head=False)
+    def write(self, line: str) -> None:
+        self._handle.write(line + "\n")
 
-    # -- routing -------------------------------------------------------------------------
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._handle.flush()
 
-    def _handle(self, head: bool) -> None:
-        self.busy = True
+    def close(self) -> None:
+        self.flush()
+        if self._own:
+            self._handle.close()
+
+
+def _plain(
+    status: int, detail: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n{detail or ''}\n"
+    response = web.Response(status=status, text=body, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+_Entry = tuple[str | None, str, str, Any, "_Exchange", int, float]
+
+
+def _log_line(
+    remote: str | None,
+    method: str,
+    raw_path: str,
+    version: Any,
+    exchange: _Exchange,
+    status: int,
+    elapsed: float,
+) -> str:
+    """One access log line; the token of a ``/t/<token>/`` URL is never written."""
+    return (
+        f'{remote} {exchange.user} "{method} {auth.redact_path(raw_path)} '
+        f'HTTP/{version.major}.{version.minor}" {status} {exchange.sent} {elapsed * 1000:.1f}ms'
+    )
+
+
+def _below(root: str, path: Path) -> str:
+    """``path`` (under ``root``) relative to ``root``."""
+    return os.fspath(path)[len(root) + 1 :]
+
+
+_DATES: dict[int, str] = {}
+
+
+def _http_date(mtime: float) -> str:
+    seconds = int(mtime)
+    text = _DATES.get(seconds)
+    if text is None:
+        if len(_DATES) > 4096:
+            _DATES.clear()
+        text = _DATES[seconds] = email.utils.formatdate(seconds, usegmt=True)
+    return text
+
+
+def _not_modified(request: web.BaseRequest, etag: str, mtime: float) -> bool:
+    match = request.headers.get("If-None-Match")
+    if match is not None:
+        return match.strip() == "*" or etag in [tag.strip() for tag in match.split(",")]
+    since = request.headers.get("If-Modified-Since")
+    if since:
         try:
-            self._route(head)
-        finally:
-            self.busy = False
+            parsed = email.utils.parsedate_to_datetime(since)
+        except (TypeError, ValueError, IndexError):
+            return False
+        return int(mtime) <= parsed.timestamp()
+    return False
 
-    def _route(self, head: bool) -> None:
-        self._responded = False  # one handler serves every request of a keep-alive connection
-        try:
-            segments = split_url_path(self.path)
-        except Refused:
-            self._error(HTTPStatus.NOT_FOUND, head)
-            return
-        if segments in ([], [""]):
-            body = render_status_html(status_data(self.server.loaded)).encode()
-            self._bytes(body, "text/html; charset=utf-8", head)
-            return
-        if segments == ["api", "status"]:
-            body = json.dumps(status_data(self.server.loaded), indent=2).encode()
-            self._bytes(body, "application/json", head)
-            return
-        channel = self.server.channels.get(segments[0])
-        if channel is None:
-            self._error(HTTPStatus.NOT_FOUND, head)
-            return
-        root = Path(channel.path)
-        if isinstance(channel, PypiChannel):
-            self._route_pypi(channel, segments, head)
-            return
-        try:
-            path = channel_file(root, segments[1:])
-        except Refused:
-            self._error(HTTPStatus.NOT_FOUND, head)
-            return
-        if not path.is_file():
-            fetched, responded = self._passive(channel, path, head)
-            if responded:
-                return
-            path = fetched or path
-        if not path.is_file() or not inside(root, path):
-            self._error(HTTPStatus.NOT_FOUND, head)
-            return
-        self._file(path, head)
 
-    def _route_pypi(self, channel: PypiChannel, segments: list[str], head: bool) -> None:
-        root = Path(channel.path)
-        query = self.path.split("?", 1)[1] if "?" in self.path else ""
-        target = pypi_routes.route(root, segments[1:], self.headers.get("Accept"), query)
-        if isinstance(target, pypi_routes.Redirect):
-            self._responded = True
-            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
-            self.send_header("Location", f"/{channel.name}/{target.location}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif isinstance(target, pypi_routes.Page):
-            self._file(target.path, head, kind=target.content_type, vary="Accept")
-        elif isinstance(target, pypi_routes.PackageFile):
-            path = target.path
-            if not path.is_file():
-                try:
-                    fetched = self.server.passive.fetch_pypi(
-                        channel, target.project, target.filename
-                    )
-                except FetchFailed as exc:
-                    log.error("passive fetch of %s failed: %s", self.path, exc)
-                    self._error(HTTPStatus.BAD_GATEWAY, head, str(exc))
-                    return
-                path = fetched or path
-            if not inside(root, path):
-                self._error(HTTPStatus.NOT_FOUND, head)
-                return
-            self._file(path, head)
-        else:
-            self._error(HTTPStatus(target.status), head)
-
-    def _passive(self, channel: Channel, path: Path, head: bool) -> tuple[Path | None, bool]:
-        """(the fetched file, or None; True when a 502 was already sent)."""
-        subdir, filename = path.parent.name, path.name
-        if not is_safe_package_filename(filename):
-            return None, False
-        fetcher = self.server.passive
-        if not fetcher.is_passive(channel, subdir, filename):
-            return None, False  # not in the channel's index: 404; upstream is never asked
-        try:
-            return fetcher.fetch(channel, subdir, filename), False
-        except FetchFailed as exc:
-            log.error("passive fetch of %s/%s/%s failed: %s", channel.name, subdir, filename, exc)
-            self._error(HTTPStatus.BAD_GATEWAY, head, str(exc))
-            return None, True
-
-    # -- responses -----------------------------------------------------------------------
-
-    def _error(self, status: HTTPStatus, head: bool, detail: str | None = None) -> None:
-        if getattr(self, "_responded", False):
-            return
-        self._responded = True
-        body = f"{status.value} {status.phrase}\n{detail or ''}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _bytes(self, body: bytes, kind: str, head: bool) -> None:
-        self._responded = True
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def _file(
-        self, path: Path, head: bool, kind: str | None = None, vary: str | None = None
-    ) -> None:
-        if getattr(self, "_responded", False):
-            return
-        try:
-            handle = path.open("rb")
-        except OSError:
-            self._error(HTTPStatus.NOT_FOUND, head)
-            return
-        with handle:
-            st = os.fstat(handle.fileno())
-            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-            modified = email.utils.formatdate(st.st_mtime, usegmt=True)
-            if self._not_modified(etag, st.st_mtime):
-                self._responded = True
-                self.send_response(HTTPStatus.NOT_MODIFIED)
-                self.send_header("ETag", etag)
-                self.send_header("Cache-Control", cache_control(path))
-                self.end_headers()
-                return
-            start, end, status = 0, st.st_size - 1, HTTPStatus.OK
-            wanted = self.headers.get("Range")
-            if wanted and (self.headers.get("If-Range") in (None, etag)):
-                span = parse_range(wanted, st.st_size)
-                if span is None:
-                    self._responded = True
-                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                    self.send_header("Content-Range", f"bytes */{st.st_size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start, end = span
-                status = HTTPStatus.PARTIAL_CONTENT
-            self._responded = True
-            self.send_response(status)
-            self.send_header("Content-Type", kind or content_type(path.name))
-            if vary:
-                self.send_header("Vary", vary)
-            self.send_header("Content-Length", str(max(0, end - start + 1)))
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", modified)
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Cache-Control", cache_control(path))
-            if status == HTTPStatus.PARTIAL_CONTENT:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{st.st_size}")
-            self.end_headers()
-            if head:
-                return
-            handle.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                chunk = handle.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                remaining -= len(chunk)
-
-    def _not_modified(self, etag: str, mtime: float) -> bool:
-        match = self.headers.get("If-None-Match")
-        if match is not None:
-            return etag in [tag.strip() for tag in match.split(",")] or match.strip() == "*"
-        since = self.headers.get("If-Modified-Since")
-        if since:
-            try:
-                parsed = email.utils.parsedate_to_datetime(since)
-            except (TypeError, ValueError):
-                return False
-            return int(mtime) <= parsed.timestamp()
+def _if_range_holds(value: str | None, etag: str, mtime: float) -> bool:
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith(('"', "W/")):
+        return value == etag
+    try:
+        return int(mtime) <= email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
         return False
 
 
-def serve(loaded: LoadedConfig, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT; requests in flight finish first."""
-    server = ChannelServer((host, port), loaded)
-    stopping = threading.Event()
+class ServeApp:
+    """Routing, access control, files and pages; shared by every connection."""
 
-    def stop(signum: int, frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("stopping (signal %d): finishing requests in flight", signum)
-            threading.Thread(target=server.shutdown, daemon=True).start()
+    def __init__(self, loaded: LoadedConfig, options: ServeOptions | None = None) -> None:
+        self.options = options or ServeOptions()
+        self.snapshot = _Snapshot(loaded)
+        self.metrics = ServeMetrics(lambda: self.snapshot.loaded)
+        self.passive = PassiveFetcher(
+            loaded, failed_fetch_ttl=self.options.failed_fetch_ttl, observer=self.metrics
+        )
+        self.listings = Listings()
+        self._recent: deque[_Entry] = deque(maxlen=200)
+        self.access_log = AccessLog(self.options.access_log) if self.options.access_log else None
+        self.fetch_pool = ThreadPoolExecutor(
+            max_workers=self.options.fetch_workers, thread_name_prefix="reconcile-fetch"
+        )
+        self.work_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reconcile-work")
+        self._flights: dict[tuple[str, ...], tuple[asyncio.Future[Any], list[int]]] = {}
+        self._config_key = self._stat_config()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # -- configuration -------------------------------------------------------------------
+
+    def _stat_config(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.snapshot.loaded.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def reload(self) -> bool:
+        """Re-read the configuration (blocking); keep the current one if the file is invalid."""
+        path = self.snapshot.loaded.path
+        self._config_key = self._stat_config()
+        try:
+            loaded = load_config(path, serving=True)
+        except ConfigError as exc:
+            log.error("%s not reloaded; still serving the previous configuration:\n%s", path,
+                      exc.message)  # fmt: skip
+            return False
+        for diagnostic in loaded.warnings:
+            log.warning("%s", diagnostic.format())
+        snapshot = _Snapshot(loaded)
+        self.passive.reconfigure(loaded)
+        self.snapshot = snapshot
+        log.info("reloaded %s: serving %d channel(s)", path, len(snapshot.channels))
+        return True
+
+    def config_changed(self) -> bool:
+        return self._stat_config() != self._config_key
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _in_thread(
+        self, function: Callable[[], T], pool: ThreadPoolExecutor | None = None
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool or self.work_pool, function)
+
+    async def _single_flight(
+        self, key: tuple[str, ...], function: Callable[[], T]
+    ) -> tuple[T, int]:
+        """Run ``function`` once for every concurrent caller with ``key``.
+
+        Returns (its result, how many callers waited on another's run: 0 for the first).
+        """
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight[1][0] += 1
+            return await asyncio.shield(flight[0]), 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.run_in_executor(self.fetch_pool, function)
+        waiting = [0]
+        self._flights[key] = (future, waiting)
+        try:
+            return await asyncio.shield(future), 0
+        finally:
+            self._flights.pop(key, None)
+
+    async def _listed(self, index: str, parse: Parser) -> frozenset[str]:
+        names = self.listings.cached(index)
+        if names is not None:
+            return names
+        loaded, _ = await self._single_flight(
+            ("index", index), lambda: self.listings.load(index, parse)
+        )
+        return loaded
+
+    # -- the handler -----------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        exchange = _Exchange()
+        status = 500
+        try:
+            response = await self._route(request, exchange)
+            status = 499 if exchange.aborted else response.status  # 499: as nginx logs it
+            if not response.prepared:
+                response.headers.setdefault("Server", SERVER)
+            return response
+        finally:
+            self._record(request, exchange, status, started)
+
+    def _record(
+        self, request: web.BaseRequest, exchange: _Exchange, status: int, started: float
+    ) -> None:
+        self.metrics.request(exchange.channel, exchange.kind, status, exchange.sent)
+        elapsed = time.perf_counter() - started
+        entry = (
+            request.remote,
+            request.method,
+            request.raw_path,
+            request.version,
+            exchange,
+            status,
+            elapsed,
+        )
+        self._recent.append(entry)
+        if self.access_log is not None:
+            stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
+            self.access_log.write(f"{stamp} {_log_line(*entry)}")
+
+    @property
+    def recent(self) -> list[str]:
+        """The last requests as access log lines (tests, debugging)."""
+        return [_log_line(*entry) for entry in list(self._recent)]
+
+    async def _route(self, request: web.BaseRequest, exchange: _Exchange) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return _plain(405, headers={"Allow": "GET, HEAD"})
+        head = request.method == "HEAD"
+        try:
+            segments = split_url_path(request.raw_path)
+        except Refused:
+            return _plain(404)
+        snapshot = self.snapshot
+        token, segments = auth.split_token(segments)
+        presented = token if token is not None else auth.header_token(
+            request.headers.get("Authorization")
+        )  # fmt: skip
+        grant = snapshot.tokens.check(presented) if presented is not None else auth.ANONYMOUS
+        if grant.valid:
+            exchange.user = "+".join(grant.names)
+        prefix = "" if token is None else f"/{auth.TOKEN_PREFIX}/{token}"
+        if token is not None and not segments:
+            raise web.HTTPMovedPermanently(location=f"{prefix}/")
+
+        if segments in ([], [""]):
+            exchange.kind = "status"
+            return await self._status_page(request, snapshot, grant, exchange, html=True)
+        if segments == ["api", "status"]:
+            exchange.kind = "status"
+            return await self._status_page(request, snapshot, grant, exchange, html=False)
+        if segments == ["metrics"]:
+            exchange.kind = "metrics"
+            body = await self._in_thread(self.metrics.render)
+            exchange.sent = len(body)
+            return web.Response(
+                body=body,
+                headers={
+                    "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+                    "Cache-Control": "no-store",
+                },
+            )
+
+        channel = snapshot.channels.get(segments[0])
+        if channel is None:
+            return _plain(404)
+        exchange.channel = channel.name
+        exchange.kind = "pypi" if isinstance(channel, PypiChannel) else "conda"
+        if channel.access == "private":
+            if not grant.presented:
+                return _plain(401, "this channel needs a token", auth.challenge())
+            if channel.name not in grant.channels:
+                return _plain(403, "the token given does not grant this channel")
+        root = snapshot.roots[channel.name]
+        if isinstance(channel, PypiChannel):
+            return await self._pypi(request, channel, root, segments[1:], prefix, head, exchange)
+        return await self._conda(request, channel, root, segments[1:], head, exchange)
+
+    async def _status_page(
+        self,
+        request: web.BaseRequest,
+        snapshot: _Snapshot,
+        grant: auth.Grant,
+        exchange: _Exchange,
+        *,
+        html: bool,
+    ) -> web.Response:
+        status = await self._in_thread(lambda: status_data(snapshot.loaded))
+        status = redact_status(status, snapshot.private, grant.channels)
+        if html:
+            body = render_status_html(status).encode()
+            kind = "text/html; charset=utf-8"
+        else:
+            body = json.dumps(status, indent=2).encode()
+            kind = "application/json"
+        exchange.sent = len(body)
+        return web.Response(body=body, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
+
+    async def _conda(
+        self,
+        request: web.BaseRequest,
+        channel: Channel,
+        root: str,
+        rest: list[str],
+        head: bool,
+        exchange: _Exchange,
+    ) -> web.StreamResponse:
+        try:
+            relative = channel_relative(rest)
+        except Refused:
+            return _plain(404)
+        if len(rest) == 2 and rest[1] != "":
+            subdir, filename = rest
+            if package_suffix(filename) is not None:
+                listed = await self._listed(f"{root}/{subdir}/repodata.json", conda_packages)
+                if filename not in listed:
+                    return _plain(404)  # on disk or not: the index does not name it
+                if not self.passive.current(channel, relative, f"{root}/{relative}"):
+                    failed = await self._fetch(
+                        ("conda", channel.name, relative),
+                        channel,
+                        lambda: self.passive.fetch(channel, subdir, filename),
+                    )
+                    if failed is not None:
+                        return failed
+            elif filename not in SUBDIR_FILES:
+                return _plain(404)
+        elif len(rest) == 3 and rest[1] == "shards":
+            shards = f"{root}/{rest[0]}/repodata_shards.msgpack.zst"
+            if rest[2] not in await self._listed(shards, conda_shards):
+                return _plain(404)
+        return await self._send_file(request, root, relative, head, exchange)
+
+    async def _fetch(
+        self,
+        key: tuple[str, ...],
+        channel: Channel | PypiChannel,
+        function: Callable[[], Path | None],
+    ) -> web.Response | None:
+        """Fetch a passive file (one download per file); a 502 response when it failed."""
+        try:
+            _, waited = await self._single_flight(key, function)
+        except FetchFailed as exc:
+            if exc.retry_after is None:
+                log.error("passive fetch of %s/%s failed: %s", channel.name, key[-1], exc)
+            headers = (
+                {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+            )
+            return _plain(502, str(exc), headers)
+        if waited:  # served the file another request fetched: a hit, as the stats count them
+            await self._in_thread(lambda: self.passive.count(channel, hits=1))
+        return None
+
+    async def _pypi(
+        self,
+        request: web.BaseRequest,
+        channel: PypiChannel,
+        root: str,
+        rest: list[str],
+        prefix: str,
+        head: bool,
+        exchange: _Exchange,
+    ) -> web.StreamResponse:
+        accept = request.headers.get("Accept")
+        target = pypi_routes.route(Path(root), rest, accept, request.query_string)
+        if isinstance(target, pypi_routes.Redirect):
+            location = f"{prefix}/{channel.name}/{target.location}"
+            return web.Response(
+                status=301, headers={"Location": location, "Cache-Control": "no-store"}
+            )
+        if isinstance(target, pypi_routes.Page):
+            return await self._send_file(
+                request, root, _below(root, target.path), head, exchange,
+                kind=target.content_type, vary="Accept",
+            )  # fmt: skip
+        if isinstance(target, pypi_routes.PackageFile):
+            page = f"{root}/{SIMPLE}/{target.project}/index.json"
+            if target.filename not in await self._listed(page, pypi_files):
+                return _plain(404)
+            key = f"{target.project}/{target.filename}"
+            if not self.passive.current(channel, key, target.path):
+                failed = await self._fetch(
+                    ("pypi", channel.name, key),
+                    channel,
+                    lambda: self.passive.fetch_pypi(channel, target.project, target.filename),
+                )
+                if failed is not None:
+                    return failed
+            return await self._send_file(request, root, _below(root, target.path), head, exchange)
+        return _plain(target.status)
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def _send_file(
+        self,
+        request: web.BaseRequest,
+        root: str,
+        relative: str,
+        head: bool,
+        exchange: _Exchange,
+        *,
+        kind: str | None = None,
+        vary: str | None = None,
+    ) -> web.StreamResponse:
+        st = stat_inside(root, relative)  # None: a symlink out of the channel, or nothing
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return _plain(404)
+        etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+        headers = {
+            "Server": SERVER,
+            "ETag": etag,
+            "Last-Modified": _http_date(st.st_mtime),
+            "Cache-Control": cache_control(relative),
+            "Accept-Ranges": "bytes",
+        }
+        if vary:
+            headers["Vary"] = vary
+        if _not_modified(request, etag, st.st_mtime):  # answered from a stat: no open
+            return web.Response(status=304, headers=headers)
+        try:
+            fd = os.open(f"{root}/{relative}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return _plain(404)
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            # Replaced since the stat (a publish, or a symlink swapped in): check again.
+            os.close(fd)
+            found = open_inside(root, relative)
+            if found is None:
+                return _plain(404)
+            fd, opened = found, os.fstat(found)
+        handle = os.fdopen(fd, "rb")
+        try:
+            if not stat.S_ISREG(opened.st_mode):
+                return _plain(404)
+            if (opened.st_size, opened.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                st = opened  # changed in between: describe what is sent
+                etag = headers["ETag"] = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+                headers["Last-Modified"] = _http_date(st.st_mtime)
+            start, end, status = 0, st.st_size - 1, 200
+            wanted = request.headers.get("Range")
+            if wanted and _if_range_holds(request.headers.get("If-Range"), etag, st.st_mtime):
+                span = parse_range(wanted, st.st_size)
+                if span is None:
+                    return web.Response(
+                        status=416, headers={"Content-Range": f"bytes */{st.st_size}"}
+                    )
+                start, end = span
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
+            headers["Content-Type"] = kind or content_type(relative.rsplit("/", 1)[-1])
+            length = max(0, end - start + 1)
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = length
+            await response.prepare(request)
+            if head or not length:
+                await response.write_eof()
+                return response
+            transport = request.transport
+            try:
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                await asyncio.get_running_loop().sendfile(transport, handle, start, length)
+            except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport closing
+                # A client that leaves mid-response is normal (a cancelled download).
+                log.debug("client left during %s: %s", auth.redact_path(request.raw_path), exc)
+                exchange.aborted = True
+                response.force_close()
+                if transport is not None:
+                    transport.abort()
+                return response
+            exchange.sent = length
+            await response.write_eof()
+            return response
+        finally:
+            handle.close()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.fetch_pool.shutdown(wait=True)
+        self.work_pool.shutdown(wait=True)
+        if self.access_log is not None:
+            self.access_log.close()
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_warning(host: str, private: list[str], behind_proxy: bool) -> str | None:
+    """What to say when tokens would cross a network in clear text (None: nothing)."""
+    if not private or behind_proxy or _loopback(host):
+        return None
+    return (
+        f"serving private channel(s) {', '.join(private)} on {host} without TLS: tokens "
+        "would cross the network in clear text. Put a TLS terminator (nginx, caddy) in "
+        "front and pass --behind-proxy; see docs/serve.md#tls"
+    )
+
+
+class ChannelServer:
+    """A server on ``address`` (bound at once), run with :meth:`serve_forever`.
+
+    ``shutdown`` (from another thread) and ``server_close`` end it as
+    ``socketserver`` servers end: requests in flight finish first.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        loaded: LoadedConfig,
+        options: ServeOptions | None = None,
+    ) -> None:
+        self.options = options or ServeOptions()
+        self.app = ServeApp(loaded, self.options)
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server(
+            (host, port), family=family, backlog=self.options.backlog
+        )
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._finished = threading.Event()
+        self.install_signals = False
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def access_log(self) -> list[str]:
+        """The last requests, as access log lines."""
+        return self.app.recent
+
+    @property
+    def channels(self) -> dict[str, Channel | PypiChannel]:
+        return self.app.snapshot.channels
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Serve until :meth:`shutdown` (``poll_interval`` is accepted and unused)."""
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._finished.set()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        server = web.Server(
+            self.app.handle,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=self.options.shutdown_timeout
+        )
+        await runner.setup()
+        site = web.SockSite(runner, self.socket, backlog=self.options.backlog)
+        await site.start()
+        tasks = [asyncio.create_task(self._housekeeping())]
+        if self.install_signals:
+            self._install_signals(loop)
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await runner.cleanup()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        def stop(signum: int) -> None:
+            assert self._stop is not None
+            if not self._stop.is_set():
+                log.info("stopping (signal %d): finishing requests in flight", signum)
+                self._stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+
+    async def reload(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.app.work_pool, self.app.reload)
+
+    async def _housekeeping(self) -> None:
+        """Flush the access log every second; reload on config changes with --watch-config."""
+        while True:
+            await asyncio.sleep(self.options.watch_interval)
+            if self.app.access_log is not None:
+                self.app.access_log.flush()
+            if self.options.watch_config and self.app.config_changed():
+                await self.reload()
+
+    def shutdown(self) -> None:
+        """Stop serving (call from another thread); returns once stopped."""
+        if not self._started.wait(timeout=30) or self._loop is None or self._stop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._finished.wait(timeout=self.options.shutdown_timeout + 30)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.app.close()
+
+
+def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; requests in flight finish first; SIGHUP reloads."""
+    options = options or ServeOptions()
+    server = ChannelServer((host, port), loaded, options)
+    warning = tls_warning(host, server.app.snapshot.private, options.behind_proxy)
+    if warning:
+        log.warning("%s", warning)
+    server.install_signals = True
     print(
         f"serving {len(server.channels)} channel(s) on {server.url}/", file=sys.stderr, flush=True
     )
@@ -314,7 +762,7 @@ def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         server.serve_forever()
     finally:
         server.server_close()
-        _clean_partial_downloads(loaded)
+        _clean_partial_downloads(server.app.snapshot.loaded)
 
 
 def _clean_partial_downloads(loaded: LoadedConfig) -> None:
@@ -322,3 +770,6 @@ def _clean_partial_downloads(loaded: LoadedConfig) -> None:
 
     for channel in loaded.config.channels:
         open_store(channel.path).clean_temporaries()
+
+
+__all__ = ["ChannelServer", "ServeApp", "ServeOptions", "serve"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from reconciler.config.models import LoadedConfig
 from reconciler.engine.status import collect_status
@@ -46,6 +47,22 @@ def status_data(loaded: LoadedConfig) -> dict[str, Any]:
     from reconciler.kinds import REGISTRY
 
     return collect_status(loaded, REGISTRY).model_dump(mode="json")
+
+
+def redact_status(
+    status: dict[str, Any], private: list[str], granted: frozenset[str]
+) -> dict[str, Any]:
+    """``status`` as one client may see it: a private channel its token does not grant
+    shows its name only (no path, packages, mirrors, sources or runs)."""
+    hidden = set(private) - granted
+    channels = []
+    for channel in status["channels"]:
+        access = "private" if channel["name"] in private else "public"
+        if channel["name"] in hidden:
+            channels.append({"name": channel["name"], "access": access})
+        else:
+            channels.append({**channel, "access": access})
+    return {**status, "channels": channels}
 
 
 def _timeline(runs: list[dict[str, Any]], now: datetime) -> str:
@@ -88,22 +105,44 @@ def render_status_html(status: dict[str, Any]) -> str:
         # An empty icon: no /favicon.ico request, no 404 in the browser console.
         '</style>\n<link rel="icon" href="data:,">\n</head>\n<body>\n',
         "<h1>conda-reconcile</h1>\n",
+        # Relative links: the page also works under /t/<token>/ and behind a path prefix.
         f"<p>Generated {e(now.strftime('%Y-%m-%d %H:%M:%S'))} UTC · "
-        '<a href="/api/status">JSON</a></p>\n',
+        '<a href="api/status">JSON</a></p>\n',
     ]
     for channel in status["channels"]:
         name = e(channel["name"])
+        if "packages" not in channel:  # a private channel this client has no token for
+            parts.append(
+                f'<section class="channel private" id="channel-{name}">\n<h2>{name}</h2>\n'
+                "<p>private: its contents are shown with a token that grants it</p>\n"
+                "</section>\n"
+            )
+            continue
         counts = ", ".join(
             f"{e(s)}: {'not indexed' if n is None else n}" for s, n in channel["packages"].items()
         )
         passive = channel["passive"]
         parts.append(
             f'<section class="channel" id="channel-{name}">\n'
-            f'<h2><a href="/{name}/">{name}</a></h2>\n'
+            f'<h2><a href="{e(quote(channel["name"]), quote=True)}/">{name}</a></h2>\n'
             f"<p>{e(channel['path'])} · packages {counts} · passive fetches "
             f"{passive['fetches']} ({passive['bytes']} bytes), hits {passive['hits']}, "
             f"failures {passive['failures']}</p>\n"
         )
+        failures = passive.get("recent_failures") or []
+        if failures:
+            parts.append(
+                '<table class="passive-failures"><tr><th>failed passive fetch</th>'
+                "<th>when (UTC)</th><th>error</th></tr>\n"
+            )
+            for failure in failures:
+                when = _parse_time(failure.get("time"))
+                parts.append(
+                    f"<tr><td>{e(failure.get('file', ''))}</td>"
+                    f"<td>{e(failure.get('time', ''))} ({e(relative(when, now))})</td>"
+                    f'<td class="failed">{e(failure.get("error", ""))}</td></tr>\n'
+                )
+            parts.append("</table>\n")
         if channel["mirrors"]:
             parts.append(
                 '<table class="mirrors"><tr><th>mirror</th><th>mode</th><th>schedule</th>'

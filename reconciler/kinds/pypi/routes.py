@@ -8,6 +8,7 @@ relative links in the pages resolve.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -15,6 +16,9 @@ from urllib.parse import parse_qs
 from reconciler.kinds.pypi.names import METADATA_SUFFIX, is_safe_filename, normalize
 from reconciler.kinds.pypi.pages import HTML_TYPE, JSON_TYPE
 from reconciler.kinds.pypi.simple_index import PACKAGES, SIMPLE
+
+# PEP 508 names (any case, any separators); anything else is not a project here.
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 
 _FORMS = {JSON_TYPE: "index.json", HTML_TYPE: "index.html", "text/html": "index.html"}
 
@@ -85,6 +89,8 @@ def route(root: Path, rest: list[str], accept: str | None, query: str) -> Route:
         if inner == [""]:
             return _page(root / SIMPLE, accept, query)
         name = inner[0]
+        if not _PROJECT_NAME.fullmatch(name):
+            return NotServed()  # never copied into a Location header
         canonical = normalize(name)
         if inner[1:] != [""] or canonical != name:
             if len(inner) > 2 or (len(inner) == 2 and inner[1] != ""):

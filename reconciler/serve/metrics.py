@@ -1,0 +1,219 @@
+"""``GET /metrics``: Prometheus text format (prometheus-client), one registry per server.
+
+Counted as requests are answered: requests by channel, kind and status code, bytes
+sent, passive fetches, hits, failures, refusals from the negative cache and the
+upstream latency of fetches. Read from each channel's history and inventory when
+scraped, as the status page reads them: per mirror the time of the last
+successful run, the last run's state and the packages it has in the channel.
+
+Label values are configured names only (channel, mirror, kind, status code): a
+request for an unknown channel counts under ``channel=""``, so clients cannot
+grow the series without bound, and no token or path ever becomes a label.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler.config.models import Channel, LoadedConfig
+from reconciler.engine.history import History
+from reconciler.engine.state import ChannelState, read_state
+from reconciler.kinds import REGISTRY
+from reconciler.store import open_store
+
+RUN_STATES = ("pending", "running", "completed", "failed", "skipped")
+KINDS = ("conda", "pypi", "status", "metrics", "other")
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class _MirrorCollector(Collector):
+    """Mirror and channel figures, read from disk at scrape time (cached by mtime)."""
+
+    def __init__(self, loaded: Callable[[], LoadedConfig]) -> None:
+        self._loaded = loaded
+        self._cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+    def _cached(self, path: Path, read: Callable[[], Any]) -> Any:
+        try:
+            st = os.stat(path)
+            key = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = (0, 0)
+        hit = self._cache.get(path)
+        if hit is None or hit[0] != key:
+            hit = (key, read())
+            self._cache[path] = hit
+        return hit[1]
+
+    def collect(self) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "reconcile_mirror_last_success_timestamp_seconds",
+            "When the mirror's last completed run finished (Unix time)",
+            labels=["channel", "mirror"],
+        )
+        last_run = GaugeMetricFamily(
+            "reconcile_mirror_last_run_timestamp_seconds",
+            "When the mirror's last run started (Unix time)",
+            labels=["channel", "mirror"],
+        )
+        state = GaugeMetricFamily(
+            "reconcile_mirror_last_run_state",
+            "1 for the state of the mirror's last run, 0 for the others",
+            labels=["channel", "mirror", "state"],
+        )
+        packages = GaugeMetricFamily(
+            "reconcile_mirror_packages",
+            "Files the mirror has in the channel's inventory",
+            labels=["channel", "mirror"],
+        )
+        published = GaugeMetricFamily(
+            "reconcile_channel_packages",
+            "Packages the channel's published index lists, by subdir",
+            labels=["channel", "subdir"],
+        )
+        info = GaugeMetricFamily(
+            "reconcile_channel_info",
+            "One per served channel, with its kind and access",
+            labels=["channel", "kind", "access"],
+        )
+        for channel in self._loaded().config.channels:
+            root = Path(channel.path)
+            kind = "conda" if isinstance(channel, Channel) else "pypi"
+            info.add_metric([channel.name, kind, channel.access], 1)
+            store = open_store(root)
+            runs = self._cached(root / ".reconciler" / "history.jsonl", History(store).runs)
+            inventory: ChannelState = self._cached(
+                root / ".reconciler" / "state.json",
+                functools.partial(read_state, store, channel.name),
+            )
+            by_source: dict[str, int] = {}
+            for entry in inventory.files.values():
+                by_source[entry.source] = by_source.get(entry.source, 0) + 1
+            for subdir, count in REGISTRY.kind_of(channel).counts(channel, store).items():
+                if count is not None:
+                    published.add_metric([channel.name, subdir], count)
+            for mirror in channel.mirrors:
+                labels = [channel.name, mirror.name]
+                mine = [r for r in runs if r.mirror == mirror.name]
+                packages.add_metric(labels, by_source.get(mirror.name, 0))
+                done = [r for r in mine if r.state == "completed"]
+                finished = _timestamp(done[-1].finished or done[-1].started) if done else None
+                if finished is not None:
+                    success.add_metric(labels, finished)
+                if mine:
+                    last = mine[-1]
+                    started = _timestamp(last.started)
+                    if started is not None:
+                        last_run.add_metric(labels, started)
+                    for name in RUN_STATES:
+                        state.add_metric([*labels, name], 1.0 if last.state == name else 0.0)
+        yield from (success, last_run, state, packages, published, info)
+
+
+class ServeMetrics:
+    """The server's metrics; also the passive fetcher's observer."""
+
+    def __init__(self, loaded: Callable[[], LoadedConfig]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "reconcile_serve_requests",
+            "Requests answered, by channel, kind and status code",
+            ["channel", "kind", "code"],
+            registry=self.registry,
+        )
+        self.sent = Counter(
+            "reconcile_serve_response_bytes",
+            "Body bytes sent, by channel and kind",
+            ["channel", "kind"],
+            registry=self.registry,
+        )
+        self.fetches = Counter(
+            "reconcile_serve_passive_fetches",
+            "Passive files fetched from upstream",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.fetched_bytes = Counter(
+            "reconcile_serve_passive_fetched_bytes",
+            "Bytes of passive files fetched from upstream",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.passive_hits = Counter(
+            "reconcile_serve_passive_hits",
+            "Requests that waited on another request's fetch and got its file",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "reconcile_serve_passive_failures",
+            "Passive fetches that failed (the upstream, or our disk)",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.negative_hits = Counter(
+            "reconcile_serve_passive_negative_cache_hits",
+            "Requests answered 502 from the negative cache, without asking the upstream",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "reconcile_serve_upstream_fetch_seconds",
+            "Time to fetch and verify a passive file from upstream",
+            ["channel"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.registry.register(_MirrorCollector(loaded))
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request(self, channel: str, kind: str, code: int, size: int) -> None:
+        key = (channel, kind, code)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(channel, kind, str(code)),
+                self.sent.labels(channel, kind),
+            )
+            self._children[key] = children
+        children[0].inc()
+        if size:
+            children[1].inc(size)
+
+    # FetchObserver
+    def fetched(self, channel: str, seconds: float, size: int) -> None:
+        self.fetches.labels(channel).inc()
+        self.fetched_bytes.labels(channel).inc(size)
+        self.latency.labels(channel).observe(seconds)
+
+    def failed(self, channel: str, seconds: float) -> None:
+        self.failures.labels(channel).inc()
+        self.latency.labels(channel).observe(seconds)
+
+    def hits(self, channel: str, count: int) -> None:
+        self.passive_hits.labels(channel).inc(count)
+
+    def refused(self, channel: str) -> None:
+        self.negative_hits.labels(channel).inc()
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
