@@ -141,7 +141,7 @@ def test_plan_apply_and_no_changes(example: Path) -> None:
     assert plan.returncode == 0, plan.log
     assert plan.outputs["has-changes"] == "true"
     assert plan.outputs["result"] == "changes"
-    assert plan.outputs["summary"] == "Plan: 11 to add, 5 to change, 0 to remove."
+    assert plan.outputs["summary"] == "Plan: 11 to add, 0 to change, 0 to remove, 2 to re-index."
     plan_text = (Path(plan.outputs["report-dir"]) / "plan.txt").read_text()
     assert plan_text.rstrip().endswith(plan.outputs["summary"])
     assert plan.summary.startswith("## conda-reconcile plan\n")
@@ -154,7 +154,9 @@ def test_plan_apply_and_no_changes(example: Path) -> None:
     assert apply.returncode == 0, apply.log
     assert apply.outputs["has-changes"] == "true"
     assert apply.outputs["result"] == "completed"
-    assert apply.outputs["summary"] == "Apply complete: 11 added, 0 changed, 0 removed."
+    assert (
+        apply.outputs["summary"] == "Apply complete: 11 added, 0 changed, 0 removed, 2 re-indexed."
+    )
     report_dir = Path(apply.outputs["report-dir"])
     assert json.loads((report_dir / "report.json").read_text())["result"] == "completed"
     assert (report_dir / "report.md").read_text().startswith("## conda-reconcile apply: completed")
@@ -183,10 +185,12 @@ def test_run_now_and_mirror_reach_the_command(example: Path) -> None:
         {"command": "plan", "run-now": "true", "mirror": "demo-core", **config}, example, "plan"
     )
     assert plan.returncode == 0, plan.log
-    assert "mirror demo-core: due (run now (--run-now)" in plan.log
-    assert "demo-metadata" not in plan.log  # only the mirror asked for
+    assert "mirror demo-core: refreshes (run now (--run-now)" in plan.log
+    # Only the mirror asked for refreshes; the other stays as published.
+    assert "demo-metadata: not refreshed (not named by --mirror" in plan.log
     plain = run({"command": "plan", "run-now": "false", **config}, example, "plain")
-    assert "mirror demo-core: not due" in plain.log and "demo-metadata: not due" in plain.log
+    assert "mirror demo-core: not refreshed (next run at" in plain.log
+    assert "demo-metadata: not refreshed (next run at" in plain.log
 
 
 def test_failures_fail_the_step_and_say_failed(example: Path) -> None:
