@@ -406,3 +406,54 @@ def test_unknown_channel_kind(write_config: WriteConfig) -> None:
     assert error.path == ("channels", 0, "kind")
     assert error.line == 4
     assert "kind must be 'conda' or 'pypi'" in error.message and "'pipy'" in error.message
+
+
+# -- folders a channel may not take ---------------------------------------------------
+
+CHANNEL_AT = """\
+version: 1
+channels:
+  - name: c
+    path: {path}
+{extra}"""
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/", "is the root folder"),
+        (".", "is this configuration's own folder"),
+        ("..", "holds this configuration"),
+        ("\"~\"", "is your home folder"),
+        ("/etc/conda", "is a system folder (/etc)"),
+        ("/proc", "is a system folder (/proc)"),
+        ("/sys/kernel", "is a system folder (/sys)"),
+        ("/dev/shm/chan", "is a system folder (/dev)"),
+    ],
+)
+def test_system_and_parent_folders_are_refused(
+    write_config: Callable[..., Path], path: str, message: str
+) -> None:
+    config = write_config(CHANNEL_AT.format(path=path, extra=""))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(config)
+    (line,) = [d.format() for d in info.value.errors]
+    assert line.startswith(f"{config}:4: channels[0].path: ") and message in line, line
+
+
+def test_a_folder_of_other_files_needs_adopt(write_config: Callable[..., Path]) -> None:
+    config = write_config(CHANNEL_AT.format(path="./work", extra=""))
+    work = config.parent / "work"
+    (work / "linux-64").mkdir(parents=True)
+    (work / "noarch").mkdir()
+    (work / ".reconciler").mkdir()
+    load_config(config)  # subdirs and the tool's own folder: a channel
+    (work / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(config)
+    (line,) = [d.format() for d in info.value.errors]
+    assert "holds files that are not a channel's (thesis.tex)" in line
+    assert "set adopt: true" in line
+    adopted = write_config(CHANNEL_AT.format(path="./work", extra="    adopt: true\n"))
+    assert load_config(adopted).config.channels[0].adopt is True
+    assert (work / "thesis.tex").read_text() == "mine"

@@ -360,6 +360,12 @@ class Channel(_Model):
         default_factory=FilterBlock, description="applies to every mirror and local package"
     )
     mirrors: list[Mirror] = Field(default_factory=list)
+    adopt: bool = Field(
+        False,
+        description="take over a folder that exists and holds files that are not a channel's "
+        "(without it such a folder is refused, so a typo never turns a folder of yours into "
+        "a channel)",
+    )
     on_conflict: Literal["error", "first"] = Field(
         "error",
         description="same filename with different sha256 from two mirrors: "
@@ -526,6 +532,12 @@ class PypiChannel(_Model):
         default_factory=PypiFilters, description="applies to every mirror of the channel"
     )
     mirrors: list[PypiMirror] = Field(default_factory=list)
+    adopt: bool = Field(
+        False,
+        description="take over a folder that exists and holds files that are not a channel's "
+        "(without it such a folder is refused, so a typo never turns a folder of yours into "
+        "a channel)",
+    )
     on_conflict: Literal["error", "first"] = Field(
         "error",
         description="same filename with different sha256 from two mirrors: "

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from deepdiff import DeepDiff
 
 from reconciler.engine.plan import Action, Reason
 
@@ -153,6 +152,8 @@ def _show(value: Any) -> str:
 
 def field_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Readable changes between two records, e.g. ``depends: + "libzlib >=1.3"``."""
+    from deepdiff import DeepDiff  # imported only when records change: it is slow to load
+
     lines: list[str] = []
     # Lists (depends, constrains, track_features...) read best as items in and out.
     list_keys = [

@@ -42,7 +42,7 @@ class DownloadResult:
     done: list[DownloadJob] = field(default_factory=list)
     failed: list[tuple[DownloadJob, str]] = field(default_factory=list)
     bytes: dict[str, int] = field(default_factory=dict)  # by source
-    seconds: dict[str, float] = field(default_factory=dict)  # by source, summed over files
+    seconds: dict[str, float] = field(default_factory=dict)  # by source: first start to last end
 
     @property
     def failed_keys(self) -> set[str]:
@@ -88,16 +88,15 @@ def run_downloads(
         check_room(total)
     reporter = reporter or NullReporter()
     reporter.start(f"downloading {len(jobs)} files", total, unit="bytes")
+    first: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        started = {}
         futures = {}
         for job in jobs:
             futures[pool.submit(_run, store, job)] = job
-            started[job.key] = time.monotonic()
+            first.setdefault(job.source, time.monotonic())
         for future in as_completed(futures):
             job = futures[future]
-            elapsed = time.monotonic() - started[job.key]
-            result.seconds[job.source] = result.seconds.get(job.source, 0.0) + elapsed
+            result.seconds[job.source] = time.monotonic() - first[job.source]
             try:
                 written = future.result()
             except ReconcileError as exc:
