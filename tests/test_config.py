@@ -424,7 +424,7 @@ channels:
         ("/", "is the root folder"),
         (".", "is this configuration's own folder"),
         ("..", "holds this configuration"),
-        ("\"~\"", "is your home folder"),
+        ('"~"', "is your home folder"),
         ("/etc/conda", "is a system folder (/etc)"),
         ("/proc", "is a system folder (/proc)"),
         ("/sys/kernel", "is a system folder (/sys)"),
