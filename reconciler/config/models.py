@@ -35,6 +35,9 @@ from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.errors import ConfigError
 
 CONFIG_VERSION = 1
+# An upstream record claiming a bigger file than this is refused: 32 GiB, far above any
+# real package, far below what would fill a disk by a lie.
+MAX_FILE_SIZE = 32 * 1024**3
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -252,6 +255,11 @@ class MirrorDefaults(_Model):
     timeout: float = Field(60.0, gt=0, description="seconds per HTTP request")
     retries: int = Field(3, ge=0, le=20, description="retries on 5xx and connection errors")
     parallel_downloads: int = Field(4, ge=1, le=64, description="concurrent downloads")
+    max_file_size: PositiveInt = Field(
+        MAX_FILE_SIZE,
+        description="bytes: an upstream record claiming a bigger file is refused with a "
+        "warning (the largest real packages are a few GB)",
+    )
 
 
 class Defaults(_Model):

@@ -12,6 +12,7 @@ whose upstream cannot be read fails alone: its packages stay as published.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,29 @@ class Resolution:
     def close(self) -> None:
         for state in self.mirrors:
             state.upstream.close()
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def unverifiable(record: Mapping[str, object], max_size: int) -> str | None:
+    """Why a mirrored file could not be checked byte for byte (or is absurd), or None.
+
+    A record without its size and sha256 would be downloaded unbounded and published
+    unverified; one claiming more than ``max_size`` would block every download.
+    """
+    sha256, size = record.get("sha256"), record.get("size")
+    if sha256 is None:
+        return "no sha256 to verify the file against"
+    if not isinstance(sha256, str) or not _SHA256.match(sha256):
+        return f"its sha256 {sha256!r} is not a sha256 digest"
+    if size is None:
+        return "no size to bound the download by"
+    if type(size) is not int or size < 0:
+        return f"'size' is {type(size).__name__}, not an integer"
+    if size > max_size:
+        return f"it claims {size} bytes, more than the mirror's max_file_size ({max_size})"
+    return None
 
 
 def _warn(warnings: list[PlanWarning], message: str, key: str | None = None) -> None:
@@ -223,6 +247,14 @@ def _upstream_records(
         safe, refused = safe_records(subdir, metadata.repodata, source.rpartition("/")[0])
         for line in refused:
             _warn(resolved.warnings, line)
+        for filename, record in list(safe.items()):
+            problem = unverifiable(record, mirror.max_file_size)
+            if problem is not None:
+                del safe[filename]
+                _warn(
+                    resolved.warnings,
+                    f"{source.rpartition('/')[0]}/{subdir}: refusing {filename!r}: {problem}",
+                )
         records[subdir] = safe
         removed = {r for r in metadata.repodata.get("removed") or () if isinstance(r, str)}
         resolved.removed.setdefault(subdir, set()).update(removed)

@@ -183,6 +183,19 @@ def resolve(
             for problem in fetched.page.problems:
                 _warn(resolution, f"mirror {mirror.name}: {project}: {problem}")
             for verdict in select_files(requirement, fetched.page.files, levels(channel, mirror)):
+                size = verdict.file.size
+                if verdict.selected and size is not None and size > mirror.max_file_size:
+                    verdict = Verdict(
+                        verdict.file,
+                        verdict.dist,
+                        False,
+                        f"claims {size} bytes, more than max_file_size ({mirror.max_file_size})",
+                    )
+                    _warn(
+                        resolution,
+                        f"mirror {mirror.name}: {project}: refusing {verdict.file.filename!r}: "
+                        f"{verdict.reason}",
+                    )
                 resolution.verdicts.append((mirror.name, project, verdict))
                 if verdict.selected:
                     wanted = WantedFile(
