@@ -68,7 +68,7 @@ def compress_bz2(data: bytes) -> bytes:
     return bz2.compress(data, BZ2_LEVEL)
 
 
-def load_repodata(data: bytes, source: str) -> dict[str, Any]:
+def load_repodata(data: bytes | bytearray, source: str) -> dict[str, Any]:
     """Parse repodata bytes; garbage raises an error naming ``source``."""
     try:
         repodata = orjson.loads(data)

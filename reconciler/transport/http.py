@@ -613,7 +613,7 @@ def _read_body(response: requests.Response, limit: int, timeout: float, shown: s
     ``urllib3`` (2.6 and later) decodes at most one chunk per read, so a compression
     bomb costs at most ``limit`` plus a chunk of memory.
     """
-    chunks = []
+    body = bytearray()  # grown in place: never the chunks and their join at once
     total = 0
     pace = Pace(timeout, shown)
     encoding = response.headers.get("content-encoding")
@@ -628,13 +628,13 @@ def _read_body(response: requests.Response, limit: int, timeout: float, shown: s
                     "gave up",
                     hint="the upstream sent far more than any real index; check the source",
                 )
-            chunks.append(chunk)
+            body += chunk
     except requests.RequestException as exc:
         raise _Retryable(_describe(exc)) from None
     expected = response.headers.get("content-length")
     if expected and not encoding and expected.isdigit() and int(expected) != total:
         raise _Retryable(f"truncated body: {total} of {expected} bytes")
-    return b"".join(chunks)
+    return bytes(body)
 
 
 # Compressed input is decompressed this much at a time. A zstd block of 4 bytes can
@@ -642,11 +642,24 @@ def _read_body(response: requests.Response, limit: int, timeout: float, shown: s
 _ZSTD_STEP = 1024
 
 
-def _unzstd(data: bytes, source: str) -> bytes:
+def _unzstd(data: bytes, source: str) -> bytearray:
     """Decompress zstd frames, refusing more than :data:`MAX_REPODATA_BYTES` out
-    and a frame cut short (which a stream reader would end silently)."""
+    and a frame cut short (which a stream reader would end silently).
+
+    The output grows in one buffer (no list of chunks joined at the end), and a frame
+    whose header declares a content size beyond the limit is refused before anything
+    is decompressed.
+    """
     limit = MAX_REPODATA_BYTES
-    chunks: list[bytes] = []
+    with suppress(zstandard.ZstdError):
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise UpstreamError(
+                f"{source}: decompressed repodata is larger than the limit of "
+                f"{_amount(limit)} (its frame declares {_amount(declared)}); refused",
+                hint="no real channel comes near it: a compression bomb?",
+            )
+    out = bytearray()
     total = 0
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
@@ -666,7 +679,7 @@ def _unzstd(data: bytes, source: str) -> bytes:
                         f"{_amount(limit)}; gave up",
                         hint="no real channel comes near it: a compression bomb?",
                     )
-                chunks.append(chunk)
+                out += chunk
                 if frame.eof:  # the rest of this piece starts another frame
                     piece = frame.unused_data
                     frame = decompressor.decompressobj()
@@ -677,10 +690,10 @@ def _unzstd(data: bytes, source: str) -> bytes:
         raise UpstreamError(f"{source}: empty, not zstd data")
     if in_frame:
         raise UpstreamError(f"{source}: zstd data cut short (the last frame does not end)")
-    return b"".join(chunks)
+    return out
 
 
-def unzstd(data: bytes, source: str) -> bytes:
+def unzstd(data: bytes, source: str) -> bytearray:
     """zstd frames decompressed, capped at :data:`MAX_REPODATA_BYTES` (see ``_unzstd``)."""
     return _unzstd(data, source)
 
