@@ -2,7 +2,8 @@
 
 ``faults`` maps a URL path to a list of behaviours used one per request, in order
 (then the file is served normally): ``"500"``, ``"drop"`` (close the connection
-half-way through the body), ``"garbage"`` (200 with junk bytes), ``"404"``.
+half-way through the body), ``"garbage"`` (200 with junk bytes), ``"404"``, ``"delay"``
+(answer normally, a third of a second late).
 Conditional requests get a 304 when the ETag matches, like a real server.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +35,9 @@ class _Handler(BaseHTTPRequestHandler):
         queue = self.state["faults"].get(path) or []
         fault = queue.pop(0) if queue else None
         target = (self.root / path.lstrip("/")).resolve()
+        if fault == "delay":
+            time.sleep(0.3)
+            fault = None
         if fault == "500":
             self.send_error(500)
             return

@@ -119,13 +119,16 @@ class Upstream:
 
 
 def build_upstream(root: Path) -> None:
-    """State 1, and state 2 with the 2.0 packages that drops beta and extra0 1.0."""
+    """State 1, and state 2 with the 2.0 packages that drops beta and extra0 1.0 and
+    re-uploads gamma 1.0 (the same filename, other bytes)."""
     from reconciler.kinds.conda.indexer import index_channel
 
     for spec, fmt in packages("1.0", 1):
         build_package(root / "1", spec, fmt)
     for spec, fmt in packages("2.0") + packages("1.0")[::2]:
         build_package(root / "2", spec, fmt)
+    reupload = PackageSpec("gamma", "1.0", noarch="generic", files={"notes.txt": b"re-uploaded"})
+    build_package(root / "2", reupload, ".conda")
     index_channel(root / "1")
     index_channel(root / "2")
     (root / "live").mkdir()

@@ -642,9 +642,10 @@ class CondaKind:
                 for metadata in resolved.metadata.values():
                     write_snapshot(store, resolved.mirror.name, metadata)
         if work.replaced:
-            # Re-uploaded files: unpublish their old records before their bytes change,
-            # so no published index ever names bytes that are not there.
-            self._publish_without(work, work.replaced)
+            # Re-uploaded files: unpublish their old records before their bytes change, so
+            # no published index ever names bytes that are not there. Files still to be
+            # downloaded are left out of that index too: they are not there yet.
+            self._publish_without(work, {job.key for job in work.downloads}, work.replaced)
         parallel = max((m.parallel_downloads for m in channel.mirrors), default=4)
         downloaded = run_downloads(
             store, work.downloads, parallel=parallel, reporter=reporter, check_room=store.check_room
@@ -691,14 +692,22 @@ class CondaKind:
             )
         return outcome
 
-    def _publish_without(self, work: CondaWork, keys: set[str]) -> None:
+    def _publish_without(self, work: CondaWork, keys: set[str], replaced: set[str]) -> None:
         mirrored = {s: dict(r) for s, r in work.mirrored.items()}
+        skip = {s: set(names) for s, names in work.indexer.skip.items()}
         for key in keys:
             subdir, filename = _split(key)
             mirrored.get(subdir, {}).pop(filename, None)
-        work.indexer.mirrored = mirrored
+            if key in replaced:
+                # Nor read as a local package meanwhile: its bytes are about to change.
+                skip.setdefault(subdir, set()).add(filename)
+        saved = work.indexer.skip
+        work.indexer.mirrored, work.indexer.skip = mirrored, skip
         work.indexer.reset_digests()
-        work.indexer.publish(work.indexer.compute())
+        try:
+            work.indexer.publish(work.indexer.compute())
+        finally:
+            work.indexer.skip = saved
 
     def _without_failed(
         self, work: CondaWork, failed: set[str], inventory: dict[str, InventoryEntry]

@@ -294,8 +294,10 @@ class PypiKind:
                     write_page_snapshot(store, name, fetched)
         files = dict(work.files)
         if work.replaced:
-            # Re-uploaded files: unpublish them before their bytes change.
-            self._write_pages(store, {k: v for k, v in files.items() if k not in work.replaced})
+            # Re-uploaded files: unpublish them before their bytes change (and list no file
+            # still to be downloaded: it is not there yet).
+            pending = {job.key.removeprefix(f"{PACKAGES}/") for job in work.downloads}
+            self._write_pages(store, {k: v for k, v in files.items() if k not in pending})
         parallel = max((m.parallel_downloads for m in work.channel.mirrors), default=4)
         downloaded = run_downloads(
             store, work.downloads, parallel=parallel, reporter=reporter, check_room=store.check_room
