@@ -12,6 +12,8 @@ absolute paths or ``..`` are refused, and what is read from ``info/`` is capped.
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import hashlib
 import io
 import os
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from conda_package_streaming.package_streaming import stream_conda_component
+import zstandard
 
 from reconciler.conda.metadata import CHANNELDATA_FLAGS, PackageMetadata
 from reconciler.conda.names import package_suffix, strip_suffix
 from reconciler.conda.records import record_problem
+from reconciler.conda.tar import TarError, TarReader
 from reconciler.errors import PackageError
 
 # Files up to this size are read into memory once, hashed and parsed from there.
@@ -114,42 +117,66 @@ def _info_members(
     ``compressed`` is the size of what is streamed (the file, or the .conda's info
     member), which bounds how far into the decompressed stream a member may reach.
     """
-    component = "info" if zf is not None else "pkg"
     stream_limit = max(STREAM_FLOOR, STREAM_RATIO * compressed)
     total = 0
     count = 0
     seen_info = False
-    for tar, member in stream_conda_component(filename, fileobj, component, zf=zf):
-        _check_member_name(filename, member.name)
-        count += 1
-        if count > MAX_MEMBERS:
-            raise PackageError(filename, f"more than {MAX_MEMBERS} archive members")
-        if member.offset_data + member.size > stream_limit:
-            raise PackageError(
-                filename,
-                f"{member.name!r} would decompress past {stream_limit} bytes, over "
-                f"{STREAM_RATIO} times the {compressed} compressed bytes (a decompression bomb?)",
-            )
-        name = member.name
-        if name.startswith("./"):
-            name = name[2:]
-        if not name.startswith("info/"):
-            # conda-build writes info/ first in .tar.bz2; stop at the payload after it.
-            if stop_after_info and seen_info:
-                return
-            continue
-        seen_info = True
-        if name not in _WANTED or not member.isfile():
-            continue
-        if member.size > MEMBER_LIMIT:
-            raise PackageError(filename, f"{name} is {member.size} bytes, over the limit")
-        total += member.size
-        if total > INFO_TOTAL_LIMIT:
-            raise PackageError(filename, "info/ is larger than the limit")
-        handle = tar.extractfile(member)
-        if handle is None:
-            continue
-        yield name, handle.read()
+    with _component_stream(filename, fileobj, zf) as stream:
+        reader = TarReader(stream)
+        try:
+            for member in reader:
+                _check_member_name(filename, member.name)
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise PackageError(filename, f"more than {MAX_MEMBERS} archive members")
+                if member.offset_data + member.size > stream_limit:
+                    raise PackageError(
+                        filename,
+                        f"{member.name!r} would decompress past {stream_limit} bytes, over "
+                        f"{STREAM_RATIO} times the {compressed} compressed bytes "
+                        "(a decompression bomb?)",
+                    )
+                name = member.name
+                if name.startswith("./"):
+                    name = name[2:]
+                if not name.startswith("info/"):
+                    # conda-build writes info/ first in .tar.bz2; stop at the payload after it.
+                    if stop_after_info and seen_info:
+                        return
+                    continue
+                seen_info = True
+                if name not in _WANTED or not member.isfile():
+                    continue
+                if member.size > MEMBER_LIMIT:
+                    raise PackageError(filename, f"{name} is {member.size} bytes, over the limit")
+                total += member.size
+                if total > INFO_TOTAL_LIMIT:
+                    raise PackageError(filename, "info/ is larger than the limit")
+                yield name, reader.read()
+        except TarError as exc:
+            raise PackageError(filename, f"not a valid package archive: {exc}") from None
+
+
+@contextlib.contextmanager
+def _component_stream(
+    filename: str, fileobj: IO[bytes], zf: zipfile.ZipFile | None
+) -> Iterator[IO[bytes]]:
+    """The decompressed tar stream holding ``info/``: a .conda's info-*.tar.zst member,
+    or the whole .tar.bz2."""
+    if zf is None:
+        with bz2.BZ2File(fileobj) as stream:
+            yield stream
+        return
+    stem = strip_suffix(filename)
+    name = next(n for n in zf.namelist() if n.startswith(f"info-{stem}.tar"))
+    with zf.open(name) as member:
+        if name.endswith(".tar.zst"):
+            with zstandard.ZstdDecompressor().stream_reader(member) as stream:
+                yield stream
+        elif name.endswith(".tar"):
+            yield member
+        else:
+            raise PackageError(filename, f"{name}: an info member compressed an unknown way")
 
 
 def _load_json(filename: str, member: str, data: bytes) -> dict[str, Any]:
