@@ -176,7 +176,7 @@ class TarReader:
             if long_name is not None:
                 name, long_name = long_name, None
             if "path" in pax:
-                name = pax["path"]
+                name = pax["path"].rstrip("/")  # as tarfile reads it
             if "size" in pax:
                 try:
                     size = int(pax["size"])
