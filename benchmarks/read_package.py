@@ -1,4 +1,4 @@
-"""Package metadata readers: ours (conda-package-streaming) against py-rattler's.
+"""Package metadata readers: ours (reconciler.conda.archive) against py-rattler's.
 
     python benchmarks/read_package.py          # 500 packages of each format, 3 repeats
 
