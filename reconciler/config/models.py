@@ -203,10 +203,12 @@ class FilterBlock(_Model):
     )
     date: DateWindow | None = Field(None, description="window on the record's timestamp")
     latest: PositiveInt | None = Field(
-        None, description="keep the newest N versions of each name, after the rules"
+        None, description="keep the newest N versions of each name in each subdir, after the rules"
     )
     dependencies: bool = Field(
-        False, description="add the dependency closure of the selected packages"
+        False,
+        description="mirrors: add every upstream package a solver could install with the "
+        "selected ones, on each platform the mirror serves",
     )
 
 
