@@ -9,7 +9,8 @@ for every selected record and every platform the mirror serves, whatever the
 upstream (restricted to the mirror's subdirs and the exclude rules) can install
 with that record, the mirror can install too. A platform record's dependencies
 are looked up in its own subdir and noarch; a noarch record's in noarch and each
-platform subdir the mirror serves, one platform at a time.
+platform subdir the mirror serves, one platform at a time (also when it entered as the
+dependency of one platform's record: clients of every platform can ask for it).
 
 The closure takes, transitively, every candidate that matches a dependency,
 except those that an exclude rule removes and those that can never be installed
@@ -255,11 +256,20 @@ class _Closure:
     def _state(self, key: Key, platform: str) -> int:
         found = self._states.get((key, platform))
         if found is None:
-            found = self._states[(key, platform)] = len(self.keys)
-            self.keys.append(key)
-            self.state_platforms.append(platform)
-            self._queue.append(found)
+            # A noarch record is installable on every platform: whichever platform it
+            # is reached on, it is looked at on all of them.
+            for each in dict.fromkeys([*self._platforms_of(key), platform]):
+                if (key, each) not in self._states:
+                    self._states[(key, each)] = len(self.keys)
+                    self.keys.append(key)
+                    self.state_platforms.append(each)
+                    self._queue.append(self._states[(key, each)])
+            found = self._states[(key, platform)]
         return found
+
+    def _all_states(self, key: Key) -> list[int]:
+        """The states of one record: one per platform for noarch, else one."""
+        return [self._states[(key, platform)] for platform in self._platforms_of(key)]
 
     def _platforms_of(self, key: Key) -> list[str]:
         return self.platforms if key[0] == "noarch" else [key[0]]
@@ -334,15 +344,15 @@ class _Closure:
         return dead, killer
 
     def close(self, result: Selection) -> None:
-        roots = [
-            self._state(key, platform)
-            for key in sorted(result.selected)
-            for platform in self._platforms_of(key)
-        ]
+        for key in sorted(result.selected):
+            self._state(key, self._platforms_of(key)[0])
+        roots = [state for key in sorted(result.selected) for state in self._all_states(key)]
         self._explore()
         dead, killer = self._uninstallable()
 
-        # What the selected records need, through candidates that can be installed.
+        # What the selected records need, through candidates that can be installed. A
+        # noarch record that enters is then closed on every platform, as clients on each
+        # platform can ask for it.
         seen = set(roots)
         queue = deque(roots)
         while queue:
@@ -352,9 +362,11 @@ class _Closure:
                 for support in edge.supports:
                     if dead[support] or support in seen:
                         continue
-                    seen.add(support)
-                    queue.append(support)
                     key = self.keys[support]
+                    for each in self._all_states(key):
+                        if not dead[each] and each not in seen:
+                            seen.add(each)
+                            queue.append(each)
                     if key not in result.selected:
                         result.selected[key] = dict(self.upstream[key[0]][key[1]])
                         result.decisions[key] = Decision(

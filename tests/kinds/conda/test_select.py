@@ -94,6 +94,27 @@ def test_a_noarch_record_finds_python_in_every_platform_subdir(tmp_path: Path) -
         assert solve(mirror, ["tqdm"], platform) is not None, platform
 
 
+def test_a_noarch_dependency_is_closed_on_every_platform(tmp_path: Path) -> None:
+    # util (osx-arm64) brings in noarch lib; lib is then listed for linux-64 clients too,
+    # who need linux-64's python to install it.
+    up = upstream(
+        rec("python", "3.12.0", "linux-64", build="l"),
+        rec("lib", "1.0", depends=["python"], build="n"),
+        rec("util", "1.0", "osx-arm64", ["lib"], build="o"),
+    )
+    result = run(up, {"include": [{"name": "util"}]})
+    assert chosen(result) == [
+        "linux-64/python-3.12.0-l.conda",
+        "noarch/lib-1.0-n.conda",
+        "osx-arm64/util-1.0-o.conda",
+    ]
+    assert result.decisions[("linux-64", "python-3.12.0-l.conda")].reason == (
+        "dependency of noarch/lib-1.0-n.conda (python)"
+    )
+    mirror = write_channel(tmp_path / "mirror", result.selected, PLATFORMS)
+    assert solve(mirror, ["lib"], "linux-64") is not None
+
+
 def test_a_platform_record_looks_in_its_own_subdir_and_noarch_only() -> None:
     up = upstream(
         rec("app", "1.0", "linux-64", ["helper", "data"]),
@@ -113,6 +134,17 @@ def test_noarch_lookups_use_the_platforms_given() -> None:
     up = upstream(*PYTHONS, rec("tqdm", "4.66", depends=["python"]))
     result = run(up, {"include": [{"name": "tqdm"}]}, platforms=["osx-arm64", "noarch"])
     assert {s for s, _ in result.selected} == {"osx-arm64", "noarch"}
+
+
+def test_a_platform_outside_those_given_still_finds_its_noarch_dependencies() -> None:
+    up = upstream(
+        *PYTHONS,
+        rec("tqdm", "4.66", depends=["python"], build="n"),
+        rec("app", "1", "linux-64", ["tqdm"], build="a"),
+    )
+    result = run(up, {"include": [{"name": "app"}]}, platforms=["osx-arm64"])
+    assert ("noarch", "tqdm-4.66-n.conda") in result.selected
+    assert {s for s, _ in result.selected} == {"linux-64", "noarch", "osx-arm64"}
 
 
 def test_a_noarch_only_mirror_looks_in_noarch() -> None:
@@ -335,17 +367,26 @@ def worlds(draw: st.DrawFn) -> tuple[Upstream, dict[str, Any], dict[str, Any]]:
         version = draw(st.sampled_from(("1.0", "2.0", "2.5", "3.0")))
         licence = draw(st.sampled_from(("MIT", "MIT", "GPL-3.0-only")))
         records.append(rec(name, version, subdir, depends, build=f"b{i}", license=licence))
+        if draw(st.integers(0, 4)) == 0:  # the same package in both formats
+            records.append(
+                rec(name, version, subdir, depends, f"b{i}", ".tar.bz2", license=licence)
+            )
     up = upstream(*records)
     mirror = {"include": [{"name": draw(st.sampled_from(NAMES[1:]))}]}
     channel = draw(
         st.sampled_from(
-            [{}, {"exclude": [{"license": "GPL"}]}, {"exclude": [{"spec": "python >=3"}]}]
+            [
+                {},
+                {"exclude": [{"license": "GPL"}]},
+                {"exclude": [{"spec": "python >=3"}]},
+                {"exclude": [{"name": "python", "subdir": "osx-*"}, {"spec": "lib <2"}]},
+            ]
         )
     )
     return up, mirror, channel
 
 
-@budget(40)
+@budget(150)
 @given(world=worlds())
 def test_what_the_upstream_can_install_the_mirror_can(
     world: tuple[Upstream, dict[str, Any], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
