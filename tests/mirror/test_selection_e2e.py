@@ -346,6 +346,6 @@ def test_explain_json_agrees_with_what_was_published(
     project.write(config(url, "{include: [{name: tqdm}, {name: app}], dependencies: true}"))
     assert project.run("apply")[0] == ExitCode.OK
     _, out, _ = project.run("explain", "*", "--json")
-    explained = {(e["subdir"], e["filename"]) for e in json.loads(out) if e["selected"]}
+    explained = {(e["location"], e["name"]) for e in json.loads(out) if e["selected"]}
     published = {(s, n) for s in (*PLATFORMS, "noarch") for n in project.names(s)}
     assert explained == published
