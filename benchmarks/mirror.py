@@ -2,11 +2,19 @@
 
     python benchmarks/mirror.py plan           # (a) plan against 500,000 upstream records
     python benchmarks/mirror.py download       # (b) active mirror of 2,000 packages over HTTP
-    python benchmarks/mirror.py                # both
+    python benchmarks/mirror.py closure        # (c) 200 roots with and without dependencies
+    python benchmarks/mirror.py                # all three
 
 (a) generates the repodata of a synthetic upstream subdir (conda-forge linux-64 scale; no
 package files needed) and times ``reconcile plan`` for a passive mirror of it with a name
 filter and a licence filter, in a fresh process: wall time and peak memory.
+
+(c) generates a 500,000-record upstream with a dependency graph (linux-64 builds per
+python version pinned to it, noarch packages needing python, each package needing two
+older ones within a version range, a virtual ``__glibc``) and plans a passive mirror of
+200 root records (the newest version of 50 names, 4 python builds each) twice in each
+repeat: with ``dependencies: true`` and without, in fresh processes. Prints both plan
+times and peaks, and the ratio (target: under 2).
 
 (b) builds 2,000 real packages, serves them from 127.0.0.1, and times our parallel,
 verified download of all of them (``download_all``, as apply runs it) next to a plain
@@ -72,6 +80,113 @@ def make_upstream_repodata(root: Path, count: int) -> None:
         (folder / "repodata.json").write_bytes(orjson.dumps(data))
 
 
+def _closure_targets(i: int) -> set[int]:
+    """The names of lower index that name ``i`` needs; never GPL-licensed ones."""
+    if i == 0:
+        return set()
+    targets = {i // 7, ((i * 2654435761) % 2**32) % i}
+    return {t - 1 if t % len(LICENSES) == 3 else t for t in targets}
+
+
+def make_closure_repodata(root: Path, count: int) -> list[str]:
+    """An upstream of ``count`` records with a dependency graph; returns 50 root names.
+
+    Each name has 20 records. One in ten names is noarch (20 versions, needing
+    ``python >=3.8``); the others are linux-64 (5 versions x 4 builds, each pinned to
+    one python minor and needing ``__glibc``, which no upstream holds). A package
+    needs two older ones: ``pkg(i // 7)`` and a pseudo-random ``pkg(j)``, ``j < i``,
+    each at ``>=1.K`` for a K that depends on ``i``. python itself has 40 builds.
+    """
+    import orjson
+
+    names = max(1, count // 20)
+    linux: dict[str, dict[str, object]] = {}
+    noarch: dict[str, dict[str, object]] = {}
+    for minor in range(8, 12):
+        for patch in range(10):
+            version = f"3.{minor}.{patch}"
+            linux[f"python-{version}-h0_0.conda"] = {
+                "name": "python",
+                "version": version,
+                "build": "h0_0",
+                "build_number": 0,
+                "depends": ["__glibc >=2.17"],
+                "license": "Python-2.0",
+                "md5": f"{minor * 100 + patch:032x}",
+                "sha256": f"{minor * 100 + patch:064x}",
+                "size": 30_000_000,
+                "subdir": "linux-64",
+                "timestamp": 1_700_000_000_000,
+            }
+    number = 0
+    for n in range(names):
+        name = f"pkg{n:06d}"
+        needs = []
+        for target in sorted(_closure_targets(n)):
+            needs.append(f"pkg{target:06d} >=1.{n % 3}.0")
+        licence = LICENSES[n % len(LICENSES)]
+        if n % 10 == 9:
+            builds = [(f"1.{v}.0", "pyh_0", "python >=3.8") for v in range(20)]
+        else:
+            builds = [
+                (f"1.{v}.0", f"py3{m}h{n:06x}_0", f"python >=3.{m},<3.{m + 1}.0a0")
+                for v in range(5)
+                for m in range(8, 12)
+            ]
+        for version, build, python in builds:
+            number += 1
+            subdir = "noarch" if n % 10 == 9 else "linux-64"
+            depends = [python, *needs] + (["__glibc >=2.17"] if subdir == "linux-64" else [])
+            record = {
+                "name": name,
+                "version": version,
+                "build": build,
+                "build_number": 0,
+                "depends": depends,
+                "license": licence,
+                "md5": f"{number:032x}",
+                "sha256": f"{number:064x}",
+                "size": 10_000 + number % 5000,
+                "subdir": subdir,
+                "timestamp": 1_700_000_000_000 + number,
+            }
+            if subdir == "noarch":
+                record["noarch"] = "python"
+            (noarch if subdir == "noarch" else linux)[f"{name}-{version}-{build}.conda"] = record
+    for subdir, records in (("linux-64", linux), ("noarch", noarch)):
+        folder = root / subdir
+        folder.mkdir(parents=True)
+        data = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": records}
+        (folder / "repodata.json").write_bytes(orjson.dumps(data))
+    # Linux names spread over the graph, none of them GPL-licensed.
+    roots = []
+    n = 500
+    while len(roots) < 50:
+        if n % 10 != 9 and n % len(LICENSES) != 3:
+            roots.append(f"pkg{n:06d}")
+        n += (names - 1000) // 50
+    return roots
+
+
+CLOSURE_CONFIG = """\
+version: 1
+channels:
+  - name: big
+    path: ./channel
+    subdirs: [linux-64, noarch]
+    filters:
+      exclude: [{{license: GPL}}]
+    mirrors:
+      - name: up
+        source: ./upstream
+        mode: passive
+        filters:
+          include: [{include}]
+          latest: 1
+          dependencies: {dependencies}
+"""
+
+
 PLAN_CONFIG = """\
 version: 1
 channels:
@@ -89,18 +204,75 @@ channels:
 """
 
 
-def plan_child(folder: Path) -> None:
+def plan_child(folder: Path, config: str = "channels.yaml") -> None:
     from memory import PeakMemory
 
     from reconciler.config.models import load_config
     from reconciler.engine.planner import make_plan
+    from reconciler.kinds import REGISTRY
 
+    REGISTRY.kind_named("conda")  # imported before the clock starts
     with PeakMemory() as peak:
         start = time.perf_counter()
-        plan = make_plan(load_config(folder / "channels.yaml"))
+        planning = make_plan(load_config(folder / config), REGISTRY, cache_dir=folder / "cache")
+        planning.close()
         elapsed = time.perf_counter() - start
+    plan = planning.plan
     adds = plan.count("add")
-    print(json.dumps({"seconds": elapsed, "peak_mb": peak.mb, "adds": adds}))
+    warnings = sum(len(channel.warnings) for channel in plan.channels)
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak.mb, "adds": adds, "warnings": warnings}))
+
+
+def _run_plan_child(work: Path, config: str = "channels.yaml") -> dict[str, float]:
+    run = subprocess.run(
+        [sys.executable, __file__, "--plan-child", str(work), "--config", config],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_closure(records: int, repeats: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="reconcile-mirror-closure-"))
+    try:
+        started = time.perf_counter()
+        roots = make_closure_repodata(work / "upstream", records)
+        size = sum(p.stat().st_size for p in (work / "upstream").glob("*/repodata.json"))
+        print(
+            f"(c) upstream of {records} records ({size / 1e6:.0f} MB of repodata.json) "
+            f"made in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        include = ", ".join(f"{{name: {name}}}" for name in roots)
+        for label, dependencies in (("with", "true"), ("without", "false")):
+            (work / f"closure-{label}.yaml").write_text(
+                CLOSURE_CONFIG.format(include=include, dependencies=dependencies)
+            )
+        results: dict[str, list[dict[str, float]]] = {"with": [], "without": []}
+        for repeat in range(repeats):
+            for label in ("without", "with"):
+                result = _run_plan_child(work, f"closure-{label}.yaml")
+                results[label].append(result)
+                print(
+                    f"  repeat {repeat + 1}, {label} dependencies: plan {result['seconds']:.2f} s, "
+                    f"{result['peak_mb']:.0f} MB, {result['adds']} records selected, "
+                    f"{result['warnings']} warnings",
+                    flush=True,
+                )
+        medians = {
+            label: statistics.median(r["seconds"] for r in runs) for label, runs in results.items()
+        }
+        peaks = {label: max(r["peak_mb"] for r in runs) for label, runs in results.items()}
+        for label in ("without", "with"):
+            print(
+                f"(c) plan {label} dependencies, median of {repeats}: {medians[label]:.2f} s, "
+                f"peak {peaks[label]:.0f} MB, {results[label][0]['adds']} records selected"
+            )
+        print(f"(c) ratio with / without: {medians['with'] / medians['without']:.2f} (target: 2)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def bench_plan(records: int, repeats: int) -> None:
@@ -117,13 +289,7 @@ def bench_plan(records: int, repeats: int) -> None:
         (work / "channels.yaml").write_text(PLAN_CONFIG)
         results = []
         for repeat in range(repeats):
-            run = subprocess.run(
-                [sys.executable, __file__, "--plan-child", str(work)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            result = json.loads(run.stdout.strip().splitlines()[-1])
+            result = _run_plan_child(work)
             results.append(result)
             print(
                 f"  repeat {repeat + 1}: plan {result['seconds']:.2f} s, "
@@ -221,20 +387,25 @@ def bench_download(count: int, concurrency: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", choices=["plan", "download", "all"], default="all")
+    parser.add_argument(
+        "which", nargs="?", choices=["plan", "download", "closure", "all"], default="all"
+    )
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--packages", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("-r", "--repeats", type=int, default=3)
     parser.add_argument("--plan-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="channels.yaml", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plan_child:
-        plan_child(args.plan_child)
+        plan_child(args.plan_child, args.config)
         return
     if args.which in ("plan", "all"):
         bench_plan(args.records, args.repeats)
     if args.which in ("download", "all"):
         bench_download(args.packages, args.concurrency, args.repeats)
+    if args.which in ("closure", "all"):
+        bench_closure(args.records, args.repeats)
 
 
 if __name__ == "__main__":

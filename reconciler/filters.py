@@ -4,9 +4,12 @@ A block applies in this order: ``include`` (a record must match one rule, when
 any are given), ``exclude`` (a match removes it unless one of that rule's
 ``except`` rules also matches), ``date`` (on the record's ``timestamp``, ms or
 s; a record without one is kept), then ``latest: N`` (newest N versions per
-name among what is left). ``dependencies`` is resolved by the mirror planner,
-which knows the upstream. Every decision carries the rule that made it, for
-plans and ``explain``.
+name in each subdir among what is left, as conda-mirror counts them: a platform
+whose builds lag, or noarch, keeps its own newest N). ``dependencies`` is
+resolved by the mirror selection, which knows the upstream. Every decision
+carries the rule that made it, for plans and ``explain``; when a licence rule
+was asked and the record's licence was not read verbatim, the reason says how it
+was read ("licence 'GPL v3' read as GPL-3.0-only").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import rattler
 from rattler.package import BuildString
 
 from reconciler.config.models import FilterBlock, Rule
-from reconciler.licenses import family_matches, license_matches
+from reconciler.licenses import family_matches, license_matches, license_note
 
 
 class Candidate(NamedTuple):
@@ -143,6 +146,17 @@ class FilterEngine:
     def __init__(self, block: FilterBlock, where: str = "filters") -> None:
         self.block = block
         self.where = where
+        rules = [*block.include, *block.exclude, *(k for r in block.exclude for k in r.except_)]
+        self._asks_licence = any(r.license is not None for r in rules)
+        # Include rules naming one package (no glob) are only asked about that name:
+        # a list of 200 names costs one lookup per record, not 200 glob matches.
+        self._include_by_name: dict[str, list[Rule]] = {}
+        self._include_others: list[Rule] = []
+        for rule in block.include:
+            if rule.name is not None and not any(c in rule.name for c in "*?["):
+                self._include_by_name.setdefault(rule.name, []).append(rule)
+            else:
+                self._include_others.append(rule)
 
     @property
     def is_empty(self) -> bool:
@@ -154,14 +168,19 @@ class FilterEngine:
         return self.block.model_dump_json(by_alias=True)
 
     def _rules(self, candidate: Candidate) -> Decision:
+        decision = self._decide(candidate)
+        if self._asks_licence:
+            record = candidate.record
+            note = license_note(_text(record.get("license")), _text(record.get("license_family")))
+            if note is not None:
+                return Decision(decision.selected, f"{decision.reason}; {note}")
+        return decision
+
+    def _decide(self, candidate: Candidate) -> Decision:
         block = self.block
         # Plain loops, not any(): this runs for every record of a big upstream.
-        if block.include:
-            for rule in block.include:
-                if rule_matches(rule, candidate):
-                    break
-            else:
-                return Decision(False, f"matches no {self.where}.include rule")
+        if block.include and not self._included(candidate):
+            return Decision(False, f"matches no {self.where}.include rule")
         for i, exclude in enumerate(block.exclude):
             if not rule_matches(exclude, candidate):
                 continue
@@ -182,6 +201,12 @@ class FilterEngine:
                     return Decision(False, f"built on or after {self.where}.date.before")
         return Decision(True, "selected")
 
+    def _included(self, candidate: Candidate) -> bool:
+        for rule in self._include_by_name.get(candidate.name, ()):
+            if rule_matches(rule, candidate):
+                return True
+        return any(rule_matches(rule, candidate) for rule in self._include_others)
+
     def exclusion(self, candidate: Candidate) -> str | None:
         """The exclude rule (as a reason) that removes ``candidate``, ignoring the rest."""
         for i, exclude in enumerate(self.block.exclude):
@@ -199,15 +224,16 @@ class FilterEngine:
     def evaluate(self, candidates: Iterable[Candidate]) -> dict[tuple[str, str], Decision]:
         """A decision for every candidate, keyed by ``(subdir, filename)``."""
         decisions: dict[tuple[str, str], Decision] = {}
-        survivors: dict[str, list[Candidate]] = {}
+        # By name and subdir: `latest` counts versions in each subdir on its own.
+        survivors: dict[tuple[str, str], list[Candidate]] = {}
         for candidate in candidates:
             decision = self._rules(candidate)
             decisions[candidate.key] = decision
             if decision.selected:
-                survivors.setdefault(candidate.name, []).append(candidate)
+                survivors.setdefault((candidate.name, candidate.subdir), []).append(candidate)
         latest = self.block.latest
         if latest is not None:
-            for group in survivors.values():
+            for (_name, subdir), group in survivors.items():
                 versions = {str(c.record.get("version", "")) for c in group}
                 parsed = {text: _version(text) for text in versions}
                 # Versions equal in conda's order (1.0 and 1.0.0) are one version, kept or
@@ -227,6 +253,7 @@ class FilterEngine:
                     kept = text in unparsed if found is None else found >= newest[-1]
                     if not kept:
                         decisions[candidate.key] = Decision(
-                            False, f"older than the newest {latest} by {self.where}.latest"
+                            False,
+                            f"older than the newest {latest} in {subdir} by {self.where}.latest",
                         )
         return decisions

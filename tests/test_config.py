@@ -342,6 +342,48 @@ def test_empty_rule_and_unknown_license_family(write_config: WriteConfig) -> Non
     assert "unknown license_family 'GLP'" in errors[1].message
 
 
+def test_licence_values_are_checked_with_a_suggestion(write_config: WriteConfig) -> None:
+    text = MINIMAL + (
+        "    filters:\n"
+        "      exclude:\n"
+        "        - license: GLP\n"
+        "        - {license: 'MIT OR'}\n"
+        "        - license: Apache 2\n"
+        "          except:\n"
+        "            - {license: GPL-3.0-only WITH GCC-exception-3.1}\n"
+        "            - {license: BSD 3-clause}\n"
+        "        - {license: 'GPL OR LGPL'}\n"
+    )
+    path = write_config(text)
+    assert [e.format() for e in errors_of(path)] == [
+        f"{path}:8: channels[0].filters.exclude[0].license: license 'GLP' is neither a licence "
+        "family nor a valid SPDX expression: unknown licence 'GLP' (did you mean 'GPL'?)",
+        f"{path}:9: channels[0].filters.exclude[1].license: license 'MIT OR' is neither a "
+        "licence family nor a valid SPDX expression (OR requires two or more licenses as in: "
+        "MIT OR BSD); did you mean 'MIT'?",
+        f"{path}:10: channels[0].filters.exclude[2].license: license 'Apache 2' is neither a "
+        "licence family nor a valid SPDX expression: unknown licence 'Apache 2' (did you mean "
+        "'Apache-2.0'?)",
+        f"{path}:13: channels[0].filters.exclude[2].except[1].license: license 'BSD 3-clause' is "
+        "neither a licence family nor a valid SPDX expression: unknown licence 'BSD 3-clause' "
+        "(did you mean 'BSD-3-Clause'?)",
+    ]
+
+
+def test_licence_values_in_mirror_filters_too(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    text = MINIMAL + (
+        "    mirrors:\n"
+        "      - name: up\n"
+        "        source: ./up\n"
+        "        filters: {include: [{name: x, license: 'Apache 2.0'}]}\n"
+    )
+    error = only_error(write_config(text))
+    assert error.path == ("channels", 0, "mirrors", 0, "filters", "include", 0, "license")
+    assert error.line == 9
+    assert "did you mean 'Apache-2.0'?" in error.message
+
+
 @pytest.mark.parametrize(
     ("expression", "minutes"),
     [("17 3 * * *", 24 * 60), ("*/10 * * * *", 10), ("0,30 3 * * *", 30), ("0 * * * *", 60)],

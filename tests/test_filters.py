@@ -84,10 +84,84 @@ def test_latest_uses_conda_version_order_after_the_rules() -> None:
     )
     kept = sorted(k for k, (selected, _) in result.items() if selected)
     assert kept == ["a-1.10-0.conda", "a-1.10-1.conda", "a-1.9-0.conda"]
-    assert result["a-1.8-0.conda"] == (False, "older than the newest 2 by filters.latest")
+    assert result["a-1.8-0.conda"] == (
+        False,
+        "older than the newest 2 in linux-64 by filters.latest",
+    )
 
 
 def test_empty_block_selects_everything() -> None:
     engine = FilterEngine(FilterBlock())
     assert engine.is_empty
     assert all(d.selected for d in engine.evaluate([cand("x", "1")]).values())
+
+
+def test_latest_counts_versions_in_each_subdir() -> None:
+    # osx-arm64 lags behind and noarch has an older series: each keeps its own newest.
+    result = decide(
+        {"latest": 1},
+        cand("a", "2.0", "linux-64"),
+        cand("a", "1.0", "linux-64"),
+        cand("a", "1.0", "osx-arm64"),
+        cand("a", "0.9", "osx-arm64"),
+        cand("a", "0.5", "noarch"),
+    )
+    kept = sorted(k for k, (selected, _) in result.items() if selected)
+    assert kept == ["a-0.5-0.conda", "a-1.0-0.conda", "a-2.0-0.conda"]
+    engine = FilterEngine(FilterBlock.model_validate({"latest": 1}), "filters")
+    decisions = engine.evaluate(
+        [cand("a", "1.0", "osx-arm64"), cand("a", "0.9", "osx-arm64"), cand("a", "2.0")]
+    )
+    assert decisions[("osx-arm64", "a-1.0-0.conda")].selected
+    assert decisions[("osx-arm64", "a-0.9-0.conda")].reason == (
+        "older than the newest 1 in osx-arm64 by filters.latest"
+    )
+
+
+def test_reasons_say_how_a_licence_was_read() -> None:
+    result = decide(
+        {"exclude": [{"license": "GPL"}]},
+        cand("a", "1", license="GPL v3"),
+        cand("b", "1", license="BSD 3-clause"),
+        cand("c", "1", license="Custom", license_family="GPL3"),
+        cand("d", "1", license="GPL-2.0-or-later OR MIT", license_family="GPL2"),
+    )
+    assert result["a-1-0.conda"] == (
+        False,
+        "excluded by filters.exclude[0] (license: GPL); licence 'GPL v3' read as GPL-3.0-only",
+    )
+    assert result["b-1-0.conda"] == (True, "selected; licence 'BSD 3-clause' read as BSD-3-Clause")
+    assert result["c-1-0.conda"] == (
+        False,
+        "excluded by filters.exclude[0] (license: GPL); licence 'Custom' is not a licence "
+        "expression; its license_family GPL3 decides",
+    )
+    assert result["d-1-0.conda"] == (True, "selected")
+
+
+def test_include_by_exact_name_and_by_glob_together() -> None:
+    block = {
+        "include": [
+            {"name": "numpy", "version": ">=2"},
+            {"name": "scipy"},
+            {"name": "lib*"},
+            {"spec": "pandas >=2"},
+        ]
+    }
+    result = decide(
+        block,
+        cand("numpy", "2.1"),
+        cand("numpy", "1.26"),
+        cand("scipy", "1.11"),
+        cand("libfoo", "1"),
+        cand("pandas", "2.2"),
+        cand("pandas", "1.5"),
+        cand("Scipy", "1"),  # names are exact, as globs are case-sensitive
+    )
+    kept = sorted(k for k, (selected, _) in result.items() if selected)
+    assert kept == [
+        "libfoo-1-0.conda",
+        "numpy-2.1-0.conda",
+        "pandas-2.2-0.conda",
+        "scipy-1.11-0.conda",
+    ]

@@ -25,116 +25,20 @@ are never selected. Unlike conda-index, ``legacy_bz2_md5`` is not added to the
 from __future__ import annotations
 
 import functools
-import operator
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import rattler
 
+from reconciler.conda.matching import DependencySpec, RecordView, parse_spec
 from reconciler.conda.repodata import REPODATA_VERSION
 
 _SECTIONS = ("packages", "packages.conda")
 
 
-def _build_matcher(pattern: str) -> Callable[[str], bool]:
-    """conda's build-string matching: ``^…$`` is a regex, ``*`` a glob, else exact."""
-    if pattern.startswith("^") and pattern.endswith("$"):
-        compiled = re.compile(pattern)
-    elif "*" in pattern:
-        compiled = re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
-    else:
-        return pattern.__eq__
-    return lambda build: compiled.match(build) is not None
-
-
-_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-    ">": operator.gt,
-    "<": operator.lt,
-    "=": operator.eq,
-}
-
-
-def _build_number_matcher(text: str) -> Callable[[int], bool] | None:
-    for symbol, compare in _COMPARISONS.items():
-        if text.startswith(symbol):
-            try:
-                wanted = int(text[len(symbol) :].strip())
-            except ValueError:
-                return None
-            return lambda number: compare(number, wanted)
-    try:
-        wanted = int(text)
-    except ValueError:
-        return None
-    return lambda number: number == wanted
-
-
-@dataclass(frozen=True)
-class Dependency:
-    """A parsed dependency: name, version spec, build string and build number.
-
-    Checks these four parts of a MatchSpec, which is all that ``depends`` entries
-    use in practice; channel, subdir and digest constraints are not checked.
-    """
-
-    name: str
-    version: rattler.VersionSpec | None
-    build: str | None
-    build_number: str | None = None
-    _build_ok: Callable[[str], bool] | None = field(init=False, compare=False, repr=False)
-    _number_ok: Callable[[int], bool] | None = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Compiled once per spec (parse_dependency is cached), used per record.
-        build_ok = _build_matcher(self.build) if self.build else None
-        number_ok = _build_number_matcher(self.build_number) if self.build_number else None
-        object.__setattr__(self, "_build_ok", build_ok)
-        object.__setattr__(self, "_number_ok", number_ok)
-
-    def matches_version(self, version: rattler.Version) -> bool:
-        return self.version is None or self.version.matches(version)
-
-    def matches_build(self, build: str, build_number: int) -> bool:
-        if self._build_ok is not None and not self._build_ok(build):
-            return False
-        return self._number_ok is None or self._number_ok(build_number)
-
-    def matches_record(self, record: Mapping[str, Any]) -> bool:
-        """Whether a repodata record satisfies this dependency."""
-        if str(record.get("name", "")).lower() != self.name:
-            return False
-        if self.version is not None:
-            version = _parse_version(str(record.get("version", "")))
-            if version is None or not self.version.matches(version):
-                return False
-        return self.matches_build(str(record.get("build", "")), _as_int(record.get("build_number")))
-
-
-@functools.lru_cache(maxsize=65536)
-def parse_dependency(spec: str) -> Dependency | None:
-    """A dependency string as a :class:`Dependency` (None if it cannot be parsed)."""
-    try:
-        match = rattler.MatchSpec(spec)
-    except Exception:  # an unparseable dependency cannot be satisfied; ignore it
-        return None
-    name = match.name.normalized if match.name is not None else None
-    if not name:
-        return None
-    try:
-        version = rattler.VersionSpec(match.version) if match.version else None
-    except Exception:
-        return None
-    build = match.build if match.build and match.build != "*" else None
-    number = match.build_number or None
-    if number and _build_number_matcher(number) is None:
-        return None
-    return Dependency(name, version, build, number)
+# A ``depends`` entry, parsed and matched by rattler (see reconciler.conda.matching).
+Dependency = DependencySpec
+parse_dependency = parse_spec
 
 
 @functools.lru_cache(maxsize=65536)
@@ -166,30 +70,31 @@ def _pin_spec(pin: str) -> rattler.VersionSpec | None:
 class _Candidate:
     """One selectable record, with what ordering and matching need parsed once."""
 
-    __slots__ = ("build", "build_number", "filename", "has_features", "key", "record", "version")
+    __slots__ = ("filename", "has_features", "key", "record", "version", "view")
 
-    def __init__(self, filename: str, record: Mapping[str, Any], version: rattler.Version):
+    def __init__(
+        self, filename: str, record: Mapping[str, Any], version: rattler.Version, subdir: str
+    ):
         self.filename = filename
         self.record = record
         self.version = version
-        self.build = str(record.get("build", ""))
-        self.build_number = _as_int(record.get("build_number"))
+        self.view = RecordView(record, subdir)
         self.has_features = bool(record.get("features") or record.get("track_features"))
         # conda's order within one name: version, build number, timestamp; the build
         # string last only so that equal keys still sort the same way every time.
-        self.key = (version, self.build_number, _as_int(record.get("timestamp")), self.build)
+        build = str(record.get("build", ""))
+        number = _as_int(record.get("build_number"))
+        self.key = (version, number, _as_int(record.get("timestamp")), build)
 
-    def satisfies(self, dependency: Dependency) -> bool:
-        return dependency.matches_version(self.version) and dependency.matches_build(
-            self.build, self.build_number
-        )
+    def satisfies(self, dependency: DependencySpec) -> bool:
+        return dependency.matches(self.view)
 
 
 def _conda_twin(filename: str) -> str | None:
     return filename[: -len(".tar.bz2")] + ".conda" if filename.endswith(".tar.bz2") else None
 
 
-def _groups(repodata: Mapping[str, Any]) -> dict[str, list[_Candidate]]:
+def _groups(repodata: Mapping[str, Any], subdir: str) -> dict[str, list[_Candidate]]:
     """Selectable records by lower-cased name, newest first."""
     conda: Mapping[str, Any] = repodata.get("packages.conda") or {}
     groups: dict[str, list[_Candidate]] = {}
@@ -204,7 +109,9 @@ def _groups(repodata: Mapping[str, Any]) -> dict[str, list[_Candidate]]:
             version = _parse_version(version_text)
             if version is None:
                 continue
-            groups.setdefault(name.lower(), []).append(_Candidate(filename, record, version))
+            groups.setdefault(name.lower(), []).append(
+                _Candidate(filename, record, version, subdir)
+            )
     for group in groups.values():
         group.sort(key=lambda c: c.key, reverse=True)
     return groups
@@ -287,7 +194,7 @@ def build_current_repodata(
     ``current_index_versions``, e.g. ``{"python": ["3.10", "3.11"]}``). Records
     are shared with ``repodata``, not copied.
     """
-    groups = _groups(repodata)
+    groups = _groups(repodata, subdir)
     selection = _Selection(groups)
     for name, group in groups.items():
         selection.keep_version(name, group[0].version)

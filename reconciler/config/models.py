@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from reconciler.conda.license_text import LICENSE_FAMILIES, license_rule_problem
 from reconciler.conda.names import is_valid_subdir
 from reconciler.config.diagnostics import Diagnostic, Severity
 from reconciler.errors import ConfigError
@@ -41,25 +42,6 @@ MAX_FILE_SIZE = 32 * 1024**3
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-# conda-build's license_family values (compared case-insensitively).
-LICENSE_FAMILIES: tuple[str, ...] = (
-    "AGPL",
-    "APACHE",
-    "BSD",
-    "CC",
-    "GPL",
-    "GPL2",
-    "GPL3",
-    "LGPL",
-    "MIT",
-    "MOZILLA",
-    "NONE",
-    "OTHER",
-    "PROPRIETARY",
-    "PSF",
-    "PUBLIC-DOMAIN",
-)
 
 
 class _Model(BaseModel):
@@ -145,8 +127,8 @@ class Rule(_Model):
     spec: str | None = Field(None, description="conda MatchSpec, e.g. 'numpy >=1.26'")
     license: str | None = Field(
         None,
-        description="licence family (GPL, LGPL, MIT, ...) or SPDX id; "
-        "'A OR B' matches only when every alternative does",
+        description="licence family (GPL, LGPL, MIT, ...) or SPDX expression; a package "
+        "licensed 'A OR B' matches only when every alternative does",
     )
     license_family: str | None = Field(None, description="conda license_family value")
     subdir: str | None = Field(None, description="subdir glob, e.g. 'win-*'")
@@ -160,6 +142,16 @@ class Rule(_Model):
     @classmethod
     def _spec(cls, value: str | None) -> str | None:
         return _check_match_spec(value)
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = license_rule_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("license_family")
     @classmethod
@@ -211,10 +203,12 @@ class FilterBlock(_Model):
     )
     date: DateWindow | None = Field(None, description="window on the record's timestamp")
     latest: PositiveInt | None = Field(
-        None, description="keep the newest N versions of each name, after the rules"
+        None, description="keep the newest N versions of each name in each subdir, after the rules"
     )
     dependencies: bool = Field(
-        False, description="add the dependency closure of the selected packages"
+        False,
+        description="mirrors: add every upstream package a solver could install with the "
+        "selected ones, on each platform the mirror serves",
     )
 
 

@@ -226,8 +226,19 @@ def test_shape_records_shared_and_other_keys_kept() -> None:
         ("numpy * ^py3.*_(0|1)$", {"name": "numpy", "version": "1", "build": "py311_1"}, True),
         ("numpy * ^py3.*_(0|1)$", {"name": "numpy", "version": "1", "build": "py311_2"}, False),
         ("numpy=1.2=py_0", {"name": "numpy", "version": "1.2", "build": "py_0"}, True),
-        ("numpy[build_number='>3']", {"name": "numpy", "version": "1", "build_number": 3}, False),
-        ("numpy[build_number='>3']", {"name": "numpy", "version": "1", "build_number": 4}, True),
+        (
+            "numpy[build_number='>3']",
+            {"name": "numpy", "version": "1", "build": "0", "build_number": 3},
+            False,
+        ),
+        (
+            "numpy[build_number='>3']",
+            {"name": "numpy", "version": "1", "build": "0", "build_number": 4},
+            True,
+        ),
+        # An upstream's regex runs in rattler's linear-time engine: no backtracking.
+        ("numpy * ^(a+)+$", {"name": "numpy", "version": "1", "build": "a" * 64 + "b"}, False),
+        ("numpy * ^(a+)+$", {"name": "numpy", "version": "1", "build": "a" * 64}, True),
     ],
 )
 def test_parse_dependency_matches_like_conda(

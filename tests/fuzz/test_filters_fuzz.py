@@ -284,14 +284,27 @@ def test_selected_means_both_blocks_agree_or_a_dependency(
 def test_equal_versions_are_kept_or_dropped_together(
     candidates: list[Candidate], latest: int
 ) -> None:
-    # 1.0 and 1.0.0 are one version to conda: ``latest`` keeps both or neither (a
-    # choice between them would follow the hash order of a set, which differs per run).
+    # 1.0 and 1.0.0 are one version to conda: ``latest`` keeps both or neither in a
+    # subdir (a choice between them would follow the hash order of a set, which
+    # differs per run).
     result = decisions(FilterEngine(FilterBlock(latest=latest)), candidates)
     for a in candidates:
         for b in candidates:
             va, vb = _version(str(a.record["version"])), _version(str(b.record["version"]))
-            if a.name == b.name and va is not None and vb is not None and va == vb:
+            same = a.name == b.name and a.subdir == b.subdir
+            if same and va is not None and vb is not None and va == vb:
                 assert result[a.key].selected == result[b.key].selected, (a, b)
+
+
+@budget(200)
+@given(candidates=records_of(NAMES), latest=st.integers(1, 3))
+def test_latest_counts_each_subdir_alone(candidates: list[Candidate], latest: int) -> None:
+    # What ``latest`` keeps in one subdir is what it keeps from that subdir's records alone.
+    engine = FilterEngine(FilterBlock(latest=latest))
+    together = decisions(engine, candidates)
+    for subdir in {c.subdir for c in candidates}:
+        alone = decisions(engine, [c for c in candidates if c.subdir == subdir])
+        assert {k: v for k, v in together.items() if k[0] == subdir} == alone
 
 
 # Packages that need one library, under specs its versions meet differently: which
