@@ -159,7 +159,12 @@ def resolve_mirrors(
             upstream, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
         )
         for warning in state.selection.warnings:
-            _warn(resolved.warnings, f"mirror {mirror.name}: {warning}")
+            key = getattr(warning, "key", str(warning))
+            _warn(
+                resolved.warnings,
+                f"mirror {mirror.name}: {warning}",
+                f"mirror {mirror.name}: {key}",
+            )
         for (subdir, filename), record in sorted(state.selection.selected.items()):
             existing = resolved.records.setdefault(subdir, {}).get(filename)
             if existing is not None:
