@@ -166,14 +166,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from reconciler.engine.history import History
-    from reconciler.store import open_store
+    from reconciler.store import channel_store
 
     loaded = _load(args, require_env=False)
     runs = []
     for channel in loaded.config.channels:
         if args.channel and channel.name not in args.channel:
             continue
-        for run in History(open_store(channel.path)).runs():
+        for run in History(channel_store(channel)).runs():
             if args.mirror and run.mirror not in args.mirror:
                 continue
             runs.append(run)

@@ -22,7 +22,7 @@ from reconciler.engine.kind import KindRegistry
 from reconciler.engine.schedule import due
 from reconciler.engine.state import read_state
 from reconciler.errors import ReconcileError
-from reconciler.store import open_store
+from reconciler.store import channel_store
 from reconciler.store.base import Store
 from reconciler.transport.http import redact
 
@@ -143,7 +143,7 @@ def _locations(channel: AnyChannelModel, mirror: object) -> list[str]:
 def channel_status(
     channel: AnyChannelModel, kinds: KindRegistry, *, history_limit: int = 20
 ) -> ChannelStatus:
-    store = open_store(channel.path)
+    store = channel_store(channel)
     at = now()
     runs = History(store).runs()
     mirrors = []

@@ -5,9 +5,13 @@ parallel) → records, plus the records mirrors bring in → patched repodata an
 the files derived from it. :meth:`ChannelIndexer.compute` works all of that out
 without writing anything (that is what ``plan`` runs); :meth:`ChannelIndexer.publish`
 writes the outputs atomically, in an order that keeps clients safe, and only
-where their bytes change, and saves the caches. When nothing that feeds a
-subdir's outputs changed and the outputs are untouched, the derived files are
-not even recomputed: that keeps a no-op plan of a big channel fast.
+where their bytes change, and saves the caches. Each index file is replaced on
+the condition that it still is what ``compute`` saw (``If-Match`` in a bucket):
+when another writer changed it meanwhile, publishing stops with
+:class:`~reconciler.store.base.PreconditionFailed` instead of overwriting it.
+When nothing that feeds a subdir's outputs changed and the outputs are
+untouched, the derived files are not even recomputed: that keeps a no-op plan of
+a big channel fast.
 """
 
 from __future__ import annotations
@@ -53,16 +57,16 @@ log = logging.getLogger(__name__)
 # Below this many files, a process pool costs more than it saves.
 PARALLEL_THRESHOLD = 64
 
-# The order a subdir's files are published in: shards (first, so the shard index
-# never names a missing shard), twins and pages, then repodata.json, which names
-# the packages; current_repodata and run_exports after it.
+# The order a subdir's files are published in (the packages are in place already):
+# shards first (so the shard index never names a missing shard), the twins and the
+# page, then repodata.json, the shard index, then current_repodata and run_exports.
 SUBDIR_OUTPUTS = (
     "repodata_from_packages.json",
     "repodata.json.zst",
     "repodata.json.bz2",
-    "repodata_shards.msgpack.zst",
     "index.html",
     "repodata.json",
+    "repodata_shards.msgpack.zst",
     "current_repodata.json",
     "run_exports.json",
 )
@@ -162,6 +166,7 @@ class _SubdirWork:
     outputs: dict[str, bytes | None] | None = None  # None: unchanged, nothing to write
     shards: dict[str, bytes] = field(default_factory=dict)
     cache: StatCache | None = None
+    seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
 
 
 @dataclass
@@ -173,6 +178,7 @@ class Computation:
     channel_outputs: dict[str, bytes | None] | None
     channel_fingerprint: str
     channel_summaries: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    channel_seen: dict[str, str | None] = field(default_factory=dict)
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -261,8 +267,18 @@ class ChannelIndexer:
         skip: Mapping[str, set[str]] | None = None,
         stamp_ms: int | None = None,
         force: bool = False,
+        defer_deletions: bool = False,
+        pending: Iterable[str] = (),
     ) -> None:
         self.store = store
+        # Stale shards: deleted right after publishing (``reconcile index``), or left for
+        # the caller to delete after a grace period (``unpublished``: key, tag).
+        self.defer_deletions = defer_deletions
+        self.pending = set(pending)  # keys already waiting for their deletion
+        self.unpublished: list[tuple[str, str]] = []
+        # key → tag after this indexer's own writes (None: deleted), so a second publish
+        # in one run expects what the first one left.
+        self._written: dict[str, str | None] = {}
         # Recompute every subdir even when its inputs look unchanged (a lost inventory
         # is rebuilt from what the records say).
         self.force = force
@@ -634,14 +650,16 @@ class ChannelIndexer:
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
         for name, data in work.outputs.items():
             key = f"{subdir}/{name}"
+            same, work.seen[name] = _observe(self.store, key, data)
             if data is None:
-                if self.store.stat(key) is not None:
+                if work.seen[name] is not None:
                     result.deleted.append(name)
-            elif not _same_bytes(self.store, key, data):
+            elif not same:
                 result.written.append(name)
         for name in sorted(present):
             digest = name.removesuffix(".msgpack.zst")
-            if name.endswith(".msgpack.zst") and digest not in work.shards:
+            stale = name.endswith(".msgpack.zst") and digest not in work.shards
+            if stale and f"{subdir}/shards/{name}" not in self.pending:
                 result.deleted.append(f"shards/{name}")
 
     @staticmethod
@@ -709,10 +727,11 @@ class ChannelIndexer:
         }
         computation.channel_outputs = targets
         for name, data in targets.items():
+            same, computation.channel_seen[name] = _observe(self.store, name, data)
             if data is None:
-                if self.store.stat(name) is not None:
+                if computation.channel_seen[name] is not None:
                     result.deleted.append(name)
-            elif not _same_bytes(self.store, name, data):
+            elif not same:
                 result.written.append(name)
 
     # -- publish -----------------------------------------------------------------------
@@ -739,47 +758,79 @@ class ChannelIndexer:
             files = {}
             for name in CHANNEL_OUTPUTS:
                 data = computation.channel_outputs.get(name)
+                seen = computation.channel_seen.get(name)
                 if data is None:
-                    if self.store.delete(name):
+                    if self._unpublish_index(name, seen):
                         result.deleted.append(name)
                     continue
-                if self.store.write_if_changed(name, data):
+                changed, tag = self._publish_index(name, data, seen)
+                if changed:
                     result.written.append(name)
-                info = self.store.stat(name)
-                if info is not None:
-                    files[name] = (info.size, info.tag)
+                files[name] = (len(data), tag)
             _save_outputs(self.store, "channel", _Outputs(computation.channel_fingerprint, files))
         return result
+
+    def _expected(self, key: str, seen: str | None) -> str | None:
+        """The tag ``key`` should have now: what compute saw, or what we wrote since."""
+        return self._written.get(key, seen)
+
+    def _publish_index(self, key: str, data: bytes, seen: str | None) -> tuple[bool, str]:
+        """Write an index file unless it holds ``data``, on the condition that it is still
+        what compute saw; (written, its tag)."""
+        info = self.store.stat(key)
+        if info is not None and self.store.same_bytes(info, data):
+            self._written[key] = info.tag
+            return False, info.tag
+        expected = self._expected(key, seen)
+        if expected is None:
+            written = self.store.write(key, data, if_absent=True)
+        else:
+            written = self.store.write(key, data, if_match=expected)
+        self._written[key] = written.tag
+        return True, written.tag
+
+    def _unpublish_index(self, key: str, seen: str | None) -> bool:
+        """Delete an index file that must not exist, if it is still what compute saw."""
+        expected = self._expected(key, seen)
+        if expected is None:
+            return False
+        deleted = self.store.delete(key, if_match=expected)
+        self._written[key] = None
+        return deleted
 
     def _publish_subdir(self, subdir: str, work: _SubdirWork) -> None:
         assert work.outputs is not None
         result = work.result
         for shard_name, shard in sorted(work.shards.items()):
+            # Named by their digest: any writer writes the same bytes under a name.
             if self.store.write_if_changed(f"{subdir}/shards/{shard_name}.msgpack.zst", shard):
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
+        files = {}
         for name in SUBDIR_OUTPUTS:
             data = work.outputs[name]
             key = f"{subdir}/{name}"
             if name == "repodata.json":  # the twins, shards and pages are in place
                 checkpoint("index.before_repodata")
             if data is None:
-                if self.store.delete(key):
+                if self._unpublish_index(key, work.seen.get(name)):
                     result.deleted.append(name)
-            elif self.store.write_if_changed(key, data):
+                continue
+            changed, tag = self._publish_index(key, data, work.seen.get(name))
+            if changed:
                 result.written.append(name)
+            files[name] = (len(data), tag)
         for listed in self.store.list_files(f"{subdir}/shards"):
             digest = listed.name.removesuffix(".msgpack.zst")
-            if listed.name.endswith(".msgpack.zst") and digest not in work.shards:
-                self.store.delete(listed.key)
+            if not listed.name.endswith(".msgpack.zst") or digest in work.shards:
+                continue
+            if self.defer_deletions:
+                if listed.key not in self.pending:
+                    # A client may hold the shard index that names it: deleted later.
+                    self.unpublished.append((listed.key, listed.tag))
+            elif self.store.delete(listed.key, if_match=listed.tag):
                 result.deleted.append(f"shards/{listed.name}")
-        if not work.shards:
+        if not work.shards and not self.defer_deletions:
             self.store.remove_empty_folder(f"{subdir}/shards")
-        files = {}
-        for name, data in work.outputs.items():
-            if data is not None:
-                info = self.store.stat(f"{subdir}/{name}")
-                if info is not None:
-                    files[name] = (info.size, info.tag)
         # The facts about the files before the record that the outputs are current: a run
         # that fails in between recomputes the outputs from the files, never from a stale
         # cache.
@@ -818,14 +869,14 @@ def metadata_from_record(filename: str, record: Mapping[str, Any]) -> PackageMet
     )
 
 
-def _same_bytes(store: Store, key: str, data: bytes) -> bool:
+def _observe(store: Store, key: str, data: bytes | None) -> tuple[bool, str | None]:
+    """(whether ``key`` holds ``data``, its tag now: None when absent)."""
     info = store.stat(key)
-    if info is None or info.size != len(data) or not info.regular:
-        return False
-    try:
-        return store.read(key) == data
-    except ReconcileError:
-        return False
+    if info is None:
+        return data is None, None
+    if data is None:
+        return False, info.tag
+    return store.same_bytes(info, data), info.tag
 
 
 def _outputs_key(subdir: str) -> str:
@@ -862,7 +913,7 @@ def _save_outputs(store: Store, subdir: str, outputs: _Outputs) -> None:
 
 
 def index_channel(
-    channel_dir: Path,
+    channel_dir: Path | None,
     *,
     options: IndexOptions | None = None,
     patches: Iterable[Path] = (),
@@ -877,18 +928,24 @@ def index_channel(
     upstream_removed: Mapping[str, set[str]] | None = None,
     store: Store | None = None,
 ) -> IndexResult:
-    """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run).
+    """Index ``channel_dir`` (or ``store``: a bucket) incrementally and return what changed
+    (or would, in a dry run).
 
     A dry run writes nothing at all, not even caches.
     """
-    if channel_dir.exists() and not channel_dir.is_dir():
-        raise IndexError_(f"{channel_dir} is not a folder")
+    if channel_dir is not None:
+        if channel_dir.exists() and not channel_dir.is_dir():
+            raise IndexError_(f"{channel_dir} is not a folder")
+        store = store or LocalStore(channel_dir)
+        channel_name = channel_name or channel_dir.resolve().name
+    if store is None:
+        raise ValueError("index_channel needs a folder or a store")
     indexer = ChannelIndexer(
-        store or LocalStore(channel_dir),
+        store,
         options=options,
         patches=patches,
         subdirs=subdirs,
-        channel_name=channel_name or channel_dir.resolve().name,
+        channel_name=channel_name,
         strict=strict,
         workers=workers,
         reporter=reporter,
