@@ -37,10 +37,13 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 CONTROL = "/_reconcile/counts"
+# Package files: a no-op run never reads one.
+PACKAGE_SUFFIXES = (".conda", ".tar.bz2", ".whl", ".tar.gz", ".zip")
 
 
 def operation(method: str, path: str, query: str) -> tuple[str, str]:
-    """(bucket, operation) of a request: GET, HEAD, LIST, PUT, DELETE, POST, ..."""
+    """(bucket, operation) of a request: GET (GET_PACKAGE for a package file), HEAD, LIST,
+    PUT, DELETE, POST, ..."""
     parts = path.lstrip("/").split("/", 1)
     bucket = parts[0]
     key = parts[1] if len(parts) > 1 else ""
@@ -48,6 +51,8 @@ def operation(method: str, path: str, query: str) -> tuple[str, str]:
         kind = "LIST" if "list-type" in query or "prefix" in query or not query else "GET_BUCKET"
         if "uploads" in query:
             kind = "LIST_UPLOADS"
+    elif method == "GET" and key.endswith(PACKAGE_SUFFIXES):
+        kind = "GET_PACKAGE"
     else:
         kind = method
     return bucket, kind

@@ -14,9 +14,10 @@ file system:
 - **a lease instead of a lock**: ``.reconciler/lease.json``, created with
   ``If-None-Match: *``, renewed in the background with ``If-Match``, taken over
   with ``If-Match`` once expired (by the server's clock: its ``Last-Modified``
-  against its ``Date``), released with a conditional delete. Its generation is a
-  fencing token: it grows with every holder, and a holder that lost its lease
-  stops before its next write;
+  against its ``Date``), released with a conditional delete. Its generation (a
+  counter in ``.reconciler/lease-generation``, incremented with ``If-Match`` by
+  each new holder) is a fencing token: it grows with every holder, and a holder
+  that lost its lease stops before its next write;
 - **history without append**: one object per line under ``<log>.d/``, with keys
   that sort by time, merged into segments by :meth:`S3Store.compact_lines`;
 - **Cache-Control on upload**: packages and shards ``immutable``, index files and
@@ -75,6 +76,9 @@ from reconciler.store.base import (
 log = logging.getLogger(__name__)
 
 LEASE_KEY = ".reconciler/lease.json"
+# The last lease generation handed out: a counter only lease holders increment, so
+# generations grow strictly across holders although a released lease is deleted.
+GENERATION_KEY = ".reconciler/lease-generation"
 PRIVATE_PREFIX = ".reconciler/"
 IMMUTABLE = "public, max-age=31536000, immutable"
 PRIVATE = "no-store"
@@ -955,45 +959,60 @@ class S3Store(Store):
         md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
         return self._put(LEASE_KEY, data, md5_hex, if_match=if_match, if_absent=if_match is None)
 
-    def _server_now(self) -> float:
-        """The server's clock (from the Date of a cheap request)."""
-        try:
-            response = self.client.head_bucket(Bucket=self.bucket)
-            return _server_time(response) or time.time()
-        except botocore.exceptions.ClientError as exc:
-            return _server_time(dict(exc.response)) or time.time()
-        except botocore.exceptions.BotoCoreError as exc:
-            raise self._error("reach", "", exc) from None
+    def _next_generation(self, at_least: int) -> int:
+        """Increment the generation counter (holding the lease: nobody else does, but a
+        holder that stalled might, so the increment is conditional)."""
+        for _ in range(10):
+            response = self._get(GENERATION_KEY)
+            current, etag = 0, None
+            if response is not None:
+                etag = str(response["ETag"])
+                body = response["Body"]
+                try:
+                    current = int(body.read().strip() or 0)
+                except ValueError:
+                    current = 0
+                finally:
+                    body.close()
+            generation = max(current + 1, at_least)
+            data = str(generation).encode()
+            md5_hex = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            try:
+                self._put(GENERATION_KEY, data, md5_hex, if_match=etag, if_absent=etag is None)
+            except PreconditionFailed:
+                continue
+            return generation
+        raise StorageError(f"{self.location}: the lease generation kept changing")
 
     def _try_acquire(self, me: LockHolder) -> tuple[LockHolder, str] | LockHolder | None:
         """One attempt: (holder with its generation, ETag) when taken; the current holder
         when held by another run; None when it moved under us (try again at once)."""
         current = self._read_lease()
-        if current is None:
-            # The generation comes from the server's clock, so it grows across holders
-            # even though a released lease is deleted.
-            generation = int(self._server_now() * 1000)
-            mine = replace(me, generation=generation, expires=None)
-            try:
-                return mine, self._put_lease(mine, if_match=None)
-            except PreconditionFailed:
-                return None
-        if not current.expired:
+        if current is not None and not current.expired:
             expires = datetime.fromtimestamp(current.modified + current.ttl, timezone.utc)
             return replace(
                 current.holder,
                 generation=current.generation,
                 expires=expires.isoformat(timespec="seconds"),
             )
-        log.warning(
-            "%s: taking over the expired lease of %s",
-            self.location,
-            current.holder.describe(),
-        )
-        generation = max(current.generation + 1, int(current.server_now * 1000))
-        mine = replace(me, generation=generation, expires=None)
+        if current is not None:
+            log.warning(
+                "%s: taking over the expired lease of %s",
+                self.location,
+                current.holder.describe(),
+            )
+        previous = current.generation if current is not None else 0
         try:
-            return mine, self._put_lease(mine, if_match=current.etag)
+            etag = self._put_lease(
+                replace(me, generation=previous),
+                if_match=current.etag if current is not None else None,
+            )
+        except PreconditionFailed:
+            return None  # another run was quicker
+        # Held: now the generation of this holder, written into the lease at once.
+        mine = replace(me, generation=self._next_generation(previous + 1), expires=None)
+        try:
+            return mine, self._put_lease(mine, if_match=etag)
         except PreconditionFailed:
             return None
 
