@@ -379,8 +379,9 @@ def _locked(
         deletions.record(state, outcome.unpublished, store, channel.grace, at)
         save_state(store, state)
         report.serial = state.serial
+        recorded = list(state.pending_deletions)
         deleted = deletions.sweep(planning.kind, channel, store, state, at)
-        if deleted:
+        if state.pending_deletions != recorded:
             save_state(store, state)
         outcome.executed = [a for a in outcome.executed if a.reason is not Reason.GRACE_OVER]
         outcome.executed += deleted

@@ -59,7 +59,8 @@ def _action(pending: PendingDeletion, detail: str) -> Action:
 def planned(
     kind: Kind, channel: AnyChannelModel, store: Store, state: ChannelState, at: datetime
 ) -> list[Action]:
-    """``remove`` actions for the deletions due now that the index still does not name."""
+    """``remove`` actions for the deletions due now that the index still does not name
+    (files already gone are left out: the next apply forgets them)."""
     ready = due(state, at)
     if not ready:
         return []
@@ -67,7 +68,7 @@ def planned(
     return [
         _action(p, f"unpublished; its grace period ended at {p.after}: the file is deleted")
         for p in ready
-        if p.key not in named
+        if p.key not in named and store.stat(p.key) is not None
     ]
 
 

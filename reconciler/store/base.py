@@ -133,6 +133,10 @@ class Store(abc.ABC):
     def list_dirs(self, prefix: str = "") -> list[str]:
         """Names of the folders directly under ``prefix``, sorted."""
 
+    def listing(self, prefix: str = "") -> tuple[list[ObjectInfo], list[str]]:
+        """:meth:`list_files` and :meth:`list_dirs` of ``prefix`` (one request in a bucket)."""
+        return self.list_files(prefix), self.list_dirs(prefix)
+
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """The object's size and tag, or None when it does not exist."""

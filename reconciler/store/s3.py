@@ -14,7 +14,8 @@ file system:
 - **a lease instead of a lock**: ``.reconciler/lease.json``, created with
   ``If-None-Match: *``, renewed in the background with ``If-Match``, taken over
   with ``If-Match`` once expired (by the server's clock: its ``Last-Modified``
-  against its ``Date``), released with a conditional delete. Its generation (a
+  against its ``Date``; at once when its holder ran on this machine and is gone, as
+  a killed run's), released with a conditional delete. Its generation (a
   counter in ``.reconciler/lease-generation``, incremented with ``If-Match`` by
   each new holder) is a fencing token: it grows with every holder, and a holder
   that lost its lease stops before its next write;
@@ -244,10 +245,39 @@ class _LeaseRecord:
     etag: str
     modified: float  # the server's time of the last renewal
     server_now: float  # the server's time when it was read
+    node: str | None = None  # where the holder runs: boot and pid namespace
 
     @property
     def expired(self) -> bool:
         return self.server_now - self.modified > self.ttl
+
+    @property
+    def holder_died_here(self) -> bool:
+        """The holder ran on this machine, in this pid namespace, and is gone: a killed
+        run's lease is taken over at once instead of after its TTL."""
+        return self.node is not None and self.node == _node() and not _alive(self.holder.pid)
+
+
+def _node() -> str | None:
+    """This machine's boot and pid namespace: where a pid means the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}:{namespace}"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 class _Lease:
@@ -487,6 +517,9 @@ class S3Store(Store):
 
     def list_files(self, prefix: str = "") -> list[ObjectInfo]:
         return self._list(prefix)[0]
+
+    def listing(self, prefix: str = "") -> tuple[list[ObjectInfo], list[str]]:
+        return self._list(prefix)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         return self._list(prefix)[1]
@@ -937,6 +970,7 @@ class S3Store(Store):
             ttl = float(data.get("ttl", self.options.lease_ttl))
         except (TypeError, ValueError):
             generation, ttl = 0, 0.0  # unreadable: as if expired
+        node = data.get("node")
         return _LeaseRecord(
             holder,
             generation,
@@ -944,6 +978,7 @@ class S3Store(Store):
             str(response["ETag"]),
             modified.timestamp() if modified else 0.0,
             now,
+            node if isinstance(node, str) else None,
         )
 
     def _put_lease(self, holder: LockHolder, *, if_match: str | None) -> str:
@@ -952,6 +987,7 @@ class S3Store(Store):
         body = {
             "holder": {k: v for k, v in holder.__dict__.items() if k not in ("expires",)},
             "generation": holder.generation,
+            "node": _node(),
             "ttl": ttl,
             "expires": datetime.fromtimestamp(expires, timezone.utc).isoformat(timespec="seconds"),
         }
@@ -988,7 +1024,7 @@ class S3Store(Store):
         """One attempt: (holder with its generation, ETag) when taken; the current holder
         when held by another run; None when it moved under us (try again at once)."""
         current = self._read_lease()
-        if current is not None and not current.expired:
+        if current is not None and not current.expired and not current.holder_died_here:
             expires = datetime.fromtimestamp(current.modified + current.ttl, timezone.utc)
             return replace(
                 current.holder,
@@ -997,8 +1033,9 @@ class S3Store(Store):
             )
         if current is not None:
             log.warning(
-                "%s: taking over the expired lease of %s",
+                "%s: taking over the %s lease of %s",
                 self.location,
+                "expired" if current.expired else "dead holder's",
                 current.holder.describe(),
             )
         previous = current.generation if current is not None else 0
@@ -1056,7 +1093,7 @@ class S3Store(Store):
 
     def lock_holder(self) -> LockHolder | None:
         current = self._read_lease()
-        if current is None or current.expired:
+        if current is None or current.expired or current.holder_died_here:
             return None
         expires = datetime.fromtimestamp(current.modified + current.ttl, timezone.utc)
         return replace(
@@ -1085,15 +1122,7 @@ def _parse_holder(data: Any) -> LockHolder | None:
 
 def _writer_alive(name: str) -> bool:
     text = name[len(TEMP_PREFIX) :].partition("-")[0]
-    if not text.isdigit():
-        return False
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    return text.isdigit() and _alive(int(text))
 
 
 def _clean_local_temporaries() -> int:

@@ -39,7 +39,7 @@ from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patc
 from reconciler.conda.records import make_record
 from reconciler.conda.repodata import build_repodata, compress_bz2, compress_zst, serialize_json
 from reconciler.conda.run_exports import build_run_exports
-from reconciler.conda.shards import build_shards
+from reconciler.conda.shards import build_shards, read_shard_index
 from reconciler.config.models import IndexOptions
 from reconciler.engine import layout
 from reconciler.engine.clock import now_ms
@@ -49,7 +49,7 @@ from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
-from reconciler.store.base import Store
+from reconciler.store.base import ObjectInfo, Store
 from reconciler.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class SubdirResult:
     # Digests of the folder as scanned: package files only, and every visible file.
     scan_digest: str = ""
     observed: str = ""
+    has_shards: bool = False  # the subdir has a shards/ folder
 
 
 @dataclass
@@ -167,6 +168,8 @@ class _SubdirWork:
     shards: dict[str, bytes] = field(default_factory=dict)
     cache: StatCache | None = None
     seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
+    stale: list[ObjectInfo] = field(default_factory=list)  # shards no index names
+    same: set[str] = field(default_factory=set)  # outputs published as computed already
 
 
 @dataclass
@@ -179,6 +182,7 @@ class Computation:
     channel_fingerprint: str
     channel_summaries: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     channel_seen: dict[str, str | None] = field(default_factory=dict)
+    channel_same: set[str] = field(default_factory=set)
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -279,6 +283,9 @@ class ChannelIndexer:
         # key → tag after this indexer's own writes (None: deleted), so a second publish
         # in one run expects what the first one left.
         self._written: dict[str, str | None] = {}
+        # What the scan of each subdir listed (name → size and tag): what compute judges
+        # the published outputs by, without a request per file.
+        self._listed: dict[str, dict[str, ObjectInfo]] = {}
         # Recompute every subdir even when its inputs look unchanged (a lost inventory
         # is rebuilt from what the records say).
         self.force = force
@@ -326,8 +333,10 @@ class ChannelIndexer:
         plan saw, to refuse it later if the folder changed).
         """
         files: dict[str, FileStat] = {}
-        entries = self.store.list_files(subdir)
-        if not entries and not self.store.list_dirs(subdir):
+        entries, folders = self.store.listing(subdir)
+        self._listed[subdir] = {info.name: info for info in entries}
+        result.has_shards = "shards" in folders
+        if not entries and not folders:
             result.scan_digest = result.observed = "absent"
             return files
         packages = hashlib.sha256()
@@ -434,6 +443,8 @@ class ChannelIndexer:
             work = works[subdir]
             if work.cache is not None:
                 self._compute_subdir(subdir, work, sources, options_key)
+            if work.result.has_shards:
+                self._find_stale_shards(subdir, work)
 
         index_result = IndexResult(self.store.location, [works[s].result for s in subdirs])
         channel_key = hashlib.sha256(
@@ -649,18 +660,34 @@ class ChannelIndexer:
             if f"{shard_name}.msgpack.zst" not in present:
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
         for name, data in work.outputs.items():
-            key = f"{subdir}/{name}"
-            same, work.seen[name] = _observe(self.store, key, data)
+            same, work.seen[name] = self._observe(subdir, name, data)
             if data is None:
                 if work.seen[name] is not None:
                     result.deleted.append(name)
             elif not same:
                 result.written.append(name)
-        for name in sorted(present):
-            digest = name.removesuffix(".msgpack.zst")
-            stale = name.endswith(".msgpack.zst") and digest not in work.shards
-            if stale and f"{subdir}/shards/{name}" not in self.pending:
-                result.deleted.append(f"shards/{name}")
+            else:
+                work.same.add(name)
+
+    def _find_stale_shards(self, subdir: str, work: _SubdirWork) -> None:
+        """Shards that the subdir's shard index (the new one, else the published one) does
+        not name: found whether or not the subdir's outputs change, so shards a killed run
+        unpublished without recording it are never left behind."""
+        if work.outputs is not None:
+            named = set(work.shards)
+        else:
+            try:
+                data = self.store.read(f"{subdir}/repodata_shards.msgpack.zst")
+                index = read_shard_index(data) if data is not None else {}
+                named = {str(d) for d in index.get("shards", {}).values()}
+            except (ReconcileError, ValueError, TypeError, KeyError, AttributeError):
+                return  # unreadable: it is rewritten on the next publish, then judged
+        for info in self.store.list_files(f"{subdir}/shards"):
+            digest = info.name.removesuffix(".msgpack.zst")
+            if info.name.endswith(".msgpack.zst") and digest not in named:
+                work.stale.append(info)
+                if info.key not in self.pending:
+                    work.result.deleted.append(f"shards/{info.name}")
 
     @staticmethod
     def _record(entry: CacheEntry) -> dict[str, Any]:
@@ -669,10 +696,26 @@ class ChannelIndexer:
         record["indexed_timestamp"] = entry.indexed_timestamp
         return record
 
+    def _info(self, subdir: str, name: str) -> ObjectInfo | None:
+        """A published file as the scan listed it (else as it is now)."""
+        listed = self._listed.get(subdir)
+        if listed is not None:
+            return listed.get(name)
+        return self.store.stat(f"{subdir}/{name}" if subdir else name)
+
+    def _observe(self, subdir: str, name: str, data: bytes | None) -> tuple[bool, str | None]:
+        """(whether the published ``name`` holds ``data``, its tag: None when absent)."""
+        info = self._info(subdir, name)
+        if info is None:
+            return data is None, None
+        if data is None:
+            return False, info.tag
+        return self.store.same_bytes(info, data), info.tag
+
     def _untouched(self, subdir: str, outputs: _Outputs) -> bool:
         """True when every output is still published exactly as last written."""
         for name, (size, tag) in outputs.files.items():
-            info = self.store.stat(f"{subdir}/{name}" if subdir else name)
+            info = self._info(subdir, name)
             if info is None or (info.size, info.tag) != (size, tag):
                 return False
         return True
@@ -727,12 +770,14 @@ class ChannelIndexer:
         }
         computation.channel_outputs = targets
         for name, data in targets.items():
-            same, computation.channel_seen[name] = _observe(self.store, name, data)
+            same, computation.channel_seen[name] = self._observe("", name, data)
             if data is None:
                 if computation.channel_seen[name] is not None:
                     result.deleted.append(name)
             elif not same:
                 result.written.append(name)
+            else:
+                computation.channel_same.add(name)
 
     # -- publish -----------------------------------------------------------------------
 
@@ -747,6 +792,7 @@ class ChannelIndexer:
                 self._publish_subdir(subdir, work)
             elif work.cache is not None:
                 work.cache.save()
+            self._unpublish_shards(subdir, work)
         result.written.clear()
         result.deleted.clear()
         for subdir, (key, summary) in computation.channel_summaries.items():
@@ -763,20 +809,40 @@ class ChannelIndexer:
                     if self._unpublish_index(name, seen):
                         result.deleted.append(name)
                     continue
-                changed, tag = self._publish_index(name, data, seen)
+                changed, tag = self._publish_index(
+                    name, data, seen, name in computation.channel_same
+                )
                 if changed:
                     result.written.append(name)
                 files[name] = (len(data), tag)
             _save_outputs(self.store, "channel", _Outputs(computation.channel_fingerprint, files))
         return result
 
+    def _unpublish_shards(self, subdir: str, work: _SubdirWork) -> None:
+        """Shards the index no longer names: deleted now (``reconcile index``), or handed
+        over for deletion after the grace period (a client may hold the old shard index)."""
+        for info in work.stale:
+            if self.defer_deletions:
+                if info.key not in self.pending:
+                    self.unpublished.append((info.key, info.tag))
+            elif self.store.delete(info.key, if_match=info.tag):
+                work.result.deleted.append(f"shards/{info.name}")
+        if work.stale and not self.defer_deletions:
+            self.store.remove_empty_folder(f"{subdir}/shards")
+
     def _expected(self, key: str, seen: str | None) -> str | None:
         """The tag ``key`` should have now: what compute saw, or what we wrote since."""
         return self._written.get(key, seen)
 
-    def _publish_index(self, key: str, data: bytes, seen: str | None) -> tuple[bool, str]:
+    def _publish_index(
+        self, key: str, data: bytes, seen: str | None, same: bool = False
+    ) -> tuple[bool, str]:
         """Write an index file unless it holds ``data``, on the condition that it is still
-        what compute saw; (written, its tag)."""
+        what compute saw; (written, its tag). ``same``: compute found it holding ``data``
+        (under the lock, unchanged since unless this indexer wrote it)."""
+        if same and seen is not None and key not in self._written:
+            self._written[key] = seen
+            return False, seen
         info = self.store.stat(key)
         if info is not None and self.store.same_bytes(info, data):
             self._written[key] = info.tag
@@ -815,22 +881,11 @@ class ChannelIndexer:
                 if self._unpublish_index(key, work.seen.get(name)):
                     result.deleted.append(name)
                 continue
-            changed, tag = self._publish_index(key, data, work.seen.get(name))
+            changed, tag = self._publish_index(key, data, work.seen.get(name), name in work.same)
             if changed:
                 result.written.append(name)
             files[name] = (len(data), tag)
-        for listed in self.store.list_files(f"{subdir}/shards"):
-            digest = listed.name.removesuffix(".msgpack.zst")
-            if not listed.name.endswith(".msgpack.zst") or digest in work.shards:
-                continue
-            if self.defer_deletions:
-                if listed.key not in self.pending:
-                    # A client may hold the shard index that names it: deleted later.
-                    self.unpublished.append((listed.key, listed.tag))
-            elif self.store.delete(listed.key, if_match=listed.tag):
-                result.deleted.append(f"shards/{listed.name}")
-        if not work.shards and not self.defer_deletions:
-            self.store.remove_empty_folder(f"{subdir}/shards")
+
         # The facts about the files before the record that the outputs are current: a run
         # that fails in between recomputes the outputs from the files, never from a stale
         # cache.
@@ -867,16 +922,6 @@ def metadata_from_record(filename: str, record: Mapping[str, Any]) -> PackageMet
         sha256=str(record.get("sha256", "")),
         size=size if type(size) is int else 0,
     )
-
-
-def _observe(store: Store, key: str, data: bytes | None) -> tuple[bool, str | None]:
-    """(whether ``key`` holds ``data``, its tag now: None when absent)."""
-    info = store.stat(key)
-    if info is None:
-        return data is None, None
-    if data is None:
-        return False, info.tag
-    return store.same_bytes(info, data), info.tag
 
 
 def _outputs_key(subdir: str) -> str:
