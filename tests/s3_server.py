@@ -77,6 +77,9 @@ class Front:
         bucket, kind = operation(method, path, query)
         with self.lock:
             self.counts[(bucket, kind)] += 1
+            if method == "PUT" and path.endswith("/repodata.json"):
+                subdir = path.rsplit("/", 2)[-2]  # which index generation was written
+                self.counts[(bucket, f"PUT {subdir}/repodata.json")] += 1
         if not self.atomic or method not in ("PUT", "POST", "DELETE"):
             return self.app(environ, start_response)
         with self.lock:

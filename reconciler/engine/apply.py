@@ -319,6 +319,10 @@ def _execute(run: _Run, options: ApplyOptions) -> Outcome:
                     reporter=options.reporter,
                 ),
             )
+            # This run is the unfinished one the planner sees: no reason to converge again.
+            fresh.plan.actions = [
+                a for a in fresh.plan.actions if a.reason is not Reason.INTERRUPTED
+            ]
             planning.close()
             planning.work, planning.state = fresh.work, fresh.state
 
