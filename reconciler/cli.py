@@ -7,6 +7,7 @@ Product goes to stdout; logs and progress go to stderr. Exit codes follow
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import traceback
@@ -317,21 +318,23 @@ def cmd_index(args: argparse.Namespace) -> int:
         name = args.channel_name
         if isinstance(where, S3Location):
             name = name or where.prefix.rpartition("/")[2] or where.bucket
-        # The same lock (a lease in a bucket) as apply and watch: two indexers never write
-        # one channel at once.
+        # The same lock (a lease in a bucket) as apply and watch, taken to publish: two
+        # indexers never write one channel at once; nothing to write, no lock.
         store = open_store(where if directory is None else directory)
-        with store.lock(timeout=args.lock_timeout, command="reconcile index"):
-            result = index_channel(
-                directory,
-                store=store,
-                options=options,
-                patches=args.patches,
-                subdirs=args.subdirs,
-                channel_name=name,
-                strict=args.strict,
-                workers=args.workers,
-                reporter=default_reporter(),
-            )
+        result = index_channel(
+            directory,
+            store=store,
+            options=options,
+            patches=args.patches,
+            subdirs=args.subdirs,
+            channel_name=name,
+            strict=args.strict,
+            workers=args.workers,
+            reporter=default_reporter(),
+            lock=functools.partial(
+                store.lock, timeout=args.lock_timeout, command="reconcile index"
+            ),
+        )
         # Each skipped package was already logged as a warning with its reason.
         print(f"{text}: {result.summary()}")
     return ExitCode.OK

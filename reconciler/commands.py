@@ -139,6 +139,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print("  last run   never")
         print(f"  drift      {'yes: `reconcile plan` shows changes' if row.drift else 'none'}")
+        if row.pending_deletions:
+            print(
+                f"  deletions  {row.pending_deletions} unpublished file(s) waiting for their "
+                f"grace period (the first due at {row.next_deletion})"
+            )
+        if row.locked_by:
+            print(f"  locked by  {row.locked_by}")
         for warning in row.warnings:
             print(f"  warning    {warning}")
         for mirror in row.mirrors:

@@ -106,6 +106,13 @@ class ChannelStatus(BaseModel):
     mirrors: list[MirrorStatus] = Field(default_factory=list)
     passive: PassiveStats = Field(default_factory=PassiveStats)
     history: list[RunSummary] = Field(default_factory=list, description="newest first")
+    pending_deletions: int = Field(
+        0, description="unpublished files waiting for their grace period to end"
+    )
+    next_deletion: str | None = Field(None, description="when the first of them is due (UTC)")
+    locked_by: str | None = Field(
+        None, description="the run holding the channel's lock or lease now, if any"
+    )
 
 
 class Status(BaseModel):
@@ -169,6 +176,11 @@ def channel_status(
         )
     last_channel = last_of(runs, None)
     state = read_state(store, channel.name)
+    try:
+        holder = store.lock_holder()
+    except ReconcileError:
+        holder = None
+    pending = state.pending_deletions
     return ChannelStatus(
         name=channel.name,
         kind=channel.kind,
@@ -179,6 +191,9 @@ def channel_status(
         mirrors=mirrors,
         passive=read_passive_stats(store),
         history=[RunSummary.of(r) for r in reversed(runs[-history_limit:])],
+        pending_deletions=len(pending),
+        next_deletion=min(p.after for p in pending) if pending else None,
+        locked_by=holder.describe() if holder is not None else None,
     )
 
 

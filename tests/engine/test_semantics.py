@@ -187,6 +187,11 @@ def test_a_config_change_applies_without_the_schedule_and_without_network(world:
     assert pending["key"] == "linux-64/alpha-1.1-0.conda" and pending["source"] == "act"
     assert pending["after"] == "2026-03-01T13:02:00.000Z"  # the default grace: 120 s
     assert world.run("plan", "--detailed-exitcode", at=T1)[0] == ExitCode.OK
+    code, out, _ = world.run("status", at=T1)
+    assert (
+        "deletions  1 unpublished file(s) waiting for their grace period (the first due "
+        "at 2026-03-01T13:02:00.000Z)"
+    ) in out
     # Once the grace period is over, plan shows the deletion and apply carries it out.
     actions = world.plan_actions(at=T1_GRACE_OVER)
     assert [(a["kind"], a["name"], a["reason"]) for a in actions if a["name"]] == [

@@ -270,3 +270,35 @@ def test_channels_may_not_share_or_nest_bucket_prefixes(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="channel 'b' path s3://chan/team/sub is nested"):
         load_config(path)
+
+
+def test_reconcile_index_of_a_bucket(
+    s3: S3Server, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler import cli
+    from tests.packages import PackageSpec, build_package
+
+    store = store_of(bucket, prefix="team/chan")
+    for spec in (
+        PackageSpec("one", "1.0", subdir="linux-64"),
+        PackageSpec("two", "1.0", noarch="generic"),
+    ):
+        built = build_package(tmp_path / "built", spec)
+        store.write(f"{spec.subdir}/{built.name}", built.read_bytes())
+    store.write("linux-64/broken-1.0-0.conda", b"not a package")
+    monkeypatch_cwd = tmp_path  # nothing may appear here: no "s3:" folder
+    assert cli.main(["index", f"s3://{bucket}/team/chan", "--shards"]) == 0
+    out = capsys.readouterr().out
+    assert f"s3://{bucket}/team/chan: indexed 2 packages" in out and "1 skipped" in out
+    repodata = store.read("linux-64/repodata.json")
+    assert repodata is not None and b"one-1.0-0.conda" in repodata and b"broken" not in repodata
+    assert store.read("noarch/repodata.json") is not None
+    assert not list(monkeypatch_cwd.glob("s3*")) and not Path("s3:").exists()
+    # Nothing changed: nothing written, and not even the lease taken. (A package that
+    # cannot be read is read again on every run, in case it was fixed: remove it first.)
+    store.delete("linux-64/broken-1.0-0.conda")
+    assert cli.main(["index", f"s3://{bucket}/team/chan", "--shards"]) == 0
+    s3.reset(bucket)
+    assert cli.main(["index", f"s3://{bucket}/team/chan", "--shards"]) == 0
+    counts = s3.counts(bucket)
+    assert counts["PUT"] == counts["DELETE"] == counts["GET_PACKAGE"] == 0, counts

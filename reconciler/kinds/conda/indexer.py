@@ -16,12 +16,15 @@ a big channel fast.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,12 @@ log = logging.getLogger(__name__)
 
 # Below this many files, a process pool costs more than it saves.
 PARALLEL_THRESHOLD = 64
+# Packages in a bucket are read from local copies, downloaded this many at a time in
+# parallel, then removed.
+DOWNLOAD_BATCH = 512
+# The scan digest of a subdir with no package files.
+_NO_PACKAGES = hashlib.sha256().hexdigest()
+DOWNLOAD_THREADS = 16
 
 # The order a subdir's files are published in (the packages are in place already):
 # shards first (so the shard index never names a missing shard), the twins and the
@@ -183,6 +192,17 @@ class Computation:
     channel_summaries: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     channel_seen: dict[str, str | None] = field(default_factory=dict)
     channel_same: set[str] = field(default_factory=set)
+
+    @property
+    def needs_publish(self) -> bool:
+        """False when publishing would write nothing at all (not even a cache)."""
+        return (
+            self.result.changes_outputs
+            or self.channel_outputs is not None
+            or bool(self.channel_summaries)
+            or any(w.outputs is not None or w.cache is not None for w in self.subdirs.values())
+            or any(w.stale for w in self.subdirs.values())
+        )
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -378,7 +398,7 @@ class ChannelIndexer:
         works: dict[str, _SubdirWork] = {}
         stats: dict[str, dict[str, FileStat]] = {}
         baselines: dict[str, dict[str, tuple[str, int]]] = {}
-        to_read: list[tuple[str, str, Path]] = []  # (subdir, name, path to read)
+        to_read: list[tuple[str, str]] = []  # (subdir, name) of packages to read
         for subdir in subdirs:
             result = SubdirResult(subdir)
             files = self._scan(subdir, result)
@@ -410,21 +430,9 @@ class ChannelIndexer:
             stats[subdir] = files
             for name, stat in files.items():
                 if cache.lookup(name, stat) is None:
-                    to_read.append((subdir, name, self._readable(f"{subdir}/{name}")))
+                    to_read.append((subdir, name))
 
-        read = {
-            (subdir, name): outcome
-            for (subdir, name, _), outcome in zip(
-                to_read,
-                (
-                    (meta, err)
-                    for _, meta, err in _read_many(
-                        [str(p) for _, _, p in to_read], self.workers, self.reporter
-                    )
-                ),
-                strict=True,
-            )
-        }
+        read = self._read_packages(to_read)
         for subdir in stats:
             work = works[subdir]
             assert work.cache is not None
@@ -458,17 +466,52 @@ class ChannelIndexer:
         path = Path(self.store.location)
         return path.exists() and not path.is_dir()
 
-    def _readable(self, key: str) -> Path:
-        """A local path to read a package from (S3 stores download it to a temp file)."""
-        path = self.store.local_path(key)
-        if path is not None:
-            return path
-        folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
-        target = folder / key.rpartition("/")[2]
-        with self.store.open(key) as source, target.open("wb") as out:
-            while chunk := source.read(1024 * 1024):
-                out.write(chunk)
-        return target
+    def _read_packages(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]]:
+        """Read the packages ``wanted`` (subdir, name): from the disk where they are, else
+        (a bucket) downloaded in parallel in batches to a temporary folder, read, and the
+        copies removed batch by batch."""
+        read: dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]] = {}
+        local = [(s, n, self.store.local_path(f"{s}/{n}")) for s, n in wanted]
+        if all(path is not None for _, _, path in local):
+            results = _read_many([str(p) for _, _, p in local], self.workers, self.reporter)
+            for (subdir, name, _), (_, meta, error) in zip(local, results, strict=True):
+                read[(subdir, name)] = (meta, error)
+            return read
+        for start in range(0, len(wanted), DOWNLOAD_BATCH):
+            batch = wanted[start : start + DOWNLOAD_BATCH]
+            folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
+            try:
+                with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+                    copies = list(pool.map(functools.partial(self._download, folder), batch))
+                fetched = [(item, path) for item, (path, _) in zip(batch, copies, strict=True)]
+                fetched = [(item, path) for item, path in fetched if path is not None]
+                results = _read_many(
+                    [str(path) for _, path in fetched], self.workers, self.reporter
+                )
+                for (item, _), (_, meta, error) in zip(fetched, results, strict=True):
+                    read[item] = (meta, error)
+                for item, (path, error) in zip(batch, copies, strict=True):
+                    if path is None:
+                        read[item] = (None, error)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        return read
+
+    def _download(self, folder: Path, item: tuple[str, str]) -> tuple[Path | None, str | None]:
+        """A temporary local copy of a package in a bucket, or why there is none."""
+        subdir, name = item
+        target = folder / subdir / name  # the reader checks the name against the archive
+        try:
+            target.parent.mkdir(exist_ok=True)
+            with self.store.open(f"{subdir}/{name}") as source, target.open("wb") as out:
+                while chunk := source.read(1024 * 1024):
+                    out.write(chunk)
+        except (OSError, ReconcileError) as exc:
+            reason = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            return None, f"cannot read it from the store: {reason}"
+        return target, None
 
     def _mirrored_digest(self, subdir: str) -> str:
         if subdir not in self._mirrored_digests:
@@ -792,6 +835,7 @@ class ChannelIndexer:
                 self._publish_subdir(subdir, work)
             elif work.cache is not None:
                 work.cache.save()
+                self._refresh_outputs(subdir, work)
             self._unpublish_shards(subdir, work)
         result.written.clear()
         result.deleted.clear()
@@ -817,6 +861,28 @@ class ChannelIndexer:
                 files[name] = (len(data), tag)
             _save_outputs(self.store, "channel", _Outputs(computation.channel_fingerprint, files))
         return result
+
+    def _refresh_outputs(self, subdir: str, work: _SubdirWork) -> None:
+        """The outputs did not change but the files did (a package that could not be read
+        was removed, say): record the new scan, so that the next run skips the subdir."""
+        previous = _load_outputs(self.store, subdir)
+        result = work.result
+        if previous is None or previous.fingerprint != work.fingerprint:
+            return
+        scan = result.scan_digest if result.scan_digest != "absent" else _NO_PACKAGES
+        _save_outputs(
+            self.store,
+            subdir,
+            _Outputs(
+                previous.fingerprint,
+                previous.files,
+                scan,
+                work.options_digest,
+                result.packages,
+                dict(result.excluded),
+                len(result.skipped),
+            ),
+        )
 
     def _unpublish_shards(self, subdir: str, work: _SubdirWork) -> None:
         """Shards the index no longer names: deleted now (``reconcile index``), or handed
@@ -897,7 +963,9 @@ class ChannelIndexer:
             _Outputs(
                 work.fingerprint,
                 files,
-                result.scan_digest,
+                # A subdir created by this publish holds no package files: what its next
+                # scan finds, so that the next run skips it.
+                result.scan_digest if result.scan_digest != "absent" else _NO_PACKAGES,
                 work.options_digest,
                 result.packages,
                 dict(result.excluded),
@@ -972,11 +1040,14 @@ def index_channel(
     mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
     upstream_removed: Mapping[str, set[str]] | None = None,
     store: Store | None = None,
+    lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> IndexResult:
     """Index ``channel_dir`` (or ``store``: a bucket) incrementally and return what changed
     (or would, in a dry run).
 
-    A dry run writes nothing at all, not even caches.
+    A dry run writes nothing at all, not even caches. ``lock``: the channel's lock, taken
+    to publish (the outputs are worked out before, and written on the condition that
+    they did not change meanwhile); not taken when there is nothing to write.
     """
     if channel_dir is not None:
         if channel_dir.exists() and not channel_dir.is_dir():
@@ -1002,5 +1073,8 @@ def index_channel(
     if dry_run:
         computation.result.dry_run = True
         return computation.result
-    indexer.store.clean_temporaries()  # leftovers of a crashed run
-    return indexer.publish(computation)
+    if lock is not None and not computation.needs_publish:
+        return computation.result
+    with lock() if lock is not None else contextlib.nullcontext():
+        indexer.store.clean_temporaries()  # leftovers of a crashed run
+        return indexer.publish(computation)
