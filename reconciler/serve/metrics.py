@@ -54,9 +54,10 @@ class _MirrorCollector(Collector):
         self._loaded = loaded
         self._cache: dict[str, tuple[tuple[int, int], Any]] = {}
 
-    def _cached(self, store: Store, key: str, read: Callable[[], Any]) -> Any:
-        """``read()``, again only when the file changed (on disk: its size and mtime), or
-        at most every BUCKET_TTL seconds for a channel in a bucket."""
+    def _cached(self, store: Store, key: str, read: Callable[[], Any], slot: str = "") -> Any:
+        """``read()``, again only when the file ``key`` changed (on disk: its size and
+        mtime), or at most every BUCKET_TTL seconds for a channel in a bucket. ``slot``
+        keeps apart several figures that follow one file."""
         path = store.local_path(key)
         if path is not None:
             try:
@@ -66,7 +67,7 @@ class _MirrorCollector(Collector):
                 stamp = (0, 0)
         else:
             stamp = (-1, int(time.monotonic() // BUCKET_TTL))
-        where = store.describe(key)
+        where = store.describe(key) + slot
         hit = self._cache.get(where)
         if hit is None or hit[0] != stamp:
             hit = (stamp, read())
@@ -115,7 +116,15 @@ class _MirrorCollector(Collector):
             by_source: dict[str, int] = {}
             for entry in inventory.files.values():
                 by_source[entry.source] = by_source.get(entry.source, 0) + 1
-            for subdir, count in REGISTRY.kind_of(channel).counts(channel, store).items():
+            # What the index lists changes with the state (every apply that publishes):
+            # read again then, not on every scrape.
+            counts: dict[str, int | None] = self._cached(
+                store,
+                layout.STATE,
+                functools.partial(REGISTRY.kind_of(channel).counts, channel, store),
+                slot="#counts",
+            )
+            for subdir, count in counts.items():
                 if count is not None:
                     published.add_metric([channel.name, subdir], count)
             for mirror in channel.mirrors:
