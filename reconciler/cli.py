@@ -7,6 +7,7 @@ Product goes to stdout; logs and progress go to stderr. Exit codes follow
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import traceback
@@ -90,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("schema", "print the JSON Schema of channels.yaml", cmd_schema, config=False)
 
     p = add("index", "index channel directories, like `conda index`", cmd_index, config=False)
-    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="channel directory")
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="channel directory, or s3://bucket/prefix (endpoint and credentials from the "
+        "AWS environment)",
+    )
     p.add_argument(
         "--subdir",
         action="append",
@@ -294,30 +301,42 @@ def _add_index_switches(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from reconciler.config.models import IndexOptions
+    from reconciler.config.models import IndexOptions, S3Location, is_url, parse_location
     from reconciler.engine.progress import default_reporter
     from reconciler.kinds.conda.indexer import index_channel
-    from reconciler.store.local import LocalStore
+    from reconciler.store import open_store
 
     options = IndexOptions(**{option: getattr(args, option) for _, option, _ in _INDEX_SWITCHES})
-    for directory in args.dirs:
-        if directory.exists() and not directory.is_dir():
+    for text in args.dirs:
+        try:
+            where = parse_location(text)
+        except ValueError as exc:
+            raise ReconcileError(f"{text}: {exc}") from None
+        directory = None if is_url(text) else Path(text)
+        if directory is not None and directory.exists() and not directory.is_dir():
             raise ReconcileError(f"{directory} is not a folder")
-        # The same lock as apply and watch: two indexers never write one channel at once.
-        store = LocalStore(directory)
-        with store.lock(timeout=args.lock_timeout, command="reconcile index"):
-            result = index_channel(
-                directory,
-                options=options,
-                patches=args.patches,
-                subdirs=args.subdirs,
-                channel_name=args.channel_name,
-                strict=args.strict,
-                workers=args.workers,
-                reporter=default_reporter(),
-            )
+        name = args.channel_name
+        if isinstance(where, S3Location):
+            name = name or where.prefix.rpartition("/")[2] or where.bucket
+        # The same lock (a lease in a bucket) as apply and watch, taken to publish: two
+        # indexers never write one channel at once; nothing to write, no lock.
+        store = open_store(where if directory is None else directory)
+        result = index_channel(
+            directory,
+            store=store,
+            options=options,
+            patches=args.patches,
+            subdirs=args.subdirs,
+            channel_name=name,
+            strict=args.strict,
+            workers=args.workers,
+            reporter=default_reporter(),
+            lock=functools.partial(
+                store.lock, timeout=args.lock_timeout, command="reconcile index"
+            ),
+        )
         # Each skipped package was already logged as a warning with its reason.
-        print(f"{directory}: {result.summary()}")
+        print(f"{text}: {result.summary()}")
     return ExitCode.OK
 
 

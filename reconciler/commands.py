@@ -139,6 +139,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print("  last run   never")
         print(f"  drift      {'yes: `reconcile plan` shows changes' if row.drift else 'none'}")
+        if row.pending_deletions:
+            print(
+                f"  deletions  {row.pending_deletions} unpublished file(s) waiting for their "
+                f"grace period (the first due at {row.next_deletion})"
+            )
+        if row.locked_by:
+            print(f"  locked by  {row.locked_by}")
         for warning in row.warnings:
             print(f"  warning    {warning}")
         for mirror in row.mirrors:
@@ -166,14 +173,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from reconciler.engine.history import History
-    from reconciler.store import open_store
+    from reconciler.store import channel_store
 
     loaded = _load(args, require_env=False)
     runs = []
     for channel in loaded.config.channels:
         if args.channel and channel.name not in args.channel:
             continue
-        for run in History(open_store(channel.path)).runs():
+        for run in History(channel_store(channel)).runs():
             if args.mirror and run.mirror not in args.mirror:
                 continue
             runs.append(run)

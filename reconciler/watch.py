@@ -7,6 +7,10 @@ is waited for). An invalid configuration is logged with its errors and the
 previous one stays in force. Every ``tick`` seconds the configuration is
 applied, so mirrors run when their schedules fall due. One line is logged per
 action; SIGTERM and SIGINT stop it between actions.
+
+A channel in a bucket (``s3://``) has no file events: for it the watcher follows
+the configuration and the schedules only (packages uploaded to the bucket by hand
+are indexed by the next tick's apply).
 """
 
 from __future__ import annotations
@@ -95,7 +99,9 @@ class Watcher:
 
     def _channel_of(self, path: Path) -> str | None:
         for channel in self.loaded.config.channels:
-            root = Path(channel.path).resolve()
+            if not isinstance(channel.path, Path):
+                continue  # in a bucket: no file events
+            root = channel.path.resolve()
             try:
                 relative = path.resolve().relative_to(root)
             except ValueError:
@@ -158,7 +164,9 @@ class Watcher:
         handler = _Events(self.events)
         observer.schedule(handler, str(self.config_path.parent), recursive=False)
         for channel in self.loaded.config.channels:
-            root = Path(channel.path)
+            if not isinstance(channel.path, Path):
+                continue  # in a bucket: schedules and configuration only
+            root = channel.path
             root.mkdir(parents=True, exist_ok=True)
             observer.schedule(handler, str(root), recursive=True)
         observer.start()

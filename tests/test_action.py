@@ -287,3 +287,14 @@ def test_install_step_installs_the_actions_own_copy(example: Path) -> None:
     ).stdout.strip()
     assert Path(location).is_relative_to(venv_bin.parent)  # installed, not this checkout
     assert result.outputs["result"] == "completed"
+
+
+def test_channel_reaches_the_command(example: Path) -> None:
+    """`channel:` narrows the run to one channel (a workflow runs one job per channel)."""
+    config = {"config": "examples/channels.yaml"}
+    plan = run({"command": "plan", "channel": "internal", **config}, example, "one")
+    assert plan.returncode == 0, plan.log
+    assert "channel internal (" in plan.log
+    assert "channel pypi (" not in plan.log
+    everything = run({"command": "plan", **config}, example, "all")
+    assert "channel pypi (" in everything.log

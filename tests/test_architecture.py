@@ -48,7 +48,7 @@ ALLOWED = {
     "reconciler/faults.py": "the crash harness's trace file, only under test",
     "reconciler/kinds/conda/indexer.py": "a temporary copy of a package to read (not in a channel)",
     "reconciler/watch.py": "creates a channel's folder so that it can be watched",
-    "reconciler/serve/server.py": "the access log file named by --access-log",
+    "reconciler/serve/server.py": "appends to the access log file given with --access-log",
 }
 
 

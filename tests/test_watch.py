@@ -83,3 +83,32 @@ def test_config_edit_applies_and_invalid_edit_keeps_the_old(
     assert "configuration not applied, keeping the previous one" in watcher.actions[-1]
     assert "channels[0].pth: unknown key 'pth'" in watcher.actions[-1]
     assert watcher.loaded.config.channels[0].served_subdirs == ["linux-64", "noarch", "osx-arm64"]
+
+
+def test_a_bucket_channel_is_watched_through_its_configuration_and_schedules(
+    tmp_path: Path, s3: object, bucket: str
+) -> None:
+    """No file events from a bucket: the watcher applies at start and on every tick, and
+    never creates a folder for an s3:// path."""
+    from reconciler.config.models import S3Location
+    from reconciler.store.s3 import S3Store
+
+    (tmp_path / "channels.yaml").write_text(
+        CONFIG + f"  - {{name: remote, path: 's3://{bucket}/remote', subdirs: [linux-64]}}\n"
+    )
+    store = S3Store(S3Location(bucket=bucket, prefix="remote"))
+    built = build_package(tmp_path / "built", PackageSpec("mine", "1.0", subdir="linux-64"))
+    store.write(f"linux-64/{built.name}", built.read_bytes())
+    watcher = Watcher(tmp_path / "channels.yaml", debounce=0.2, settle=0.1, tick=0.5)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while store.stat("linux-64/repodata.json") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        watcher.stopping.set()
+        thread.join(timeout=60)
+    assert built.name.encode() in (store.read("linux-64/repodata.json") or b"")
+    assert watcher.actions[0].startswith("applied all channels (start)")
+    assert not list(tmp_path.glob("s3*")) and (tmp_path / "chan").is_dir()

@@ -106,8 +106,11 @@ def test_reconcile_workflow_runs_the_action() -> None:
     assert jobs["plan"]["if"] == "github.event_name == 'pull_request'"
     plan = action_step(jobs["plan"])
     assert plan["uses"] == ACTION_REF and plan["with"]["command"] == "plan"
-    # everything else: apply with a report, run_now and mirror passed through
-    assert jobs["apply"]["if"] == "github.event_name != 'pull_request'"
+    # everything else: apply with a report, run_now and mirror passed through (on disk
+    # unless the channels are in a bucket)
+    assert jobs["apply"]["if"] == (
+        "github.event_name != 'pull_request' && vars.CHANNELS_IN_BUCKET != 'true'"
+    )
     apply = action_step(jobs["apply"])
     assert apply["uses"] == ACTION_REF and apply["with"]["command"] == "apply"
     assert apply["with"]["run-now"] == "${{ inputs.run_now || false }}"
@@ -129,6 +132,64 @@ def test_reconcile_workflow_runs_the_action() -> None:
     for line in text.splitlines():
         if ACTION_REF in line:
             assert "replace OWNER" in line and "pin" in line
+
+
+def test_reconcile_workflow_runs_bucket_channels_on_hosted_runners(tmp_path: Path) -> None:
+    data = load("reconcile.yml")
+    jobs = data["jobs"]
+    action: dict[str, Any] = yaml.safe_load((REPO_ROOT / "action.yml").read_text())
+    # Either the disk job or the bucket jobs run, never both.
+    assert jobs["channels"]["if"] == (
+        "github.event_name != 'pull_request' && vars.CHANNELS_IN_BUCKET == 'true'"
+    )
+    bucket = jobs["apply-bucket"]
+    assert bucket["needs"] == "channels" and bucket["runs-on"] == "ubuntu-latest"
+    # One job per channel, each on its own: a failing channel does not stop the others.
+    assert bucket["strategy"]["matrix"]["channel"] == (
+        "${{ fromJSON(needs.channels.outputs.names) }}"
+    )
+    assert bucket["strategy"]["fail-fast"] is False
+    # OIDC needs id-token: write, on this job only; the workflow stays contents: read.
+    assert bucket["permissions"] == {"contents": "read", "id-token": "write"}
+    assert "id-token" not in data["permissions"]
+    for name, job in jobs.items():
+        if name != "apply-bucket":
+            assert "id-token" not in job.get("permissions", {})
+    steps = bucket["steps"]
+    credentials = next(s for s in steps if "configure-aws-credentials" in s.get("uses", ""))
+    assert PINNED.fullmatch(credentials["uses"])
+    assert credentials["with"]["role-to-assume"] == "${{ vars.AWS_ROLE_ARN }}"
+    assert credentials["with"]["aws-access-key-id"] == "${{ secrets.AWS_ACCESS_KEY_ID }}"
+    assert credentials["with"]["aws-region"] == "${{ vars.AWS_REGION }}"
+    apply = action_step(bucket)
+    assert steps.index(credentials) < steps.index(apply)
+    assert apply["with"]["command"] == "apply" and apply["with"]["channel"] == (
+        "${{ matrix.channel }}"
+    )
+    assert set(apply["with"]) <= set(action["inputs"])
+    assert apply["env"]["AWS_ENDPOINT_URL_S3"] == "${{ vars.AWS_ENDPOINT_URL_S3 }}"
+    upload = next(s for s in steps if "upload-artifact" in s.get("uses", ""))
+    assert upload["with"]["name"] == "reconcile-report-${{ matrix.channel }}"
+    # The channel list comes from channels.yaml: run the step's script on one.
+    (step,) = [s for s in jobs["channels"]["steps"] if s.get("id") == "list"]
+    script = "\n".join(line for line in step["run"].splitlines() if "pip install" not in line)
+    config = tmp_path / "channels.yaml"
+    config.write_text(
+        "version: 1\nchannels:\n  - {name: team, path: 's3://chan/team'}\n"
+        "  - {name: wheels, kind: pypi, path: 's3://chan/wheels'}\n"
+    )
+    output = tmp_path / "output"
+    output.write_text("")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "GITHUB_OUTPUT": str(output)}
+    run = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", script.replace("python3", sys.executable)],
+        env={**env, "CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert output.read_text() == 'names=["team", "wheels"]\n'
+    assert jobs["channels"]["outputs"]["names"] == "${{ steps.list.outputs.names }}"
 
 
 def _steps(data: dict[Any, Any]) -> list[dict[str, Any]]:

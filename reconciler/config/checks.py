@@ -28,7 +28,10 @@ from reconciler.config.models import (
     Defaults,
     MirrorDefaults,
     PypiChannel,
+    S3Location,
     channel_kind,
+    is_url,
+    parse_location,
     source_kind,
 )
 from reconciler.config.yaml_source import YamlDocument, YamlSyntaxError, load_yaml
@@ -346,6 +349,7 @@ def _check_cross_fields(
     channel_names: dict[str, int] = {}
     mirror_names: dict[str, tuple[int, int]] = {}
     channel_paths: list[tuple[Path, str]] = []
+    bucket_paths: list[tuple[S3Location, str]] = []
     for ci, channel in _dicts(raw.get("channels")):
         cpath: KeyPath = ("channels", ci)
         name = channel.get("name")
@@ -361,7 +365,11 @@ def _check_cross_fields(
 
         path_value = channel.get("path")
         resolved = None
-        if isinstance(path_value, str) and path_value.strip():
+        if isinstance(path_value, str) and is_url(path_value):
+            # An s3:// location (any other scheme: the model says it is not supported);
+            # never resolved as a folder, so never a local folder named "s3:".
+            _check_bucket_overlap(path_value, label, bucket_paths, (*cpath, "path"), out)
+        elif isinstance(path_value, str) and path_value.strip():
             resolved = _resolved(base_dir, path_value, out, (*cpath, "path"))
         elif "path" in channel:
             out.add((*cpath, "path"), "path must be a non-empty string")
@@ -425,6 +433,32 @@ def _check_cross_fields(
                     )
                 else:
                     mirror_names[mname] = (ci, mi)
+
+
+def _check_bucket_overlap(
+    value: str,
+    label: str,
+    seen: list[tuple[S3Location, str]],
+    where: KeyPath,
+    out: _Collector,
+) -> None:
+    """Two channels may not share or nest bucket prefixes (the model reports bad URLs)."""
+    try:
+        location = parse_location(value)
+    except ValueError:
+        return
+    if not isinstance(location, S3Location):
+        return
+    for other, other_label in seen:
+        if location == other:
+            out.add(where, f"channel '{label}' uses the same path as channel '{other_label}' "
+                    f"({location})")  # fmt: skip
+            break
+        if location.nests(other):
+            out.add(where, f"channel '{label}' path {location} is nested with channel "
+                    f"'{other_label}' path {other}")  # fmt: skip
+            break
+    seen.append((location, label))
 
 
 def _check_mirror(
@@ -581,7 +615,8 @@ def shortest_interval(expression: str, samples: int = 120) -> dt.timedelta | Non
 def _resolve_paths(config: Config, base_dir: Path) -> None:
     """Make channel, patch and path-source locations absolute (relative to the file)."""
     for channel in config.channels:
-        channel.path = _resolve(base_dir, str(channel.path))
+        if not isinstance(channel.path, S3Location):
+            channel.path = _resolve(base_dir, str(channel.path))
         if isinstance(channel, Channel):
             channel.patches = [_resolve(base_dir, str(p)) for p in channel.patches]
         for mirror in channel.mirrors:

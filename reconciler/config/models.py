@@ -23,12 +23,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     PositiveInt,
     Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from typing_extensions import Self
 
 from reconciler.conda.license_text import LICENSE_FAMILIES, license_rule_problem
 from reconciler.conda.names import is_valid_subdir
@@ -239,6 +241,175 @@ class IndexOptions(_Model):
     )
 
 
+# -- where a channel lives: a folder or an S3 bucket ----------------------------------
+
+# Bucket names as S3 allows them (3-63 lower-case letters, digits, dots and hyphens).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Keys of a storage block that would hold a secret: refused, whatever their value.
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "access_key", "session")
+
+#: How long index files may be cached by clients, by default (Cache-Control max-age, s).
+DEFAULT_INDEX_MAX_AGE = 60
+#: How long an unpublished file stays before it is deleted, by default (seconds): longer
+#: than the index's max-age, so a client holding the previous index never gets a 404.
+DEFAULT_DELETION_GRACE = 120.0
+
+
+class S3Location(BaseModel):
+    """``s3://bucket/prefix``: a channel in a bucket, under a prefix (may be empty)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str
+    prefix: str = ""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def nests(self, other: S3Location) -> bool:
+        """True when one location is the other or lies inside it (same bucket)."""
+        if self.bucket != other.bucket:
+            return False
+        mine, theirs = f"{self.prefix}/", f"{other.prefix}/"
+        return (
+            not self.prefix
+            or not other.prefix
+            or mine.startswith(theirs)
+            or (theirs.startswith(mine))
+        )
+
+
+def parse_s3_url(value: str) -> S3Location:
+    """``s3://bucket/prefix`` → :class:`S3Location`; ValueError says what is wrong."""
+    rest = value[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"{value!r} does not name a bucket: expected s3://bucket/prefix with a bucket "
+            "of 3-63 lower-case letters, digits, dots and hyphens"
+        )
+    prefix = prefix.strip("/")
+    if prefix:
+        if "\\" in prefix or _CONTROL.search(prefix):
+            raise ValueError(f"prefix of {value!r} holds a backslash or a control character")
+        for part in prefix.split("/"):
+            if part in ("", ".", ".."):
+                raise ValueError(f"prefix of {value!r} has an empty, '.' or '..' segment")
+    return S3Location(bucket=bucket, prefix=prefix)
+
+
+def is_url(value: str) -> bool:
+    """True when ``value`` starts with a URL scheme (``s3://``, ``gs://``, ...)."""
+    return _SCHEME.match(value) is not None
+
+
+def parse_location(value: Any) -> Any:
+    """A channel ``path``: an S3 URL becomes an :class:`S3Location`; another scheme is an
+    error (never a folder named ``gs:``); anything else is left to the Path type."""
+    if isinstance(value, str) and (match := _SCHEME.match(value)):
+        scheme = match.group(1)
+        if scheme == "s3":
+            return parse_s3_url(value)
+        raise ValueError(
+            f"unsupported path scheme '{scheme}://': a channel path is a folder or "
+            "s3://bucket/prefix"
+        )
+    return value
+
+
+ChannelPath = Annotated[
+    Path | S3Location,
+    BeforeValidator(parse_location),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "description": "the channel's folder (relative paths start at this file's "
+            "folder), or s3://bucket/prefix for a channel in S3-compatible object storage",
+        }
+    ),
+]
+
+
+def _no_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key in value:
+            lowered = str(key).lower()
+            if any(word in lowered for word in _SECRET_WORDS):
+                raise ValueError(
+                    f"'{key}' looks like a secret, and secrets never go in channels.yaml: "
+                    "credentials come from the AWS environment (AWS_PROFILE, "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an instance or OIDC role)"
+                )
+    return value
+
+
+class StorageOptions(_Model):
+    """Object storage settings of a channel in a bucket; credentials never go here."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="the S3 endpoint, e.g. http://127.0.0.1:9000 for a MinIO or SeaweedFS "
+        "(default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS)",
+    )
+    region: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]+$",
+        description="the bucket's region (default: AWS_REGION / AWS_DEFAULT_REGION / the "
+        "profile's, else us-east-1)",
+    )
+    addressing_style: Literal["auto", "path", "virtual"] | None = Field(
+        None,
+        description="bucket in the path (http://host/bucket/key) or in the host name "
+        "(default: the AWS configuration's, else auto)",
+    )
+    conditional_writes: bool = Field(
+        True,
+        description="use If-None-Match / If-Match on writes, so concurrent runs never "
+        "overwrite each other; false only for S3 clones without them, and then only ONE "
+        "writer may ever run on the channel",
+    )
+    serve: Literal["stream", "redirect"] = Field(
+        "stream",
+        description="`reconcile serve`: stream objects through the server, or redirect "
+        "clients to a presigned URL of the bucket",
+    )
+    presign_expiry: int = Field(
+        300, ge=10, le=7 * 24 * 3600, description="seconds a presigned URL stays valid"
+    )
+    lease_ttl: float = Field(
+        60.0,
+        ge=5,
+        le=3600,
+        description="seconds a run's lease on the channel lasts without renewal (renewed "
+        "every third of it); a run that died holds the channel this long at most",
+    )
+
+    _no_secret_keys = model_validator(mode="before")(_no_secrets)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        lowered = value.lower()
+        if not lowered.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint_url {value!r} must start with http:// or https://")
+        host = value.split("://", 1)[1].split("/", 1)[0]
+        if "@" in host:
+            raise ValueError(
+                "endpoint_url contains credentials; they come from the AWS environment"
+            )
+        if not host:
+            raise ValueError(f"endpoint_url {value!r} has no host")
+        if "?" in value or "#" in value:
+            raise ValueError("endpoint_url takes no query or fragment")
+        return value.rstrip("/")
+
+
 class MirrorDefaults(_Model):
     """Settings every mirror inherits unless it sets its own."""
 
@@ -259,6 +430,20 @@ class MirrorDefaults(_Model):
 class Defaults(_Model):
     index: IndexOptions = Field(default_factory=IndexOptions)
     mirror: MirrorDefaults = Field(default_factory=MirrorDefaults)
+    deletion_grace: float = Field(
+        DEFAULT_DELETION_GRACE,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="seconds an unpublished file stays before a later apply deletes it; keep "
+        "it longer than index_max_age so clients holding the previous index never get a 404",
+    )
+    index_max_age: int = Field(
+        DEFAULT_INDEX_MAX_AGE,
+        ge=0,
+        le=24 * 3600,
+        description="Cache-Control max-age (s) of index files (repodata, pages) when served "
+        "or uploaded; packages and shards are immutable",
+    )
 
 
 SourceKind = Literal["http", "file", "path"]
@@ -342,7 +527,19 @@ class Channel(_Model):
 
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
     kind: Literal["conda"] = Field("conda", description="conda (default) or pypi")
-    path: Path = Field(description="channel folder; relative paths start at this file's folder")
+    path: ChannelPath = Field(
+        description="channel folder (relative paths start at this file's folder), or "
+        "s3://bucket/prefix"
+    )
+    storage: StorageOptions | None = Field(
+        None, description="object storage settings (an s3:// path only); never credentials"
+    )
+    deletion_grace: float | None = Field(
+        None, ge=0, le=30 * 24 * 3600, description="overrides defaults.deletion_grace"
+    )
+    index_max_age: int | None = Field(
+        None, ge=0, le=24 * 3600, description="overrides defaults.index_max_age"
+    )
     access: Literal["public", "private"] = Field(
         "public",
         description="public: anyone who reaches `reconcile serve` reads it; private: only "
@@ -378,6 +575,22 @@ class Channel(_Model):
     @classmethod
     def _subdirs(cls, value: list[str]) -> list[str]:
         return _check_subdirs(value)
+
+    @model_validator(mode="after")
+    def _storage_needs_a_bucket(self) -> Self:
+        if self.storage is not None and not isinstance(self.path, S3Location):
+            raise ValueError("storage: settings apply only to a channel whose path is s3://...")
+        return self
+
+    @property
+    def grace(self) -> float:
+        """Seconds an unpublished file stays (after defaults were applied)."""
+        return DEFAULT_DELETION_GRACE if self.deletion_grace is None else self.deletion_grace
+
+    @property
+    def max_age(self) -> int:
+        """Cache-Control max-age of index files (after defaults were applied)."""
+        return DEFAULT_INDEX_MAX_AGE if self.index_max_age is None else self.index_max_age
 
     @property
     def served_subdirs(self) -> list[str]:
@@ -524,7 +737,19 @@ class PypiChannel(_Model):
 
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
     kind: Literal["pypi"] = Field(description="pypi: a PEP 503/691 simple repository")
-    path: Path = Field(description="channel folder; relative paths start at this file's folder")
+    path: ChannelPath = Field(
+        description="channel folder (relative paths start at this file's folder), or "
+        "s3://bucket/prefix"
+    )
+    storage: StorageOptions | None = Field(
+        None, description="object storage settings (an s3:// path only); never credentials"
+    )
+    deletion_grace: float | None = Field(
+        None, ge=0, le=30 * 24 * 3600, description="overrides defaults.deletion_grace"
+    )
+    index_max_age: int | None = Field(
+        None, ge=0, le=24 * 3600, description="overrides defaults.index_max_age"
+    )
     access: Literal["public", "private"] = Field(
         "public",
         description="public: anyone who reaches `reconcile serve` reads it; private: only "
@@ -545,6 +770,22 @@ class PypiChannel(_Model):
         description="same filename with different sha256 from two mirrors: "
         "'error' fails the plan, 'first' keeps the mirror listed first",
     )
+
+    @model_validator(mode="after")
+    def _storage_needs_a_bucket(self) -> Self:
+        if self.storage is not None and not isinstance(self.path, S3Location):
+            raise ValueError("storage: settings apply only to a channel whose path is s3://...")
+        return self
+
+    @property
+    def grace(self) -> float:
+        """Seconds an unpublished file stays (after defaults were applied)."""
+        return DEFAULT_DELETION_GRACE if self.deletion_grace is None else self.deletion_grace
+
+    @property
+    def max_age(self) -> int:
+        """Cache-Control max-age of index files (after defaults were applied)."""
+        return DEFAULT_INDEX_MAX_AGE if self.index_max_age is None else self.index_max_age
 
 
 AnyChannelModel = Channel | PypiChannel
@@ -579,6 +820,13 @@ class ServeSettings(_Model):
         description="seconds a failed passive fetch is answered from memory (502) before the "
         "upstream is asked again; 0 asks every time",
     )
+    sweep_interval: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="seconds between the server's sweeps of deletions whose grace period is "
+        "over (files unpublished by an apply); 0 leaves them to the next apply",
+    )
 
 
 def channel_kind(value: Any) -> str:
@@ -612,6 +860,15 @@ class Config(_Model):
     serve: ServeSettings = Field(
         default_factory=ServeSettings, description="`reconcile serve`: read tokens and limits"
     )
+
+    @model_validator(mode="after")
+    def _channel_defaults(self) -> Config:
+        for channel in self.channels:
+            if channel.deletion_grace is None:
+                channel.deletion_grace = self.defaults.deletion_grace
+            if channel.index_max_age is None:
+                channel.index_max_age = self.defaults.index_max_age
+        return self
 
     @property
     def conda_channels(self) -> list[Channel]:

@@ -9,6 +9,13 @@ did). A channel whose files changed while this run waited for its lock is
 planned again under the lock, so work done by the other run is neither redone
 nor recorded twice. Reports, history and state are built from what was executed.
 One failing mirror fails that mirror's run; the rest is applied.
+
+Index files are written on the condition that they are still what the plan saw
+(``If-Match`` in a bucket). When another writer got there first
+(:class:`~reconciler.store.base.PreconditionFailed`), nothing of theirs is
+overwritten: the channel is planned again and executed again, a few times at
+most, then its run fails saying so. What the run unpublished is recorded as
+pending deletions and deleted once the grace period is over (``engine.deletions``).
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.config.models import LoadedConfig
-from reconciler.engine.clock import timestamp
+from reconciler.engine import deletions
+from reconciler.engine.clock import now, timestamp
 from reconciler.engine.history import History, RunRecord, RunState, new_run
 from reconciler.engine.kind import KindRegistry, Outcome
-from reconciler.engine.plan import Action, ChannelPlan, Plan
+from reconciler.engine.plan import Action, ChannelPlan, Plan, Reason
 from reconciler.engine.planner import (
     ChannelPlanning,
     Planning,
@@ -39,11 +47,14 @@ from reconciler.engine.progress import NullReporter, Reporter
 from reconciler.engine.report import ApplyReport, ChannelReport, Done, MirrorReport
 from reconciler.engine.state import save_state
 from reconciler.errors import ReconcileError
-from reconciler.store.base import LockTimeout, StorageError
+from reconciler.store.base import LockTimeout, PreconditionFailed, StorageError
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the process ended before the run finished; a later run converged"
+# How many times a channel is planned and executed again when another writer changed
+# what this run was about to replace.
+MAX_ATTEMPTS = 3
 
 
 class StalePlanError(ReconcileError):
@@ -208,7 +219,7 @@ def _apply_channel(
         lock = store.lock(
             timeout=options.lock_timeout if options.wait else 0.0, command="reconcile apply"
         )
-        lock.__enter__()
+        holder = lock.__enter__()
     except LockTimeout as exc:
         if options.wait:
             raise
@@ -240,19 +251,90 @@ def _apply_channel(
             if not current.has_changes and not current.errors:
                 report.state = "unchanged"
                 return report, current
-        return _locked(planning, plan, history, report, started, options), current
+        final = _locked(
+            _Run(loaded, kinds, planning, plan, saved, holder.generation),
+            history,
+            report,
+            started,
+            options,
+        )
+        return final, planning.plan
     finally:
         lock.__exit__(None, None, None)
 
 
+@dataclass
+class _Run:
+    """What a locked run of one channel works with."""
+
+    loaded: LoadedConfig
+    kinds: KindRegistry
+    planning: ChannelPlanning
+    plan: Plan
+    saved: ChannelPlan | None
+    lease: int | None  # the lease's generation (a fencing token), None for a file lock
+
+
+def _execute(run: _Run, options: ApplyOptions) -> Outcome:
+    """Execute the channel's work; when another writer changed what it was about to
+    replace, plan again and execute again (a few times), never overwriting theirs."""
+    planning = run.planning
+    name = planning.channel.name
+    attempt = 1
+    while True:
+        try:
+            return planning.kind.execute(
+                planning.work, planning.store, options.reporter or NullReporter()
+            )
+        except PreconditionFailed as exc:
+            if run.saved is not None:
+                raise _stale(
+                    [f"channel {name} changed while the plan was applied ({exc.message})"]
+                ) from None
+            if attempt >= MAX_ATTEMPTS:
+                raise StorageError(
+                    f"another writer kept changing channel {name} while this run published "
+                    f"it ({attempt} attempts, the last: {exc.message}); nothing it wrote was "
+                    "overwritten",
+                    hint="is another reconcile writing this channel without its lease "
+                    "(storage.conditional_writes: false, a clock or network stall)? "
+                    "run apply again once it is done",
+                ) from None
+            log.warning(
+                "channel %s: %s; planning again (attempt %d of %d)",
+                name,
+                exc.message,
+                attempt + 1,
+                MAX_ATTEMPTS,
+            )
+            attempt += 1
+            fresh = plan_channel(
+                run.loaded,
+                run.kinds,
+                planning.position,
+                PlanOptions(
+                    scope=set(run.plan.mirrors) if run.plan.mirrors is not None else None,
+                    run_now=run.plan.run_now,
+                    cache_dir=options.cache_dir,
+                    reporter=options.reporter,
+                ),
+            )
+            # This run is the unfinished one the planner sees: no reason to converge again.
+            fresh.plan.actions = [
+                a for a in fresh.plan.actions if a.reason is not Reason.INTERRUPTED
+            ]
+            planning.close()
+            planning.work, planning.state = fresh.work, fresh.state
+
+
 def _locked(
-    planning: ChannelPlanning,
-    plan: Plan,
+    locked: _Run,
     history: History,
     report: ChannelReport,
     started: float,
     options: ApplyOptions,
 ) -> ChannelReport:
+    planning, plan = locked.planning, locked.plan
     channel = planning.channel
     store = planning.store
     current = planning.plan
@@ -262,7 +344,13 @@ def _locked(
     if removed := store.clean_temporaries():
         log.info("removed %d temporary file(s) a crashed run left", removed)
     run = history.append(
-        new_run(channel.name, None, config_digest=plan.config_digest, revision=plan.revision)
+        new_run(
+            channel.name,
+            None,
+            config_digest=plan.config_digest,
+            revision=plan.revision,
+            lease=locked.lease,
+        )
     )
     report.run_id = run.run_id
     run = history.transition(run, "running")
@@ -270,12 +358,17 @@ def _locked(
     for mirror in current.mirrors:
         if mirror.refresh or mirror.error:
             record = new_run(
-                channel.name, mirror.name, config_digest=plan.config_digest, revision=plan.revision
+                channel.name,
+                mirror.name,
+                config_digest=plan.config_digest,
+                revision=plan.revision,
+                lease=locked.lease,
             )
             mirror_runs[mirror.name] = history.transition(history.append(record), "running")
     report.warnings = [w.message for w in current.new_warnings]
     try:
-        outcome = planning.kind.execute(planning.work, store, options.reporter or NullReporter())
+        outcome = _execute(locked, options)
+        current = planning.plan
         state = planning.state.state
         state.files = outcome.inventory
         state.fingerprints = outcome.fingerprints
@@ -284,8 +377,18 @@ def _locked(
         state.revision = plan.revision
         state.updated = timestamp()
         state.warnings = {w.key: w.message for w in current.warnings}
+        at = now()
+        # What was unpublished is recorded before anything is deleted: a crash in
+        # between leaves the deletions to the next apply.
+        deletions.record(state, outcome.unpublished, store, channel.grace, at)
         save_state(store, state)
         report.serial = state.serial
+        recorded = list(state.pending_deletions)
+        deleted = deletions.sweep(planning.kind, channel, store, state, at)
+        if state.pending_deletions != recorded:
+            save_state(store, state)
+        outcome.executed = [a for a in outcome.executed if a.reason is not Reason.GRACE_OVER]
+        outcome.executed += deleted
     except (ReconcileError, OSError) as exc:
         message = exc.message if isinstance(exc, ReconcileError) else str(exc)
         if isinstance(exc, ReconcileError) and exc.hint:  # e.g. "free some disk space"
@@ -354,6 +457,10 @@ def _locked(
         )
         _fill(entry, [a for a in outcome.executed if a.source == mirror.name])
         report.mirrors.append(entry)
+    try:
+        store.compact_lines(history.key)
+    except StorageError as exc:  # the history stays as it is, in more pieces
+        log.warning("history not compacted: %s", exc.message)
     return report
 
 

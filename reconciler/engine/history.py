@@ -5,6 +5,11 @@ Each line is one state change of one run (``pending`` → ``running`` →
 line. Appending a line is the only write, so a crash can at worst leave a torn
 last line, which readers ignore. A line that parses but does not hold a run
 (hand-edited, or written by something else) is skipped with one warning.
+
+The lines go through :meth:`Store.append_line`: on disk they are appended to the
+file; in a bucket, which cannot append, each is an object of its own under keys
+that sort by time. A run that held a lease records its generation (``lease``),
+a fencing token: lines of a run whose lease was taken over carry an older one.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "error": _OPTIONAL_TEXT,
     "config_digest": _OPTIONAL_TEXT,
     "revision": _OPTIONAL_TEXT,
+    "lease": (int, type(None)),
     "details": (dict,),
 }
 
@@ -79,6 +85,7 @@ class RunRecord:
     error: str | None = None
     config_digest: str | None = None
     revision: str | None = None  # git commit of the config, when known
+    lease: int | None = None  # the generation of the lease the run held (a fencing token)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,6 +118,7 @@ def new_run(
     *,
     config_digest: str | None = None,
     revision: str | None = None,
+    lease: int | None = None,
 ) -> RunRecord:
     return RunRecord(
         run_id=uuid.uuid4().hex[:12],
@@ -120,6 +128,7 @@ def new_run(
         started=timestamp(),
         config_digest=config_digest,
         revision=revision,
+        lease=lease,
     )
 
 

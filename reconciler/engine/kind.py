@@ -10,7 +10,7 @@ schedules, locks, staleness checks, history, state, reports — is the engine's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ class PlanRequest:
     created_ms: int  # the plan's time: CEP-47 stamps of packages first indexed now
     expected: Mapping[tuple[str, str], str] | None = None  # a saved plan's upstream digests
     reporter: Reporter | None = None
+    grace: float = 0.0  # seconds an unpublished file stays before it is deleted
 
     @property
     def refresh(self) -> set[str]:
@@ -62,6 +63,16 @@ class MirrorOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Unpublished:
+    """A file the published index stopped naming: deleted after the grace period."""
+
+    key: str
+    source: str = "local"  # the mirror that placed it
+    sha256: str | None = None
+    tag: str | None = None  # the store's tag of the bytes to delete (None: stat it)
+
+
 @dataclass
 class Outcome:
     """What executing a channel's work did (reports and history are built from it)."""
@@ -72,6 +83,9 @@ class Outcome:
     mirrors: dict[str, MirrorOutcome] = field(default_factory=dict)
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # Files no longer named by the published index: the engine records them as pending
+    # deletions and deletes them once the grace period is over (never the kind itself).
+    unpublished: list[Unpublished] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
@@ -115,6 +129,10 @@ class Kind(Protocol):
 
     def counts(self, channel: AnyChannelModel, store: Store) -> dict[str, int | None]:
         """Packages published per location (None: not indexed)."""
+        ...
+
+    def named(self, channel: AnyChannelModel, store: Store, keys: Collection[str]) -> set[str]:
+        """Which of ``keys`` the published index names now (those are never deleted)."""
         ...
 
     def explain(self, request: PlanRequest, query: str) -> Iterator[Explanation]:

@@ -48,6 +48,7 @@ class Reason(str, enum.Enum):
     INDEX_OUTDATED = "index-outdated"  # index files differ from what the records give
     INTERRUPTED = "interrupted"  # the last run did not finish: converge again
     STATE_REBUILT = "state-rebuilt"  # the inventory was lost and is rebuilt
+    GRACE_OVER = "grace-over"  # unpublished earlier; its grace period is over: deleted now
 
 
 class _Model(BaseModel):

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from reconciler.config.models import AnyChannelModel, LoadedConfig
+from reconciler.engine import deletions
 from reconciler.engine.clock import format_time, now, parse_time
 from reconciler.engine.history import History, RunRecord, last_of
 from reconciler.engine.kind import ChannelWork, Kind, KindRegistry, PlanRequest
@@ -25,7 +26,7 @@ from reconciler.engine.progress import Reporter
 from reconciler.engine.schedule import due, overlap_warning
 from reconciler.engine.state import LoadedState, load_state
 from reconciler.errors import ReconcileError
-from reconciler.store import open_store
+from reconciler.store import channel_store
 from reconciler.store.base import Store
 
 CACHE_ENV = "RECONCILE_CACHE_DIR"
@@ -194,7 +195,7 @@ def prepare_request(
     """What a kind needs to plan the channel at ``position``: its request, the channel's
     runs and the digests of what it publishes."""
     channel = loaded.config.channels[position]
-    store = open_store(channel.path)
+    store = channel_store(channel)
     kind = kinds.kind_of(channel)
     published = kind.published(channel, store)
     runs = History(store).runs()
@@ -222,6 +223,7 @@ def prepare_request(
         created_ms=int(created.timestamp() * 1000),
         expected=expected,
         reporter=options.reporter,
+        grace=channel.grace,
     )
     return kind, request, runs, published
 
@@ -252,6 +254,9 @@ def plan_channel(
                 detail="the last run did not finish (killed, or still running): converge again",
             )
         )
+    plan.actions.extend(
+        deletions.planned(kind, channel, store, state.state, options.created or now())
+    )
     if state.lost is not None:
         message = f"{state.lost}: the inventory is rebuilt from the published index"
         plan.actions.append(Action(kind="reindex", reason=Reason.STATE_REBUILT, detail=message))

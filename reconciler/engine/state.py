@@ -41,6 +41,12 @@ class PendingDeletion(BaseModel):
     key: str = Field(description="the file to delete")
     after: str = Field(description="not before this time (UTC): clients may cache the old index")
     sha256: str | None = Field(None, description="delete only while it still holds these bytes")
+    tag: str | None = Field(
+        None,
+        description="the store's tag of those bytes (mtime on disk, ETag in a bucket): the "
+        "deletion is conditional on it",
+    )
+    source: str = Field("local", description="'local' or the mirror that placed the file")
 
 
 class ChannelState(BaseModel):

@@ -22,7 +22,7 @@ from reconciler.engine.kind import KindRegistry
 from reconciler.engine.schedule import due
 from reconciler.engine.state import read_state
 from reconciler.errors import ReconcileError
-from reconciler.store import open_store
+from reconciler.store import channel_store
 from reconciler.store.base import Store
 from reconciler.transport.http import redact
 
@@ -106,6 +106,13 @@ class ChannelStatus(BaseModel):
     mirrors: list[MirrorStatus] = Field(default_factory=list)
     passive: PassiveStats = Field(default_factory=PassiveStats)
     history: list[RunSummary] = Field(default_factory=list, description="newest first")
+    pending_deletions: int = Field(
+        0, description="unpublished files waiting for their grace period to end"
+    )
+    next_deletion: str | None = Field(None, description="when the first of them is due (UTC)")
+    locked_by: str | None = Field(
+        None, description="the run holding the channel's lock or lease now, if any"
+    )
 
 
 class Status(BaseModel):
@@ -143,7 +150,7 @@ def _locations(channel: AnyChannelModel, mirror: object) -> list[str]:
 def channel_status(
     channel: AnyChannelModel, kinds: KindRegistry, *, history_limit: int = 20
 ) -> ChannelStatus:
-    store = open_store(channel.path)
+    store = channel_store(channel)
     at = now()
     runs = History(store).runs()
     mirrors = []
@@ -169,6 +176,11 @@ def channel_status(
         )
     last_channel = last_of(runs, None)
     state = read_state(store, channel.name)
+    try:
+        holder = store.lock_holder()
+    except ReconcileError:
+        holder = None
+    pending = state.pending_deletions
     return ChannelStatus(
         name=channel.name,
         kind=channel.kind,
@@ -179,6 +191,9 @@ def channel_status(
         mirrors=mirrors,
         passive=read_passive_stats(store),
         history=[RunSummary.of(r) for r in reversed(runs[-history_limit:])],
+        pending_deletions=len(pending),
+        next_deletion=min(p.after for p in pending) if pending else None,
+        locked_by=holder.describe() if holder is not None else None,
     )
 
 

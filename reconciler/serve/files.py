@@ -149,12 +149,14 @@ def content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-def cache_control(path: Path | str) -> str:
+def cache_control(path: Path | str, max_age: int = 60) -> str:
+    """Package files and shards never change under their name; the rest (index files,
+    pages) for ``max-age`` seconds (the channel's ``index_max_age``)."""
     relative = os.fspath(path)
     name = relative.rsplit("/", 1)[-1]
     if package_suffix(name) is not None or relative.endswith(f"/shards/{name}"):
         return IMMUTABLE
-    return SHORT_LIVED
+    return SHORT_LIVED if max_age == 60 else f"public, max-age={max_age}"
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:

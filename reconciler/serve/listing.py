@@ -6,6 +6,12 @@ file that does not exist. The parsed name sets are cached per index file and
 keyed on its (size, mtime_ns), so a request costs one ``stat``; a publish
 changes the key and the next request parses the new index (in a worker thread,
 never on the event loop).
+
+For a channel in a bucket (:class:`StoreListings`) a ``HEAD`` per request would
+cost a round trip, so a parsed index is trusted for a few seconds; a name it does
+not list makes it checked again at once (a new package is never refused because
+of a stale copy). A file an index stopped listing stays in the store for the
+grace period, so serving it from a copy a few seconds old is safe.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from reconciler.kinds.pypi.names import METADATA_SUFFIX
+from reconciler.store.base import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,4 +112,49 @@ class Listings:
             # Keyed on what was stat'ed before reading: a publish in between changes the
             # key on disk, and the next request parses again.
             self._cache[path] = (key, names)
+        return names
+
+
+class StoreListings:
+    """Parsed name sets of index files in a store (a bucket), trusted for ``ttl`` seconds;
+    then, or when asked about a name they lack, checked again with a ``HEAD``."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        # where → (when checked, tag, names)
+        self._cache: dict[str, tuple[float, str, frozenset[str]]] = {}
+
+    def cached(self, store: Store, key: str) -> frozenset[str] | None:
+        """The names, when checked less than ``ttl`` seconds ago; None: call :meth:`load`."""
+        hit = self._cache.get(store.describe(key))
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[2]
+        return None
+
+    def load(self, store: Store, key: str, parse: Parser) -> frozenset[str]:
+        """Check the index (a ``HEAD``) and parse it if it changed (blocking)."""
+        where = store.describe(key)
+        checked = time.monotonic()
+        try:
+            info = store.stat(key)
+        except StorageError as exc:
+            log.warning("%s: %s", where, exc.message)
+            return frozenset()
+        if info is None:
+            names: frozenset[str] = frozenset()
+            tag = ""
+        else:
+            tag = info.tag
+            hit = self._cache.get(where)
+            if hit is not None and hit[1] == tag:
+                names = hit[2]
+            else:
+                try:
+                    names = parse(store.read(key) or b"null")
+                except (StorageError, ValueError, TypeError, KeyError) as exc:
+                    log.warning("%s is unreadable (%s): it lists nothing", where, exc)
+                    names = frozenset()
+        with self._lock:
+            self._cache[where] = (checked, tag, names)
         return names

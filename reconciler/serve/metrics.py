@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -25,12 +25,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reconciler.config.models import Channel, LoadedConfig
+from reconciler.engine import layout
 from reconciler.engine.history import History
 from reconciler.engine.state import ChannelState, read_state
 from reconciler.kinds import REGISTRY
-from reconciler.store import open_store
+from reconciler.store import channel_store
+from reconciler.store.base import Store
 
 RUN_STATES = ("pending", "running", "completed", "failed", "skipped")
+# A channel in a bucket is read again at most this often (each read is requests).
+BUCKET_TTL = 15.0
 KINDS = ("conda", "pypi", "status", "metrics", "other")
 
 
@@ -48,18 +52,26 @@ class _MirrorCollector(Collector):
 
     def __init__(self, loaded: Callable[[], LoadedConfig]) -> None:
         self._loaded = loaded
-        self._cache: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], Any]] = {}
 
-    def _cached(self, path: Path, read: Callable[[], Any]) -> Any:
-        try:
-            st = os.stat(path)
-            key = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            key = (0, 0)
-        hit = self._cache.get(path)
-        if hit is None or hit[0] != key:
-            hit = (key, read())
-            self._cache[path] = hit
+    def _cached(self, store: Store, key: str, read: Callable[[], Any], slot: str = "") -> Any:
+        """``read()``, again only when the file ``key`` changed (on disk: its size and
+        mtime), or at most every BUCKET_TTL seconds for a channel in a bucket. ``slot``
+        keeps apart several figures that follow one file."""
+        path = store.local_path(key)
+        if path is not None:
+            try:
+                st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stamp = (0, 0)
+        else:
+            stamp = (-1, int(time.monotonic() // BUCKET_TTL))
+        where = store.describe(key) + slot
+        hit = self._cache.get(where)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, read())
+            self._cache[where] = hit
         return hit[1]
 
     def collect(self) -> Iterator[Metric]:
@@ -94,19 +106,25 @@ class _MirrorCollector(Collector):
             labels=["channel", "kind", "access"],
         )
         for channel in self._loaded().config.channels:
-            root = Path(channel.path)
             kind = "conda" if isinstance(channel, Channel) else "pypi"
             info.add_metric([channel.name, kind, channel.access], 1)
-            store = open_store(root)
-            runs = self._cached(root / ".reconciler" / "history.jsonl", History(store).runs)
+            store = channel_store(channel)
+            runs = self._cached(store, layout.HISTORY, History(store).runs)
             inventory: ChannelState = self._cached(
-                root / ".reconciler" / "state.json",
-                functools.partial(read_state, store, channel.name),
+                store, layout.STATE, functools.partial(read_state, store, channel.name)
             )
             by_source: dict[str, int] = {}
             for entry in inventory.files.values():
                 by_source[entry.source] = by_source.get(entry.source, 0) + 1
-            for subdir, count in REGISTRY.kind_of(channel).counts(channel, store).items():
+            # What the index lists changes with the state (every apply that publishes):
+            # read again then, not on every scrape.
+            counts: dict[str, int | None] = self._cached(
+                store,
+                layout.STATE,
+                functools.partial(REGISTRY.kind_of(channel).counts, channel, store),
+                slot="#counts",
+            )
+            for subdir, count in counts.items():
                 if count is not None:
                     published.add_metric([channel.name, subdir], count)
             for mirror in channel.mirrors:

@@ -9,6 +9,12 @@ package files and shards immutable. Nothing outside a channel folder, nothing
 under ``.reconciler/`` and no package the published index does not list is ever
 served; no directory listings but the generated ``index.html``.
 
+A channel in a bucket (``s3://``) is served through its store: objects are
+streamed (``Range`` and conditional requests answered from a ``HEAD``, the bytes
+read with ``If-Match`` the ETag the headers describe), or, with ``storage.serve:
+redirect``, clients are sent to a presigned URL. The published index is checked
+the same way, through the store.
+
 ``/`` is the status page, ``/api/status`` its JSON and ``/metrics`` Prometheus'
 text format. Private channels need a read token (:mod:`reconciler.serve.auth`).
 Anything that blocks (a passive fetch, parsing an index after a publish,
@@ -58,10 +64,19 @@ from reconciler.serve.files import (
     split_url_path,
     stat_inside,
 )
-from reconciler.serve.listing import Listings, Parser, conda_packages, conda_shards, pypi_files
+from reconciler.serve.listing import (
+    Listings,
+    Parser,
+    StoreListings,
+    conda_packages,
+    conda_shards,
+    pypi_files,
+)
 from reconciler.serve.metrics import ServeMetrics
 from reconciler.serve.passive import FetchFailed, PassiveFetcher
 from reconciler.serve.status import redact_status, render_status_html, status_data
+from reconciler.store import channel_store
+from reconciler.store.base import PreconditionFailed, StorageError, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,11 +124,16 @@ class _Snapshot:
     loaded: LoadedConfig
     channels: dict[str, Channel | PypiChannel] = field(init=False)
     roots: dict[str, str] = field(init=False)  # real paths of the channel folders
+    stores: dict[str, Store] = field(init=False)  # channels in a bucket
     tokens: auth.TokenTable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channels = {c.name: c for c in self.loaded.config.channels}
-        self.roots = {c.name: os.path.realpath(c.path) for c in self.loaded.config.channels}
+        channels = self.loaded.config.channels
+        self.channels = {c.name: c for c in channels}
+        self.roots = {
+            c.name: os.path.realpath(c.path) for c in channels if isinstance(c.path, Path)
+        }
+        self.stores = {c.name: channel_store(c) for c in channels if not isinstance(c.path, Path)}
         self.tokens = auth.TokenTable(self.loaded.config)
 
     @property
@@ -190,6 +210,11 @@ def _below(root: str, path: Path) -> str:
     return os.fspath(path)[len(root) + 1 :]
 
 
+def _relative(root: str | None, path: Path) -> str:
+    """A routed file relative to its channel: below the folder, or the key in a bucket."""
+    return _below(root, path) if root is not None else path.as_posix()
+
+
 _DATES: dict[int, str] = {}
 
 
@@ -240,12 +265,15 @@ class ServeApp:
             loaded, failed_fetch_ttl=self.options.failed_fetch_ttl, observer=self.metrics
         )
         self.listings = Listings()
+        self.object_listings = StoreListings()
         self._recent: deque[_Entry] = deque(maxlen=200)
         self.access_log = AccessLog(self.options.access_log) if self.options.access_log else None
         self.fetch_pool = ThreadPoolExecutor(
             max_workers=self.options.fetch_workers, thread_name_prefix="reconcile-fetch"
         )
         self.work_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reconcile-work")
+        # Requests to buckets block on the network: a pool of their own.
+        self.object_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile-s3")
         self._flights: dict[tuple[str, ...], tuple[asyncio.Future[Any], list[int]]] = {}
         self._config_key = self._stat_config()
 
@@ -278,6 +306,14 @@ class ServeApp:
 
     def config_changed(self) -> bool:
         return self._stat_config() != self._config_key
+
+    def sweep(self) -> None:
+        """Delete unpublished files whose grace period is over (blocking)."""
+        from reconciler.engine.deletions import sweep_channels
+        from reconciler.kinds import REGISTRY
+
+        for name, count in sweep_channels(self.snapshot.loaded, REGISTRY).items():
+            log.info("channel %s: deleted %d unpublished file(s), grace period over", name, count)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -315,6 +351,30 @@ class ServeApp:
             ("index", index), lambda: self.listings.load(index, parse)
         )
         return loaded
+
+    async def _names(
+        self, channel: Channel | PypiChannel, root: str | None, key: str, parse: Parser, name: str
+    ) -> bool:
+        """Whether the channel's index file ``key`` lists ``name`` now."""
+        if root is not None:
+            return name in await self._listed(f"{root}/{key}", parse)
+        store = self.snapshot.stores[channel.name]
+        names = self.object_listings.cached(store, key)
+        if names is not None and name in names:
+            return True
+        # Not checked lately, or a name it did not list: look at the index again.
+        loaded, _ = await self._single_flight(
+            ("objects", store.describe(key)), lambda: self.object_listings.load(store, key, parse)
+        )
+        return name in loaded
+
+    async def _current(self, channel: Channel | PypiChannel, key: str, stored: str) -> bool:
+        """:meth:`PassiveFetcher.current` (in a thread for a bucket: it asks the server)."""
+        if not isinstance(channel.path, Path):
+            return await self._in_thread(
+                lambda: self.passive.current(channel, key, stored), self.object_pool
+            )
+        return self.passive.current(channel, key, stored)
 
     # -- the handler -----------------------------------------------------------------------
 
@@ -403,7 +463,7 @@ class ServeApp:
                 return _plain(401, "this channel needs a token", auth.challenge())
             if channel.name not in grant.channels:
                 return _plain(403, "the token given does not grant this channel")
-        root = snapshot.roots[channel.name]
+        root = snapshot.roots.get(channel.name)  # None: a channel in a bucket
         if isinstance(channel, PypiChannel):
             return await self._pypi(request, channel, root, segments[1:], prefix, head, exchange)
         return await self._conda(request, channel, root, segments[1:], head, exchange)
@@ -432,7 +492,7 @@ class ServeApp:
         self,
         request: web.BaseRequest,
         channel: Channel,
-        root: str,
+        root: str | None,
         rest: list[str],
         head: bool,
         exchange: _Exchange,
@@ -444,10 +504,10 @@ class ServeApp:
         if len(rest) == 2 and rest[1] != "":
             subdir, filename = rest
             if package_suffix(filename) is not None:
-                listed = await self._listed(f"{root}/{subdir}/repodata.json", conda_packages)
-                if filename not in listed:
-                    return _plain(404)  # on disk or not: the index does not name it
-                if not self.passive.current(channel, relative, f"{root}/{relative}"):
+                index = f"{subdir}/repodata.json"
+                if not await self._names(channel, root, index, conda_packages, filename):
+                    return _plain(404)  # stored or not: the index does not name it
+                if not await self._current(channel, relative, relative):
                     failed = await self._fetch(
                         ("conda", channel.name, relative),
                         channel,
@@ -458,16 +518,16 @@ class ServeApp:
             elif filename not in SUBDIR_FILES:
                 return _plain(404)
         elif len(rest) == 3 and rest[1] == "shards":
-            shards = f"{root}/{rest[0]}/repodata_shards.msgpack.zst"
-            if rest[2] not in await self._listed(shards, conda_shards):
+            shards = f"{rest[0]}/repodata_shards.msgpack.zst"
+            if not await self._names(channel, root, shards, conda_shards, rest[2]):
                 return _plain(404)
-        return await self._send_file(request, root, relative, head, exchange)
+        return await self._send(request, channel, root, relative, head, exchange)
 
     async def _fetch(
         self,
         key: tuple[str, ...],
         channel: Channel | PypiChannel,
-        function: Callable[[], Path | None],
+        function: Callable[[], str | None],
     ) -> web.Response | None:
         """Fetch a passive file (one download per file); a 502 response when it failed."""
         try:
@@ -487,30 +547,32 @@ class ServeApp:
         self,
         request: web.BaseRequest,
         channel: PypiChannel,
-        root: str,
+        root: str | None,
         rest: list[str],
         prefix: str,
         head: bool,
         exchange: _Exchange,
     ) -> web.StreamResponse:
         accept = request.headers.get("Accept")
-        target = pypi_routes.route(Path(root), rest, accept, request.query_string)
+        base = Path(root) if root is not None else Path(".")  # keys, for a bucket
+        target = pypi_routes.route(base, rest, accept, request.query_string)
         if isinstance(target, pypi_routes.Redirect):
             location = f"{prefix}/{channel.name}/{target.location}"
             return web.Response(
                 status=301, headers={"Location": location, "Cache-Control": "no-store"}
             )
         if isinstance(target, pypi_routes.Page):
-            return await self._send_file(
-                request, root, _below(root, target.path), head, exchange,
+            return await self._send(
+                request, channel, root, _relative(root, target.path), head, exchange,
                 kind=target.content_type, vary="Accept",
             )  # fmt: skip
         if isinstance(target, pypi_routes.PackageFile):
-            page = f"{root}/{SIMPLE}/{target.project}/index.json"
-            if target.filename not in await self._listed(page, pypi_files):
+            page = f"{SIMPLE}/{target.project}/index.json"
+            if not await self._names(channel, root, page, pypi_files, target.filename):
                 return _plain(404)
             key = f"{target.project}/{target.filename}"
-            if not self.passive.current(channel, key, target.path):
+            stored = _relative(root, target.path)
+            if not await self._current(channel, key, stored):
                 failed = await self._fetch(
                     ("pypi", channel.name, key),
                     channel,
@@ -518,10 +580,142 @@ class ServeApp:
                 )
                 if failed is not None:
                     return failed
-            return await self._send_file(request, root, _below(root, target.path), head, exchange)
+            return await self._send(request, channel, root, stored, head, exchange)
         return _plain(target.status)
 
     # -- files -----------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        channel: Channel | PypiChannel,
+        root: str | None,
+        relative: str,
+        head: bool,
+        exchange: _Exchange,
+        *,
+        kind: str | None = None,
+        vary: str | None = None,
+    ) -> web.StreamResponse:
+        control = cache_control(relative, channel.max_age)
+        if root is None:
+            return await self._send_object(
+                request, channel, relative, head, exchange, control, kind=kind, vary=vary
+            )
+        return await self._send_file(
+            request, root, relative, head, exchange, control, kind=kind, vary=vary
+        )
+
+    async def _send_object(
+        self,
+        request: web.BaseRequest,
+        channel: Channel | PypiChannel,
+        relative: str,
+        head: bool,
+        exchange: _Exchange,
+        control: str,
+        *,
+        kind: str | None = None,
+        vary: str | None = None,
+        attempts: int = 2,
+    ) -> web.StreamResponse:
+        """An object of a channel in a bucket: streamed, or a redirect to a presigned URL."""
+        store = self.snapshot.stores[channel.name]
+        try:
+            info = await self._in_thread(lambda: store.stat(relative), self.object_pool)
+        except StorageError as exc:
+            log.error("%s", exc.message)
+            return _plain(502, "the channel's storage did not answer")
+        if info is None:
+            return _plain(404)
+        etag = info.tag if info.tag.startswith(('"', "W/")) else f'"{info.tag}"'
+        modified = info.modified or 0.0
+        headers = {
+            "Server": SERVER,
+            "ETag": etag,
+            "Last-Modified": _http_date(modified),
+            "Cache-Control": control,
+            "Accept-Ranges": "bytes",
+        }
+        if vary:
+            headers["Vary"] = vary
+        if _not_modified(request, etag, modified):
+            return web.Response(status=304, headers=headers)
+        storage = channel.storage
+        if storage is not None and storage.serve == "redirect":
+            url = await self._in_thread(
+                lambda: store.presign(relative, storage.presign_expiry), self.object_pool
+            )
+            if url is not None:
+                # The URL expires: clients must not keep the redirect longer than it lives.
+                age = max(0, min(channel.max_age, storage.presign_expiry // 2))
+                return web.Response(
+                    status=307,
+                    headers={"Location": url, "Cache-Control": f"private, max-age={age}"},
+                )
+        size = info.size
+        start, end, status = 0, size - 1, 200
+        wanted = request.headers.get("Range")
+        if wanted and _if_range_holds(request.headers.get("If-Range"), etag, modified):
+            span = parse_range(wanted, size)
+            if span is None:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = span
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Type"] = kind or content_type(relative.rsplit("/", 1)[-1])
+        length = max(0, end - start + 1)
+        opened = None
+        context = store.open_range(relative, start, end, if_match=info.tag)
+        if not head and length:
+            try:
+                opened = await self._in_thread(context.__enter__, self.object_pool)
+            except (FileNotFoundError, PreconditionFailed):
+                # Replaced or deleted since the HEAD: describe what is there now.
+                if attempts > 1:
+                    return await self._send_object(
+                        request, channel, relative, head, exchange, control,
+                        kind=kind, vary=vary, attempts=attempts - 1,
+                    )  # fmt: skip
+                return _plain(404)
+            except StorageError as exc:
+                log.error("%s", exc.message)
+                return _plain(502, "the channel's storage did not answer")
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        try:
+            await response.prepare(request)
+            if opened is None:
+                await response.write_eof()
+                return response
+            sent = 0
+            handle = opened
+            while sent < length:
+                try:
+                    chunk = await self._in_thread(lambda: handle.read(256 * 1024), self.object_pool)
+                except OSError as exc:  # the bucket's connection broke mid-body
+                    log.error("reading %s: %s", store.describe(relative), exc)
+                    chunk = b""
+                if not chunk:
+                    break
+                await response.write(chunk)
+                sent += len(chunk)
+            exchange.sent = sent
+            if sent < length:  # the body ended early: never let it pass for a whole one
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write_eof()
+            return response
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("client left during %s: %s", auth.redact_path(request.raw_path), exc)
+            exchange.aborted = True
+            response.force_close()
+            return response
+        finally:
+            if opened is not None:
+                await self._in_thread(lambda: context.__exit__(None, None, None), self.object_pool)
 
     async def _send_file(
         self,
@@ -530,6 +724,7 @@ class ServeApp:
         relative: str,
         head: bool,
         exchange: _Exchange,
+        control: str,
         *,
         kind: str | None = None,
         vary: str | None = None,
@@ -542,7 +737,7 @@ class ServeApp:
             "Server": SERVER,
             "ETag": etag,
             "Last-Modified": _http_date(st.st_mtime),
-            "Cache-Control": cache_control(relative),
+            "Cache-Control": control,
             "Accept-Ranges": "bytes",
         }
         if vary:
@@ -612,6 +807,8 @@ class ServeApp:
     def close(self) -> None:
         self.fetch_pool.shutdown(wait=True)
         self.work_pool.shutdown(wait=True)
+        self.object_pool.shutdown(wait=True)
+        self.passive.flush()
         if self.access_log is not None:
             self.access_log.close()
 
@@ -726,13 +923,20 @@ class ChannelServer:
         return await loop.run_in_executor(self.app.work_pool, self.app.reload)
 
     async def _housekeeping(self) -> None:
-        """Flush the access log every second; reload on config changes with --watch-config."""
+        """Flush the access log every second; reload on config changes with --watch-config;
+        sweep the deletions that are due every ``serve.sweep_interval`` seconds."""
+        loop = asyncio.get_running_loop()
+        next_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.options.watch_interval)
             if self.app.access_log is not None:
                 self.app.access_log.flush()
             if self.options.watch_config and self.app.config_changed():
                 await self.reload()
+            interval = self.app.snapshot.loaded.config.serve.sweep_interval
+            if interval > 0 and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + interval
+                await loop.run_in_executor(self.app.work_pool, self.app.sweep)
 
     def shutdown(self) -> None:
         """Stop serving (call from another thread); returns once stopped."""
@@ -766,10 +970,8 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
 
 
 def _clean_partial_downloads(loaded: LoadedConfig) -> None:
-    from reconciler.store import open_store
-
     for channel in loaded.config.channels:
-        open_store(channel.path).clean_temporaries()
+        channel_store(channel).clean_temporaries()
 
 
 __all__ = ["ChannelServer", "ServeApp", "ServeOptions", "serve"]

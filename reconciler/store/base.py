@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from reconciler.errors import ReconcileError
 
@@ -47,9 +48,16 @@ class LockHolder:
     host: str
     command: str
     started: str  # ISO 8601, UTC
+    # A lease (object storage): its generation, a fencing token that grows with every
+    # holder, and when it runs out unless renewed. None for a file lock.
+    generation: int | None = None
+    expires: str | None = None
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host} ({self.command}) since {self.started}"
+        text = f"pid {self.pid} on {self.host} ({self.command}) since {self.started}"
+        if self.expires is not None:
+            text += f", lease {self.generation} until {self.expires}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class ObjectInfo:
     size: int
     tag: str
     regular: bool = True  # False: a symlink, FIFO, device... on disk (never read)
+    modified: float | None = None  # seconds since the epoch (mtime, Last-Modified)
 
     @property
     def name(self) -> str:
@@ -124,6 +133,10 @@ class Store(abc.ABC):
     def list_dirs(self, prefix: str = "") -> list[str]:
         """Names of the folders directly under ``prefix``, sorted."""
 
+    def listing(self, prefix: str = "") -> tuple[list[ObjectInfo], list[str]]:
+        """:meth:`list_files` and :meth:`list_dirs` of ``prefix`` (one request in a bucket)."""
+        return self.list_files(prefix), self.list_dirs(prefix)
+
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """The object's size and tag, or None when it does not exist."""
@@ -135,6 +148,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def open(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         """A binary stream of the object; :class:`FileNotFoundError` when absent."""
+
+    @contextlib.contextmanager
+    def open_range(
+        self, key: str, start: int, end: int, *, if_match: str | None = None
+    ) -> Iterator[IO[bytes]]:
+        """Bytes ``start`` to ``end`` (inclusive) of the object; :class:`FileNotFoundError`
+        when absent, :class:`PreconditionFailed` when ``if_match`` no longer holds."""
+        if if_match is not None:
+            info = self.stat(key)
+            if info is None:
+                raise FileNotFoundError(key)
+            if info.tag != if_match:
+                raise PreconditionFailed(f"{self.describe(key)} changed")
+        with self.open(key) as handle:
+            handle.seek(start)
+            yield io.BufferedReader(_Limited(handle, end - start + 1))
+
+    def presign(self, key: str, expires: int) -> str | None:
+        """A URL that reads the object without credentials for ``expires`` seconds, when
+        the store can make one (a bucket can; a folder cannot: None)."""
+        return None
 
     def check_room(self, needed: int) -> None:  # noqa: B027 (a no-op unless overridden)
         """Refuse to start writing ``needed`` bytes that cannot fit (a no-op where room is
@@ -163,10 +197,20 @@ class Store(abc.ABC):
     def write_if_changed(self, key: str, data: bytes, **options: object) -> bool:
         """Write unless the object already holds exactly ``data``; True when written."""
         info = self.stat(key)
-        if info is not None and info.size == len(data) and self.read(key) == data:
+        if info is not None and self.same_bytes(info, data):
             return False
         self.write(key, data, **options)  # type: ignore[arg-type]
         return True
+
+    def same_bytes(self, info: ObjectInfo, data: bytes) -> bool:
+        """Whether the object ``info`` describes holds exactly ``data`` (it is read unless
+        the backend can tell from its tag)."""
+        if info.size != len(data) or not info.regular:
+            return False
+        try:
+            return self.read(info.key) == data
+        except StorageError:
+            return False
 
     @abc.abstractmethod
     def writer(self, key: str) -> Writer:
@@ -188,6 +232,10 @@ class Store(abc.ABC):
     def read_lines(self, key: str) -> Iterator[bytes]:
         """The lines of a log object, oldest first (torn lines included: callers skip them)."""
 
+    def compact_lines(self, key: str) -> None:  # noqa: B027 (a no-op unless overridden)
+        """Merge a log's pieces where appending made many (stores without append); call
+        it holding the lock."""
+
     @abc.abstractmethod
     def clean_temporaries(self, prefix: str = "") -> int:
         """Remove temporary objects crashed writers left under ``prefix`` (not live ones)."""
@@ -203,3 +251,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def lock_holder(self) -> LockHolder | None:
         """Who holds the channel's lock now, or None."""
+
+
+class _Limited(io.RawIOBase):
+    """At most ``left`` bytes of ``inner`` (a range of an open file)."""
+
+    def __init__(self, inner: IO[bytes], left: int) -> None:
+        self.inner = inner
+        self.left = left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buffer)[: self.left]
+        data = self.inner.read(len(view))
+        view[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.inner.read(wanted) if wanted > 0 else b""
+        self.left -= len(data)
+        return data

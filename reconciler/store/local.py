@@ -106,7 +106,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(key, st.st_size, str(st.st_mtime_ns), stat.S_ISREG(st.st_mode))
+    return ObjectInfo(key, st.st_size, str(st.st_mtime_ns), stat.S_ISREG(st.st_mode), st.st_mtime)
 
 
 class _LocalWriter(Writer):
@@ -385,12 +385,9 @@ class LocalStore(Store):
 
     def write_if_changed(self, key: str, data: bytes, **options: Any) -> bool:
         info = self.stat(key)
-        if info is not None and info.regular and info.size == len(data):
-            try:
-                if self.read(key) == data:
-                    return False
-            except StorageError:
-                pass  # unreadable: replace it (the rename never follows a link)
+        # Unreadable: replaced (the rename never follows a link).
+        if info is not None and self.same_bytes(info, data):
+            return False
         self.write(key, data, **options)
         return True
 

@@ -31,18 +31,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import requests
 import zstandard
 
 from reconciler.conda.shards import read_shard, read_shard_index
+from reconciler.config.models import S3Location
 from reconciler.engine.history import History
 from reconciler.engine.layout import STATE as STATE_NAME
 from reconciler.engine.state import ChannelState
 from reconciler.faults import CRASH_AT_ENV, CRASH_TRACE_ENV
+from reconciler.store.base import Store
 from reconciler.store.local import TEMP_PREFIX, LocalStore
+from reconciler.store.s3 import S3Store
 from tests.crash.forkserver import Forked, ForkServer
+from tests.s3_server import copy_prefix, list_keys
 
 # One clock for every run, so outputs can be compared byte for byte. Without it
 # only the CEP-47 ``indexed_timestamp`` of packages indexed by the interrupted run
@@ -298,100 +303,121 @@ class Expect:
     may_be_missing: frozenset[str] = frozenset()
 
 
-def check_channel(channel: Path, expect: Expect, had_noarch: bool) -> list[str]:
-    """What a client (or the next run) would trip over in ``channel`` now; [] if usable."""
+def store_of(channel: Path | Store) -> Store:
+    return LocalStore(channel) if isinstance(channel, Path) else channel
+
+
+def check_channel(channel: Path | Store, expect: Expect, had_noarch: bool) -> list[str]:
+    """What a client (or the next run) would trip over in ``channel`` now; [] if usable.
+
+    ``channel``: a folder, or the store of a channel in a bucket (read through it)."""
+    store = store_of(channel)
     problems: list[str] = []
-    digests: dict[Path, str] = {}
+    digests: dict[str, tuple[int, str]] = {}
+
+    def digest_of(key: str) -> tuple[int, str] | None:
+        if key not in digests:
+            data = store.read(key)
+            if data is None:
+                return None
+            digests[key] = (len(data), hashlib.sha256(data).hexdigest())
+        return digests[key]
 
     def check_named(subdir: str, source: str, records: Mapping[str, Mapping[str, object]]) -> None:
         for filename, record in records.items():
             key = f"{subdir}/{filename}"
-            target = channel / subdir / filename
-            if not target.is_file():
+            found = digest_of(key)
+            if found is None:
                 if key not in expect.may_be_missing:
                     problems.append(f"{subdir}/{source} names {filename}, which is missing")
                 continue
-            if target not in digests:
-                digests[target] = sha256_of(target)
-            if digests[target] != record.get("sha256"):
+            if found[1] != record.get("sha256"):
                 problems.append(f"{key} does not have the sha256 {source} records")
-            if target.stat().st_size != record.get("size"):
+            if found[0] != record.get("size"):
                 problems.append(f"{key} does not have the size {source} records")
 
     for subdir in expect.subdirs:
-        folder = channel / subdir
         for name in REPODATA_FILES:
-            path = folder / name
-            if not path.exists():
+            data = store.read(f"{subdir}/{name}")
+            if data is None:
                 continue
             try:
-                check_named(subdir, name, _records(_decode(name, path.read_bytes())))
+                check_named(subdir, name, _records(_decode(name, data)))
             except Exception as exc:
                 problems.append(f"{subdir}/{name} unreadable: {type(exc).__name__}: {exc}")
-        index = folder / "repodata_shards.msgpack.zst"
-        if index.exists():
+        index = store.read(f"{subdir}/repodata_shards.msgpack.zst")
+        if index is not None:
             try:
-                shards = read_shard_index(index.read_bytes())["shards"]
+                shards = read_shard_index(index)["shards"]
                 for package, digest in shards.items():
-                    shard = folder / "shards" / f"{digest}.msgpack.zst"
-                    if not shard.is_file():
+                    shard = store.read(f"{subdir}/shards/{digest}.msgpack.zst")
+                    if shard is None:
                         problems.append(f"{subdir} shard index names missing shard of {package}")
-                    elif sha256_of(shard) != digest:
+                    elif hashlib.sha256(shard).hexdigest() != digest:
                         problems.append(f"{subdir} shard of {package} does not match its digest")
                     else:
-                        check_named(
-                            subdir, f"shard {package}", _records(read_shard(shard.read_bytes()))
-                        )
+                        check_named(subdir, f"shard {package}", _records(read_shard(shard)))
             except Exception as exc:
                 problems.append(f"{subdir} shards unreadable: {type(exc).__name__}: {exc}")
-        if (folder / "run_exports.json").exists():
+        run_exports = store.read(f"{subdir}/run_exports.json")
+        if run_exports is not None:
             try:
-                _decode("run_exports.json", (folder / "run_exports.json").read_bytes())
+                _decode("run_exports.json", run_exports)
             except Exception as exc:
                 problems.append(f"{subdir}/run_exports.json unreadable: {exc}")
-        if folder.is_dir():  # no package file under its final name with other bytes
-            for path in folder.iterdir():
-                if path.name.startswith(".") or not path.name.endswith((".conda", ".tar.bz2")):
-                    continue
-                key = f"{subdir}/{path.name}"
-                digest = digests.get(path) or sha256_of(path)
-                if digest not in expect.known.get(key, frozenset()):
-                    problems.append(f"{key} holds bytes no repodata or upstream ever had")
-    if (channel / "channeldata.json").exists():
+        # No package file under its final name with other bytes.
+        for info in store.list_files(subdir):
+            if info.name.startswith(".") or not info.name.endswith((".conda", ".tar.bz2")):
+                continue
+            found = digest_of(info.key)
+            if found is None or found[1] not in expect.known.get(info.key, frozenset()):
+                problems.append(f"{info.key} holds bytes no repodata or upstream ever had")
+    channeldata = store.read("channeldata.json")
+    if channeldata is not None:
         try:
-            orjson.loads((channel / "channeldata.json").read_bytes())
+            orjson.loads(channeldata)
         except ValueError as exc:
             problems.append(f"channeldata.json unreadable: {exc}")
-    if had_noarch and not (channel / "noarch" / "repodata.json").is_file():
+    if had_noarch and store.stat("noarch/repodata.json") is None:
         problems.append("noarch/repodata.json disappeared")
-    for path in channel.rglob("*"):  # temporary files only ever under the temp prefix
-        if "reconcile-tmp" in path.name and not path.name.startswith(TEMP_PREFIX):
-            problems.append(f"temporary file under a final name: {path.relative_to(channel)}")
+    if isinstance(channel, Path):
+        for path in channel.rglob("*"):  # temporary files only ever under the temp prefix
+            if "reconcile-tmp" in path.name and not path.name.startswith(TEMP_PREFIX):
+                problems.append(f"temporary file under a final name: {path.relative_to(channel)}")
     try:
-        History(LocalStore(channel)).runs()
+        History(store).runs()
     except Exception as exc:
         problems.append(f"history unreadable: {type(exc).__name__}: {exc}")
-    state = channel / STATE_NAME
-    if state.exists():
+    state = store.read(STATE_NAME)
+    if state is not None:
         try:
-            ChannelState.model_validate_json(state.read_bytes())
+            ChannelState.model_validate_json(state)
         except ValueError as exc:
             problems.append(f"state inventory does not load: {exc}")
     return problems
 
 
-def published(channel: Path) -> dict[str, bytes]:
+def published(channel: Path | Store) -> dict[str, bytes]:
     """Everything a client can see: the channel's files outside the state folder."""
+    store = store_of(channel)
     out = {}
-    for path in sorted(channel.rglob("*")):
-        rel = path.relative_to(channel).as_posix()
-        if path.is_file() and not rel.startswith(".reconciler/"):
-            out[rel] = path.read_bytes()
-    return out
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        files, dirs = store.listing(folder)
+        for info in files:
+            if not info.name.startswith("."):
+                data = store.read(info.key)
+                assert data is not None, info.key
+                out[info.key] = data
+        folders += [f"{folder}/{d}".strip("/") for d in dirs if not d.startswith(".")]
+    return dict(sorted(out.items()))
 
 
-def inventory(channel: Path) -> dict[str, object]:
-    state = ChannelState.model_validate_json((channel / STATE_NAME).read_bytes())
+def inventory(channel: Path | Store) -> dict[str, object]:
+    data = store_of(channel).read(STATE_NAME)
+    assert data is not None, "no state"
+    state = ChannelState.model_validate_json(data)
     return {k: v.model_dump() for k, v in state.files.items()}
 
 
@@ -403,6 +429,91 @@ def leftovers(channel: Path) -> list[str]:
 # -- scenarios and kill points ---------------------------------------------------------
 
 
+class Place:
+    """Where a scenario's channel lives: ``chan/`` in each run's folder (this class), or
+    a prefix of a bucket (:class:`BucketPlace`)."""
+
+    def start(self, seed: Path, work: Path) -> None:
+        """Copy the scenario's starting state for a run in ``work``."""
+        shutil.copytree(seed, work)
+
+    def store(self, work: Path) -> Store:
+        return LocalStore(work / "chan")
+
+    def channel(self, work: Path) -> Path | Store:
+        """What the checks read: the folder (they also look at its temporary files)."""
+        return work / "chan"
+
+    def leftovers(self, work: Path) -> list[str]:
+        return leftovers(work / "chan")
+
+    def adopt(self, seed: Path) -> None:
+        """Make ``seed`` (channels.yaml with ``path: ./chan``, packages in chan/) a
+        starting state of this place (nothing to do on disk)."""
+
+
+DISK = Place()
+
+
+class BucketPlace(Place):
+    """Each run's channel under its own prefix of ``bucket``: the seed's prefix copied."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def _prefix(self, work: Path) -> str:
+        return f"{work.parent.name}-{work.name}"
+
+    def _location(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def store(self, work: Path) -> Store:
+        return S3Store(S3Location(bucket=self.bucket, prefix=self._prefix(work)))
+
+    def channel(self, work: Path) -> Path | Store:
+        return self.store(work)
+
+    def leftovers(self, work: Path) -> list[str]:
+        uploads = self.client.list_multipart_uploads(
+            Bucket=self.bucket, Prefix=self._prefix(work) + "/"
+        )
+        return [u["Key"] for u in uploads.get("Uploads", ())]
+
+    def start(self, seed: Path, work: Path) -> None:
+        shutil.copytree(seed, work)
+        source, target = self._prefix(seed), self._prefix(work)
+        for key in list_keys(self.client, self.bucket, target):  # a run numbered before
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        copy_prefix(self.client, self.bucket, source, target)
+        config = work / "channels.yaml"
+        config.write_text(
+            config.read_text().replace(self._location(source), self._location(target))
+        )
+
+    def adopt(self, seed: Path) -> None:
+        """Upload the seed's package files (and remove the ones it no longer has), and point
+        its configuration at the seed's prefix."""
+        prefix = self._prefix(seed)
+        local = {
+            p.relative_to(seed / "chan").as_posix(): p
+            for p in (seed / "chan").glob("*/*")
+            if p.name.endswith((".conda", ".tar.bz2"))
+        }
+        for key in list_keys(self.client, self.bucket, prefix):
+            relative = key[len(prefix) + 1 :]
+            if relative.endswith((".conda", ".tar.bz2")) and relative not in local:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        for relative, path in local.items():
+            self.client.put_object(
+                Bucket=self.bucket, Key=f"{prefix}/{relative}", Body=path.read_bytes()
+            )
+        config = seed / "channels.yaml"
+        config.write_text(
+            config.read_text().replace("path: ./chan", f"path: {self._location(prefix)}")
+        )
+
+
 @dataclass
 class Scenario:
     name: str
@@ -411,6 +522,7 @@ class Scenario:
     expect: Expect
     random_kills: int
     seed_number: int = 0  # of the random delays, for reproducibility
+    place: Place = DISK
 
 
 @dataclass
@@ -462,7 +574,8 @@ def stable_points(points: list[str]) -> list[str]:
 def reference(scenario: Scenario, root: Path) -> Reference:
     """The uninterrupted run, traced: its kill points and what it produces."""
     work = root / "reference"
-    shutil.copytree(scenario.seed, work)
+    place = scenario.place
+    place.start(scenario.seed, work)
     trace = root / "reference.trace"
     first: list[float] = []
     done = threading.Event()
@@ -483,13 +596,12 @@ def reference(scenario: Scenario, root: Path) -> Reference:
         + ((work / ".run.log").read_text()[-2000:])
     )
     points = stable_points(trace.read_text().split())
-    problems = check_channel(work / "chan", scenario.expect, True) + scenario.action.converge(work)
+    channel = place.channel(work)
+    problems = check_channel(channel, scenario.expect, True) + scenario.action.converge(work)
     assert not problems, problems
-    assert not leftovers(work / "chan"), leftovers(work / "chan")
+    assert not place.leftovers(work), place.leftovers(work)
     (work / ".run.log").unlink(missing_ok=True)
-    return Reference(
-        points, published(work / "chan"), inventory(work / "chan"), max(0.02, ended - first[0])
-    )
+    return Reference(points, published(channel), inventory(channel), max(0.02, ended - first[0]))
 
 
 def kill_point(
@@ -498,9 +610,10 @@ def kill_point(
     """Copy the start, kill a run at ``point``, check, rerun, compare, plan."""
     work = root / f"k{number:03d}"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(scenario.seed, work)
-    channel = work / "chan"
-    had_noarch = (channel / "noarch" / "repodata.json").is_file()
+    place = scenario.place
+    place.start(scenario.seed, work)
+    channel = place.channel(work)
+    had_noarch = store_of(channel).stat("noarch/repodata.json") is not None
     trace = work / ".trace"
     if isinstance(point, str):
         fresh = number % EXEC_EVERY == 0
@@ -527,10 +640,10 @@ def kill_point(
             outcome.problems.append("inventory differs from the uninterrupted run")
     except (OSError, ValueError) as exc:
         outcome.problems.append(f"inventory unreadable after the rerun: {exc}")
-    if left := leftovers(channel):
+    if left := place.leftovers(work):
         outcome.problems.append(f"temporary files left after the rerun: {left[:4]}")
     try:
-        runs = History(LocalStore(channel)).runs()
+        runs = History(store_of(channel)).runs()
         if runs and runs[-1].state not in ("completed", "failed", "skipped"):
             outcome.problems.append(f"history ends with an unfinished run: {runs[-1].state}")
     except Exception as exc:
@@ -549,12 +662,31 @@ def random_delays(scenario: Scenario, span: float) -> list[float]:
     return [round(rng.uniform(0.0, span), 4) for _ in range(scenario.random_kills)]
 
 
-def run_scenario(scenario: Scenario, root: Path) -> Tally:
-    """Reference run, then every traced checkpoint and the random instants, in parallel."""
+def sample_points(points: list[str], limit: int | None) -> list[str]:
+    """At most ``limit`` of ``points``: the first hit of every step, then hits spread evenly
+    over the run (a reduced set where each run is slow, as in a bucket)."""
+    if limit is None or len(points) <= limit:
+        return points
+    chosen: list[str] = []
+    for point in points:
+        if point.split("#")[0] not in {c.split("#")[0] for c in chosen}:
+            chosen.append(point)
+    rest = [p for p in points if p not in chosen]
+    room = max(0, limit - len(chosen))
+    if room and rest:
+        step = len(rest) / room
+        chosen += [rest[int(i * step)] for i in range(min(room, len(rest)))]
+    return [p for p in points if p in chosen]
+
+
+def run_scenario(scenario: Scenario, root: Path, limit: int | None = None) -> Tally:
+    """Reference run, then every traced checkpoint (at most ``limit`` of them) and the
+    random instants, in parallel."""
     root.mkdir(parents=True, exist_ok=True)
     ref = reference(scenario, root)
     assert ref.points, f"{scenario.name}: the run reached no checkpoint"
-    points: list[str | float] = [*ref.points, *random_delays(scenario, ref.work_time)]
+    traced = sample_points(ref.points, limit)
+    points: list[str | float] = [*traced, *random_delays(scenario, ref.work_time)]
     tally = Tally(scenario.name, steps={p.split("#")[0] for p in ref.points})
     try:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import orjson
 
-from tests.crash.harness import Apply, Expect, Scenario, known_digests, reconcile, upstream_records
+from tests.crash.harness import (
+    DISK,
+    Apply,
+    Expect,
+    Place,
+    Scenario,
+    known_digests,
+    reconcile,
+    upstream_records,
+)
 from tests.packages import PackageSpec, build_package
 
 SUBDIRS = ("linux-64", "noarch")
@@ -50,6 +59,9 @@ def write_config(root: Path, mirror: str = "", patches: str = "") -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "channels.yaml").write_text(
         "version: 1\nchannels:\n  - name: chan\n    path: ./chan\n"
+        # Deletions in the same run, right after the index is published: killed runs
+        # then also stop between the publish and the deletions.
+        "    deletion_grace: 0\n"
         "    subdirs: [linux-64, noarch]\n    index: {bz2: true, shards: true}\n" + patches + mirror
     )
 
@@ -70,11 +82,14 @@ def named_files(channel: Path) -> set[str]:
     return names
 
 
-def index_scenario(tmp_path: Path, name: str, extra: int, padding: int = 0) -> Scenario:
+def index_scenario(
+    tmp_path: Path, name: str, extra: int, padding: int = 0, place: Place = DISK
+) -> Scenario:
     seed = tmp_path / f"{name}-seed"
     for spec, fmt in packages("1.0", extra, padding):
         build_package(seed / "chan", spec, fmt)
     write_config(seed)
+    place.adopt(seed)
     applied(seed)
     # The change the killed runs carry out: new packages, one deleted by hand
     # (published until the run), a patch.
@@ -93,8 +108,9 @@ def index_scenario(tmp_path: Path, name: str, extra: int, padding: int = 0) -> S
         )
     )
     write_config(seed, patches="    patches: [patch.json]\n")
+    place.adopt(seed)
     expect = Expect(SUBDIRS, known_digests([seed / "chan"]), frozenset({deleted}))
-    return Scenario(name, seed, Apply(), expect, random_kills=12, seed_number=extra)
+    return Scenario(name, seed, Apply(), expect, random_kills=12, seed_number=extra, place=place)
 
 
 class Upstream:
@@ -134,7 +150,9 @@ def build_upstream(root: Path) -> None:
     (root / "live").mkdir()
 
 
-def mirror_seed(tmp_path: Path, upstream: Upstream, name: str, mode: str) -> Path:
+def mirror_seed(
+    tmp_path: Path, upstream: Upstream, name: str, mode: str, place: Place = DISK
+) -> Path:
     seed = tmp_path / f"{name}-seed"
     build_package(seed / "chan", PackageSpec("mine", "1.0", subdir="linux-64"))  # local
     write_config(
@@ -145,6 +163,7 @@ def mirror_seed(tmp_path: Path, upstream: Upstream, name: str, mode: str) -> Pat
         ),
     )
     upstream.switch("1")
+    place.adopt(seed)
     applied(seed)
     upstream.switch("2")  # the killed runs download the new files and prune the dropped
     return seed

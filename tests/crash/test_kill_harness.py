@@ -19,6 +19,7 @@ import pytest
 from tests.crash.harness import (
     TALLIES,
     Apply,
+    BucketPlace,
     Expect,
     Scenario,
     ServeFetch,
@@ -36,6 +37,7 @@ from tests.crash.scenarios import (
     named_files,
 )
 from tests.http_server import serve_directory
+from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,35 @@ def test_kill_during_passive_mirror_and_fetch_on_first_request(
     record(
         run_scenario(Scenario("serve", served, action, expect, random_kills=8), tmp_path / "serve")
     )
+
+
+# -- the same, with the channel in a bucket (moto's S3 server on 127.0.0.1) --------------
+
+# Each run in a bucket is slower (every write is a request): a reduced set of traced
+# points (the first of every step, the rest spread over the run) and fewer random ones.
+BUCKET_POINTS = 20
+
+
+@pytest.fixture
+def bucket_place(s3: S3Server, bucket: str) -> BucketPlace:
+    return BucketPlace(s3.client(), bucket)
+
+
+def test_kill_during_local_index_in_a_bucket(tmp_path: Path, bucket_place: BucketPlace) -> None:
+    scenario = index_scenario(tmp_path, "index-s3", 0, place=bucket_place)
+    scenario.random_kills = 2
+    tally = record(run_scenario(scenario, tmp_path / "index-s3", limit=BUCKET_POINTS))
+    assert {"storage.before_put", "storage.put", "lease.taken"} <= tally.steps
+
+
+def test_kill_during_active_mirror_with_prune_in_a_bucket(
+    tmp_path: Path, upstream: Upstream, bucket_place: BucketPlace
+) -> None:
+    seed = mirror_seed(tmp_path, upstream, "active-s3", "active", place=bucket_place)
+    expect = Expect(SUBDIRS, known_digests([seed / "chan"], upstream.records()))
+    scenario = Scenario("active-s3", seed, Apply(), expect, random_kills=2, place=bucket_place)
+    tally = record(run_scenario(scenario, tmp_path / "active-s3", limit=BUCKET_POINTS))
+    assert {"download.placed", "apply.before_prune", "storage.removed"} <= tally.steps
 
 
 def test_enough_kill_points() -> None:

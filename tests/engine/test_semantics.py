@@ -27,6 +27,7 @@ from tests.packages import PackageSpec, build_package
 
 T0 = "2026-03-01T12:00:00+00:00"
 T1 = "2026-03-01T13:00:00+00:00"  # an hour later: the daily mirrors are not due
+T1_GRACE_OVER = "2026-03-01T13:02:00+00:00"  # the default grace period later
 T2 = "2026-03-02T12:00:00+00:00"  # the next day: they are
 
 UPSTREAM = [
@@ -178,17 +179,38 @@ def test_a_config_change_applies_without_the_schedule_and_without_network(world:
     code, out, err = world.run("apply", at=T1)
     assert code == ExitCode.OK, err
     assert "alpha-1.1-0.conda" not in world.published()
-    assert not (world.channel / "linux-64" / "alpha-1.1-0.conda").exists()  # pruned
+    # Unpublished, not deleted: a client may hold the previous index for its max-age.
+    pruned = world.channel / "linux-64" / "alpha-1.1-0.conda"
+    assert pruned.is_file()
+    state = json.loads((world.channel / ".reconciler" / "state.json").read_text())
+    (pending,) = state["pending_deletions"]
+    assert pending["key"] == "linux-64/alpha-1.1-0.conda" and pending["source"] == "act"
+    assert pending["after"] == "2026-03-01T13:02:00.000Z"  # the default grace: 120 s
+    assert world.run("plan", "--detailed-exitcode", at=T1)[0] == ExitCode.OK
+    code, out, _ = world.run("status", at=T1)
+    assert (
+        "deletions  1 unpublished file(s) waiting for their grace period (the first due "
+        "at 2026-03-01T13:02:00.000Z)"
+    ) in out
+    # Once the grace period is over, plan shows the deletion and apply carries it out.
+    actions = world.plan_actions(at=T1_GRACE_OVER)
+    assert [(a["kind"], a["name"], a["reason"]) for a in actions if a["name"]] == [
+        ("remove", "alpha-1.1-0.conda", "grace-over")
+    ]
+    code, out, err = world.run("apply", at=T1_GRACE_OVER)
+    assert code == ExitCode.OK, err
+    assert not pruned.exists()
+    assert world.run("plan", "--detailed-exitcode", at=T1_GRACE_OVER)[0] == ExitCode.OK
     assert len(world.state["requests"]) == seen  # no network at all
     # Widening downloads the newly selected files, still without fetching metadata.
     world.write(latest=3)
-    code, _, err = world.run("apply", at=T1)
+    code, _, err = world.run("apply", at=T1_GRACE_OVER)
     assert code == ExitCode.OK, err
     assert {"alpha-1.0-0.conda", "alpha-1.1-0.conda"} <= world.published()
     assert (world.channel / "linux-64" / "alpha-1.0-0.conda").is_file()
     fetched = world.state["requests"][seen:]
     assert fetched and not [r for r in fetched if "repodata" in r], fetched
-    code, out, _ = world.run("explain", "alpha", at=T1)
+    code, out, _ = world.run("explain", "alpha", at=T1_GRACE_OVER)
     assert "chan/linux-64/alpha-1.0-0.conda (mirror act): in" in out
 
 
@@ -247,10 +269,13 @@ def test_a_lost_state_is_rebuilt_and_written(world: World) -> None:
     assert world.inventory() == before  # nothing relabelled local, passive still passive
     code, out, _ = world.run("plan", "--detailed-exitcode", at=T1)
     assert code == ExitCode.OK, out
-    # Removals upstream are still pruned.
+    # Removals upstream are still pruned (once the grace period is over).
     (world.upstream / "linux-64" / "alpha-1.2-0.conda").unlink()
     index_channel(world.upstream)
     code, _, err = world.run("apply", "--run-now", at=T1)
+    assert code == ExitCode.OK, err
+    assert "alpha-1.2-0.conda" not in world.published()
+    code, _, err = world.run("apply", at=T1_GRACE_OVER)
     assert code == ExitCode.OK, err
     assert not (world.channel / "linux-64" / "alpha-1.2-0.conda").exists()
 

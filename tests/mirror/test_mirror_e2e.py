@@ -1,4 +1,10 @@
-"""Mirroring end to end: a real upstream channel served on 127.0.0.1, plan/apply, a real client."""
+"""Mirroring end to end: a real upstream channel served on 127.0.0.1, plan/apply, a real client.
+
+The tests taking ``both`` run twice: with the channel in a folder, and in a bucket
+of a real S3 server (moto's, on 127.0.0.1), where the client solves through
+``reconcile serve``. Either way every published index must name only files that
+are there with their sha256, and a second apply must write nothing.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from reconciler.kinds.conda.indexer import index_channel
 from tests.client import solve
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
+from tests.s3_server import S3Server
+from tests.serve.helpers import running
+from tests.stores import Channel, conda_problems
 
 UPSTREAM: list[tuple[PackageSpec, str]] = [
     (PackageSpec("python", "3.12.0", subdir="linux-64", license="PSF-2.0"), ".conda"),
@@ -80,14 +89,26 @@ def served(upstream: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class Project:
-    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        capsys: pytest.CaptureFixture[str],
+        bucket: str | None = None,
+        s3: S3Server | None = None,
+    ) -> None:
         self.root = root
         self.capsys = capsys
         self.config = root / "channels.yaml"
-        self.channel = root / "mirror"
+        self.channel = root / "mirror"  # on disk (a bucket channel: never created)
+        self.bucket, self.s3 = bucket, s3
+        where = f"s3://{bucket}/mirror" if bucket else "./mirror"
+        self.where = Channel(where, None if bucket else self.channel)
 
     def write(self, text: str) -> None:
-        self.config.write_text(textwrap.dedent(text))
+        text = textwrap.dedent(text)
+        if self.bucket:
+            text = text.replace("path: ./mirror", f"path: {self.where.where}")
+        self.config.write_text(text)
 
     def run(self, *args: str) -> tuple[int, str, str]:
         code = cli.main([*args, "-c", str(self.config)])
@@ -95,21 +116,45 @@ class Project:
         return code, out, err
 
     def names(self, subdir: str) -> list[str]:
-        data = json.loads((self.channel / subdir / "repodata.json").read_text())
+        data = self.where.json(f"{subdir}/repodata.json")
         return sorted({**data["packages"], **data["packages.conda"]})
 
     def files(self, subdir: str) -> list[str]:
-        folder = self.channel / subdir
         return sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.name.endswith((".conda", ".bz2")) and not p.name.startswith("repodata")
+            name
+            for name in self.where.names(subdir)
+            if name.endswith((".conda", ".bz2")) and not name.startswith("repodata")
         )
+
+    def add_local(self, spec: PackageSpec, fmt: str = ".conda") -> None:
+        """A package dropped into the channel by hand."""
+        built = build_package(self.root / "built", spec, fmt)
+        self.where.put(f"{spec.subdir}/{built.name}", built.read_bytes())
+
+    def consistent(self, passive: bool = False) -> None:
+        """Every index names only files that are there with their sha256."""
+        missing = set()
+        if passive:  # listed, fetched on the first request
+            missing = {f"{s}/{n}" for s in ("linux-64", "noarch") for n in self.names(s)}
+        problems = conda_problems(self.where.store, ["linux-64", "noarch"], missing)
+        assert problems == []
 
 
 @pytest.fixture
 def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
+    """The channel in a folder (tests of what only a folder has: disk space, mtimes)."""
     return Project(tmp_path, capsys)
+
+
+@pytest.fixture(params=["disk", "s3"])
+def both(
+    request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Project:
+    """The channel in a folder, then in a bucket."""
+    if request.param == "disk":
+        return Project(tmp_path, capsys)
+    s3: S3Server = request.getfixturevalue("s3")
+    return Project(tmp_path, capsys, request.getfixturevalue("bucket"), s3)
 
 
 def config(
@@ -121,6 +166,7 @@ def config(
           - name: mirror
             path: ./mirror
             subdirs: [linux-64, noarch]
+            deletion_grace: 0
             {channel_filters}
             mirrors:
               - name: up
@@ -137,8 +183,9 @@ GPL_EXCEPT_GCC = """filters:
 
 
 def test_active_mirror_with_filters_then_solve(
-    project: Project, served: tuple[str, dict[str, Any]], tmp_path: Path
+    both: Project, served: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
+    project = both
     url, _ = served
     project.write(config(url, channel_filters=GPL_EXCEPT_GCC))
     code, out, _ = project.run("plan", "--detailed-exitcode")
@@ -154,39 +201,46 @@ def test_active_mirror_with_filters_then_solve(
     upstream_repodata = json.loads(
         (project.root / "upstream" / "linux-64" / "repodata.json").read_text()
     )
-    ours = json.loads((project.channel / "linux-64" / "repodata.json").read_text())
+    ours = project.where.json("linux-64/repodata.json")
     assert (
         ours["packages.conda"]["numpy-1.26.4-0.conda"]
         == upstream_repodata["packages.conda"]["numpy-1.26.4-0.conda"]
     )
     code, out, _ = project.run("plan", "--detailed-exitcode")
     assert code == ExitCode.OK, out
-    solved = solve(project.channel.as_uri(), ["numpy"], "linux-64", tmp_path / "cache")
+    project.consistent()
+    if project.bucket:  # a client reads a bucket channel through `reconcile serve`
+        with running(project.config) as server:
+            solved = solve(f"{server.url}/mirror", ["numpy"], "linux-64", tmp_path / "cache")
+    else:
+        solved = solve(project.channel.as_uri(), ["numpy"], "linux-64", tmp_path / "cache")
     assert solved["numpy"] == "numpy-1.26.4-0.conda"
     assert solved["zlib"] == "zlib-1.3.1-0.conda"
 
 
 def test_passive_mirror_lists_without_files(
-    project: Project, served: tuple[str, dict[str, Any]]
+    both: Project, served: tuple[str, dict[str, Any]]
 ) -> None:
+    project = both
     url, state = served
     project.write(config(url, mode="passive"))
     assert project.run("apply")[0] == ExitCode.OK
     assert "numpy-1.26.4-0.conda" in project.names("linux-64")
     assert project.files("linux-64") == []
     assert not any(r.endswith(".conda") and "repodata" not in r for r in state["requests"])
-    inventory = json.loads((project.channel / ".reconciler" / "state.json").read_text())
+    inventory = project.where.json(".reconciler/state.json")
     entry = inventory["files"]["linux-64/numpy-1.26.4-0.conda"]
     assert entry["source"] == "up" and entry["passive"] is True
+    project.consistent(passive=True)
     # Passive to active downloads what is listed.
     project.write(config(url, mode="active"))
     assert project.run("apply")[0] == ExitCode.OK
     assert project.files("linux-64") == project.names("linux-64")
+    project.consistent()
 
 
-def test_include_latest_and_dependencies(
-    project: Project, served: tuple[str, dict[str, Any]]
-) -> None:
+def test_include_latest_and_dependencies(both: Project, served: tuple[str, dict[str, Any]]) -> None:
+    project = both
     url, _ = served
     filters = """filters:
                   include:
@@ -214,8 +268,9 @@ def test_include_latest_and_dependencies(
 
 
 def test_upstream_adds_removes_and_hotfixes(
-    project: Project, served: tuple[str, dict[str, Any]], upstream: Path
+    both: Project, served: tuple[str, dict[str, Any]], upstream: Path
 ) -> None:
+    project = both
     url, _ = served
     project.write(config(url, filters="filters: {include: [{name: 'zlib'}, {name: 'tqdm'}]}"))
     project.run("apply")
@@ -243,24 +298,25 @@ def test_upstream_adds_removes_and_hotfixes(
     ) in out
     assert 'depends: + "python >=3.9"' in out and 'depends: - "python >=3.8"' in out
     assert project.run("apply")[0] == ExitCode.OK
-    assert "zlib-1.2.13-0.tar.bz2" not in project.files("linux-64")  # pruned
+    assert "zlib-1.2.13-0.tar.bz2" not in project.files("linux-64")  # pruned (grace 0)
     assert "zlib-1.3.2-0.conda" in project.files("linux-64")
+    project.consistent()
 
 
-def test_local_packages_are_never_pruned(
-    project: Project, served: tuple[str, dict[str, Any]]
-) -> None:
+def test_local_packages_are_never_pruned(both: Project, served: tuple[str, dict[str, Any]]) -> None:
+    project = both
     url, _ = served
     project.write(config(url, filters="filters: {include: [{name: zlib}]}"))
     project.run("apply")
-    build_package(project.channel, PackageSpec("mine", "1.0", subdir="linux-64"))
+    project.add_local(PackageSpec("mine", "1.0", subdir="linux-64"))
     project.write(config(url, filters="filters: {include: [{name: python}]}"))
     assert project.run("apply")[0] == ExitCode.OK
     assert project.files("linux-64") == ["mine-1.0-0.conda", "python-3.12.0-0.conda"]
     # Pruned files leave the index before the disk, and are never taken for local ones.
-    repodata = json.loads((project.channel / "linux-64" / "repodata.json").read_text())
+    repodata = project.where.json("linux-64/repodata.json")
     listed = sorted([*repodata["packages"], *repodata["packages.conda"]])
     assert listed == ["mine-1.0-0.conda", "python-3.12.0-0.conda"]
+    project.consistent()
 
 
 def test_two_mirrors_same_file_and_conflict(
@@ -329,45 +385,57 @@ def test_wrong_sha256_fails_that_package_only(project: Project, upstream: Path) 
 
 
 def test_truncated_repodata_leaves_the_channel_as_it_was(
-    project: Project, served: tuple[str, dict[str, Any]], upstream: Path
+    both: Project, served: tuple[str, dict[str, Any]], upstream: Path
 ) -> None:
+    project = both
     url, _ = served
     project.write(config(url))
     project.run("apply")
-    before = (project.channel / "linux-64" / "repodata.json").read_bytes()
+    before = project.where.read("linux-64/repodata.json")
     zst = upstream / "linux-64" / "repodata.json.zst"
     zst.write_bytes(zst.read_bytes()[:40])
     build_package(upstream, PackageSpec("zlib", "9.9", subdir="linux-64"))  # changes the ETag
     code, _, err = project.run("apply")
     assert code == ExitCode.ERROR
     assert "linux-64/repodata.json.zst" in err
-    assert (project.channel / "linux-64" / "repodata.json").read_bytes() == before
+    assert project.where.read("linux-64/repodata.json") == before
+
+
+def _published_tags(project: Project) -> dict[str, str]:
+    """Every file clients see, with its tag (mtime on disk, ETag in a bucket)."""
+    store = project.where.store
+    found = {}
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        found.update({i.key: i.tag for i in store.list_files(folder)})
+        folders += [f"{folder}/{d}".strip("/") for d in store.list_dirs(folder) if d[0] != "."]
+    return found
 
 
 def test_second_run_gets_304_and_rewrites_nothing(
-    project: Project, served: tuple[str, dict[str, Any]]
+    both: Project, served: tuple[str, dict[str, Any]]
 ) -> None:
+    project = both
     url, state = served
     project.write(config(url))
     project.run("apply")
-    before = {
-        p: p.stat().st_mtime_ns
-        for p in project.channel.rglob("*")
-        if p.is_file() and ".reconciler" not in p.parts
-    }
+    before = _published_tags(project)
     downloads = [r for r in state["requests"] if not r.split("/")[-1].startswith("repodata")]
+    if project.s3 is not None and project.bucket is not None:
+        project.s3.reset(project.bucket)
     code, out, _ = project.run("apply")
     assert (code, out) == (ExitCode.OK, "Apply complete: no changes.\n")
     assert "/linux-64/repodata.json.zst" in state["not_modified"]
     assert [
         r for r in state["requests"] if not r.split("/")[-1].startswith("repodata")
     ] == downloads
-    after = {
-        p: p.stat().st_mtime_ns
-        for p in project.channel.rglob("*")
-        if p.is_file() and ".reconciler" not in p.parts
-    }
-    assert after == before
+    assert _published_tags(project) == before
+    if project.s3 is not None and project.bucket is not None:
+        # A no-op apply writes nothing at all, and lists rather than reads packages.
+        counts = project.s3.counts(project.bucket)
+        assert counts["PUT"] == counts["DELETE"] == counts["POST"] == 0, counts
+        assert counts["GET_PACKAGE"] == 0 and counts["LIST"], counts
 
 
 def test_not_enough_disk_space(
@@ -392,7 +460,8 @@ def test_missing_noarch_upstream_is_an_error(project: Project, tmp_path: Path) -
     assert code == ExitCode.ERROR and "noarch/repodata.json: not found" in err
 
 
-def test_explain_agrees_with_the_plan(project: Project, served: tuple[str, dict[str, Any]]) -> None:
+def test_explain_agrees_with_the_plan(both: Project, served: tuple[str, dict[str, Any]]) -> None:
+    project = both
     url, _ = served
     filters = """filters:
                   include: [{name: numpy}, {name: cli}, {name: tqdm}]
@@ -400,9 +469,7 @@ def test_explain_agrees_with_the_plan(project: Project, served: tuple[str, dict[
                   dependencies: true"""
     project.write(config(url, filters=filters, channel_filters=GPL_EXCEPT_GCC))
     project.run("apply")
-    build_package(
-        project.channel, PackageSpec("mine", "1.0", subdir="linux-64", license="GPL-2.0-only")
-    )
+    project.add_local(PackageSpec("mine", "1.0", subdir="linux-64", license="GPL-2.0-only"))
     code, out, _ = project.run("explain", "numpy")
     assert code == ExitCode.OK
     assert "mirror/linux-64/numpy-1.26.4-0.conda (mirror up): in — selected" in out

@@ -1,5 +1,10 @@
 """PyPI channels end to end: a real upstream index on 127.0.0.1, `reconcile apply`,
-`reconcile serve`, and pip installing and downloading from the result."""
+`reconcile serve`, and pip installing and downloading from the result.
+
+The tests with a ``where`` parameter run with the channel in a folder and in a bucket
+of a real S3 server (moto's, on 127.0.0.1); pip reads a bucket channel through
+`reconcile serve`, and every page must name only files stored with their sha256.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from tests.pypi.validate import (
     check_json_project_page,
     check_json_root,
 )
+from tests.stores import Channel, pypi_problems
 
 pytestmark = pytest.mark.slow
 
@@ -63,14 +69,36 @@ def _offered(tmp: Path) -> list[Offered]:
     ]
 
 
-def _config(tmp: Path, upstream: Upstream, mode: str, extra: str = "") -> Path:
+def _where(tmp: Path, request: pytest.FixtureRequest, where: str, mode: str) -> Channel:
+    """The channel under test: ``./<mode>-channel``, or ``s3://<bucket>/<mode>-channel``."""
+    if where == "disk":
+        return Channel(f"./{mode}-channel", tmp / f"{mode}-channel")
+    bucket = request.getfixturevalue("bucket")
+    return Channel(f"s3://{bucket}/{mode}-channel", None)
+
+
+def _stored(channel: Channel) -> set[str]:
+    """Names of the files under packages/ (in every project's folder)."""
+    store = channel.store
+    return {
+        info.name
+        for project in store.list_dirs("packages")
+        for info in store.list_files(f"packages/{project}")
+    }
+
+
+def _config(
+    tmp: Path, upstream: Upstream, mode: str, extra: str = "", where: Channel | None = None
+) -> Path:
     config = tmp / f"{mode}.yaml"
+    path = where.where if where is not None else f"./{mode}-channel"
     config.write_text(
         f"""version: 1
 channels:
   - name: py
     kind: pypi
-    path: ./{mode}-channel
+    path: {path}
+    deletion_grace: 0
     mirrors:
       - name: up
         source: {upstream.url}
@@ -129,14 +157,22 @@ class _Anchors(html.parser.HTMLParser):
             self._attrs = None
 
 
-def _check_pages(channel: Path, offered: list[Offered]) -> dict[str, set[str]]:
+def _check_pages(where: Channel | Path, offered: list[Offered]) -> dict[str, set[str]]:
     """Validate every page against the files; returns the filenames listed per project."""
+    if isinstance(where, Path):
+        where = Channel(str(where), where)
     by_name = {o.path.name: o for o in offered}
     listed: dict[str, set[str]] = {}
-    root = orjson.loads((channel / "simple" / "index.json").read_bytes())
+
+    def read(key: str) -> bytes:
+        data = where.read(key)
+        assert data is not None, key
+        return data
+
+    root = orjson.loads(read("simple/index.json"))
     assert root["meta"]["api-version"].startswith("1.")
     for project in [p["name"] for p in root["projects"]]:
-        page = orjson.loads((channel / "simple" / project / "index.json").read_bytes())
+        page = orjson.loads(read(f"simple/{project}/index.json"))
         assert page["name"] == project
         names = set()
         for entry in page["files"]:
@@ -149,7 +185,7 @@ def _check_pages(channel: Path, offered: list[Offered]) -> dict[str, set[str]]:
                 assert entry["requires-python"] == source.requires_python
             names.add(entry["filename"])
         parser = _Anchors()
-        parser.feed((channel / "simple" / project / "index.html").read_text())
+        parser.feed(read(f"simple/{project}/index.html").decode())
         html_names = set()
         for attrs, text in parser.anchors:
             href = attrs["href"] or ""
@@ -160,27 +196,37 @@ def _check_pages(channel: Path, offered: list[Offered]) -> dict[str, set[str]]:
         assert html_names == names
         listed[project] = names
         # And by validators written from the PEPs alone.
-        folder = channel / "packages" / project
-        files_dir = folder if all((folder / n).is_file() for n in names) else None
+        folder = where.folder / "packages" / project if where.folder is not None else None
+        files_dir = folder if folder and all((folder / n).is_file() for n in names) else None
         check_json_project_page(page, files_dir, project=project)
         check_html_project_page(
-            (channel / "simple" / project / "index.html").read_text(), files_dir, project=project
+            read(f"simple/{project}/index.html").decode(), files_dir, project=project
         )
     check_json_root(root)
-    check_html_root((channel / "simple" / "index.html").read_text())
+    check_html_root(read("simple/index.html").decode())
     return listed
 
 
-@pytest.mark.parametrize("mode", ["active", "passive"])
-@pytest.mark.parametrize("html_only", [False, True], ids=["json-upstream", "html-upstream"])
+@pytest.mark.parametrize(
+    ("mode", "html_only", "where"),
+    [
+        ("active", False, "disk"),
+        ("active", True, "disk"),
+        ("passive", False, "disk"),
+        ("passive", True, "disk"),
+        ("active", False, "s3"),
+        ("passive", False, "s3"),
+    ],
+    ids=lambda v: {False: "json-upstream", True: "html-upstream"}.get(v, v),
+)
 def test_pip_installs_from_a_mirrored_pypi_channel(
-    tmp_path: Path, mode: str, html_only: bool
+    tmp_path: Path, request: pytest.FixtureRequest, mode: str, html_only: bool, where: str
 ) -> None:
     offered = _offered(tmp_path)
+    channel = _where(tmp_path, request, where, mode)
     with simple_index(offered, html_only=html_only) as upstream:
-        config = _config(tmp_path, upstream, mode)
+        config = _config(tmp_path, upstream, mode, where=channel)
         assert cli.main(["apply", "-c", str(config)]) == 0
-        channel = tmp_path / f"{mode}-channel"
         listed = _check_pages(channel, offered)
         # Excluded: the pre-release, the yanked file, the Windows wheel.
         assert listed == {
@@ -191,7 +237,9 @@ def test_pip_installs_from_a_mirrored_pypi_channel(
             },
             "plat": {"plat-1.0-py3-none-manylinux_2_17_x86_64.whl", "plat-1.0-py3-none-any.whl"},
         }
-        files = {p.name for p in (channel / "packages").rglob("*") if p.is_file()}
+        files = _stored(channel)
+        passive = {f"{p}/{n}" for p, names in listed.items() for n in names}
+        assert pypi_problems(channel.store, passive if mode == "passive" else ()) == []
         if mode == "active":
             assert "tiny-1.1-py3-none-any.whl" in files
             assert "tiny-1.1-py3-none-any.whl.metadata" in files
@@ -252,20 +300,21 @@ def test_pip_installs_from_a_mirrored_pypi_channel(
             assert failed.returncode != 0
             assert "No matching distribution" in failed.stderr
         if mode == "passive":
-            fetched = {p.name for p in (channel / "packages").rglob("*") if p.is_file()}
+            fetched = _stored(channel)
             assert "tiny-1.1-py3-none-any.whl" in fetched
             assert "tiny-1.0.tar.gz" in fetched
             assert "tiny-1.1-py3-none-any.whl.metadata" in fetched or html_only
 
 
+@pytest.mark.parametrize("where", ["disk", "s3"])
 def test_upstream_changes_are_planned_and_pruned(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, where: str
 ) -> None:
     offered = _offered(tmp_path)
+    channel = _where(tmp_path, request, where, "active")
     with simple_index(offered) as upstream:
-        config = _config(tmp_path, upstream, "active", extra="          latest: 1\n")
+        config = _config(tmp_path, upstream, "active", "          latest: 1\n", channel)
         assert cli.main(["apply", "-c", str(config)]) == 0
-        channel = tmp_path / "active-channel"
         assert _check_pages(channel, offered)["tiny"] == {"tiny-1.1-py3-none-any.whl"}
         # Upstream yanks 1.1 and publishes 1.3: the plan says so, apply converges.
         upstream.files = [o for o in offered if "1.1" not in o.path.name]
@@ -278,9 +327,16 @@ def test_upstream_changes_are_planned_and_pruned(
         assert ("remove", "tiny-1.1-py3-none-any.whl") in actions
         assert cli.main(["apply", "-c", str(config)]) == 0
         assert _check_pages(channel, upstream.files)["tiny"] == {"tiny-1.3-py3-none-any.whl"}
-        assert not (channel / "packages" / "tiny" / "tiny-1.1-py3-none-any.whl").exists()
-        assert not (channel / "packages" / "tiny" / "tiny-1.1-py3-none-any.whl.metadata").exists()
+        assert not channel.exists("packages/tiny/tiny-1.1-py3-none-any.whl")  # grace 0
+        assert not channel.exists("packages/tiny/tiny-1.1-py3-none-any.whl.metadata")
+        assert pypi_problems(channel.store) == []
         assert cli.main(["plan", "-c", str(config), "--detailed-exitcode"]) == 0
+        if where == "s3":  # a second apply writes nothing, and reads no package
+            s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("bucket")
+            s3.reset(bucket)
+            assert cli.main(["apply", "-c", str(config)]) == 0
+            counts = s3.counts(bucket)
+            assert counts["PUT"] == counts["DELETE"] == counts["GET_PACKAGE"] == 0, counts
         capsys.readouterr()
         assert cli.main(["explain", "-c", str(config), "tiny-1.2-py3-none-any.whl"]) == 0
         out = capsys.readouterr().out

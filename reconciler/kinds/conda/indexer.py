@@ -5,19 +5,26 @@ parallel) → records, plus the records mirrors bring in → patched repodata an
 the files derived from it. :meth:`ChannelIndexer.compute` works all of that out
 without writing anything (that is what ``plan`` runs); :meth:`ChannelIndexer.publish`
 writes the outputs atomically, in an order that keeps clients safe, and only
-where their bytes change, and saves the caches. When nothing that feeds a
-subdir's outputs changed and the outputs are untouched, the derived files are
-not even recomputed: that keeps a no-op plan of a big channel fast.
+where their bytes change, and saves the caches. Each index file is replaced on
+the condition that it still is what ``compute`` saw (``If-Match`` in a bucket):
+when another writer changed it meanwhile, publishing stops with
+:class:`~reconciler.store.base.PreconditionFailed` instead of overwriting it.
+When nothing that feeds a subdir's outputs changed and the outputs are
+untouched, the derived files are not even recomputed: that keeps a no-op plan of
+a big channel fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patc
 from reconciler.conda.records import make_record
 from reconciler.conda.repodata import build_repodata, compress_bz2, compress_zst, serialize_json
 from reconciler.conda.run_exports import build_run_exports
-from reconciler.conda.shards import build_shards
+from reconciler.conda.shards import build_shards, read_shard_index
 from reconciler.config.models import IndexOptions
 from reconciler.engine import layout
 from reconciler.engine.clock import now_ms
@@ -45,24 +52,30 @@ from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
-from reconciler.store.base import Store
+from reconciler.store.base import ObjectInfo, Store
 from reconciler.store.local import LocalStore
 
 log = logging.getLogger(__name__)
 
 # Below this many files, a process pool costs more than it saves.
 PARALLEL_THRESHOLD = 64
+# Packages in a bucket are read from local copies, downloaded this many at a time in
+# parallel, then removed.
+DOWNLOAD_BATCH = 512
+# The scan digest of a subdir with no package files.
+_NO_PACKAGES = hashlib.sha256().hexdigest()
+DOWNLOAD_THREADS = 16
 
-# The order a subdir's files are published in: shards (first, so the shard index
-# never names a missing shard), twins and pages, then repodata.json, which names
-# the packages; current_repodata and run_exports after it.
+# The order a subdir's files are published in (the packages are in place already):
+# shards first (so the shard index never names a missing shard), the twins and the
+# page, then repodata.json, the shard index, then current_repodata and run_exports.
 SUBDIR_OUTPUTS = (
     "repodata_from_packages.json",
     "repodata.json.zst",
     "repodata.json.bz2",
-    "repodata_shards.msgpack.zst",
     "index.html",
     "repodata.json",
+    "repodata_shards.msgpack.zst",
     "current_repodata.json",
     "run_exports.json",
 )
@@ -102,6 +115,7 @@ class SubdirResult:
     # Digests of the folder as scanned: package files only, and every visible file.
     scan_digest: str = ""
     observed: str = ""
+    has_shards: bool = False  # the subdir has a shards/ folder
 
 
 @dataclass
@@ -162,6 +176,9 @@ class _SubdirWork:
     outputs: dict[str, bytes | None] | None = None  # None: unchanged, nothing to write
     shards: dict[str, bytes] = field(default_factory=dict)
     cache: StatCache | None = None
+    seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
+    stale: list[ObjectInfo] = field(default_factory=list)  # shards no index names
+    same: set[str] = field(default_factory=set)  # outputs published as computed already
 
 
 @dataclass
@@ -173,6 +190,19 @@ class Computation:
     channel_outputs: dict[str, bytes | None] | None
     channel_fingerprint: str
     channel_summaries: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    channel_seen: dict[str, str | None] = field(default_factory=dict)
+    channel_same: set[str] = field(default_factory=set)
+
+    @property
+    def needs_publish(self) -> bool:
+        """False when publishing would write nothing at all (not even a cache)."""
+        return (
+            self.result.changes_outputs
+            or self.channel_outputs is not None
+            or bool(self.channel_summaries)
+            or any(w.outputs is not None or w.cache is not None for w in self.subdirs.values())
+            or any(w.stale for w in self.subdirs.values())
+        )
 
 
 def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
@@ -261,8 +291,21 @@ class ChannelIndexer:
         skip: Mapping[str, set[str]] | None = None,
         stamp_ms: int | None = None,
         force: bool = False,
+        defer_deletions: bool = False,
+        pending: Iterable[str] = (),
     ) -> None:
         self.store = store
+        # Stale shards: deleted right after publishing (``reconcile index``), or left for
+        # the caller to delete after a grace period (``unpublished``: key, tag).
+        self.defer_deletions = defer_deletions
+        self.pending = set(pending)  # keys already waiting for their deletion
+        self.unpublished: list[tuple[str, str]] = []
+        # key → tag after this indexer's own writes (None: deleted), so a second publish
+        # in one run expects what the first one left.
+        self._written: dict[str, str | None] = {}
+        # What the scan of each subdir listed (name → size and tag): what compute judges
+        # the published outputs by, without a request per file.
+        self._listed: dict[str, dict[str, ObjectInfo]] = {}
         # Recompute every subdir even when its inputs look unchanged (a lost inventory
         # is rebuilt from what the records say).
         self.force = force
@@ -310,8 +353,10 @@ class ChannelIndexer:
         plan saw, to refuse it later if the folder changed).
         """
         files: dict[str, FileStat] = {}
-        entries = self.store.list_files(subdir)
-        if not entries and not self.store.list_dirs(subdir):
+        entries, folders = self.store.listing(subdir)
+        self._listed[subdir] = {info.name: info for info in entries}
+        result.has_shards = "shards" in folders
+        if not entries and not folders:
             result.scan_digest = result.observed = "absent"
             return files
         packages = hashlib.sha256()
@@ -353,7 +398,7 @@ class ChannelIndexer:
         works: dict[str, _SubdirWork] = {}
         stats: dict[str, dict[str, FileStat]] = {}
         baselines: dict[str, dict[str, tuple[str, int]]] = {}
-        to_read: list[tuple[str, str, Path]] = []  # (subdir, name, path to read)
+        to_read: list[tuple[str, str]] = []  # (subdir, name) of packages to read
         for subdir in subdirs:
             result = SubdirResult(subdir)
             files = self._scan(subdir, result)
@@ -385,21 +430,9 @@ class ChannelIndexer:
             stats[subdir] = files
             for name, stat in files.items():
                 if cache.lookup(name, stat) is None:
-                    to_read.append((subdir, name, self._readable(f"{subdir}/{name}")))
+                    to_read.append((subdir, name))
 
-        read = {
-            (subdir, name): outcome
-            for (subdir, name, _), outcome in zip(
-                to_read,
-                (
-                    (meta, err)
-                    for _, meta, err in _read_many(
-                        [str(p) for _, _, p in to_read], self.workers, self.reporter
-                    )
-                ),
-                strict=True,
-            )
-        }
+        read = self._read_packages(to_read)
         for subdir in stats:
             work = works[subdir]
             assert work.cache is not None
@@ -418,6 +451,8 @@ class ChannelIndexer:
             work = works[subdir]
             if work.cache is not None:
                 self._compute_subdir(subdir, work, sources, options_key)
+            if work.result.has_shards:
+                self._find_stale_shards(subdir, work)
 
         index_result = IndexResult(self.store.location, [works[s].result for s in subdirs])
         channel_key = hashlib.sha256(
@@ -431,17 +466,52 @@ class ChannelIndexer:
         path = Path(self.store.location)
         return path.exists() and not path.is_dir()
 
-    def _readable(self, key: str) -> Path:
-        """A local path to read a package from (S3 stores download it to a temp file)."""
-        path = self.store.local_path(key)
-        if path is not None:
-            return path
-        folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
-        target = folder / key.rpartition("/")[2]
-        with self.store.open(key) as source, target.open("wb") as out:
-            while chunk := source.read(1024 * 1024):
-                out.write(chunk)
-        return target
+    def _read_packages(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]]:
+        """Read the packages ``wanted`` (subdir, name): from the disk where they are, else
+        (a bucket) downloaded in parallel in batches to a temporary folder, read, and the
+        copies removed batch by batch."""
+        read: dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]] = {}
+        local = [(s, n, self.store.local_path(f"{s}/{n}")) for s, n in wanted]
+        if all(path is not None for _, _, path in local):
+            results = _read_many([str(p) for _, _, p in local], self.workers, self.reporter)
+            for (subdir, name, _), (_, meta, error) in zip(local, results, strict=True):
+                read[(subdir, name)] = (meta, error)
+            return read
+        for start in range(0, len(wanted), DOWNLOAD_BATCH):
+            batch = wanted[start : start + DOWNLOAD_BATCH]
+            folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
+            try:
+                with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+                    copies = list(pool.map(functools.partial(self._download, folder), batch))
+                fetched = [(item, path) for item, (path, _) in zip(batch, copies, strict=True)]
+                fetched = [(item, path) for item, path in fetched if path is not None]
+                results = _read_many(
+                    [str(path) for _, path in fetched], self.workers, self.reporter
+                )
+                for (item, _), (_, meta, error) in zip(fetched, results, strict=True):
+                    read[item] = (meta, error)
+                for item, (path, error) in zip(batch, copies, strict=True):
+                    if path is None:
+                        read[item] = (None, error)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        return read
+
+    def _download(self, folder: Path, item: tuple[str, str]) -> tuple[Path | None, str | None]:
+        """A temporary local copy of a package in a bucket, or why there is none."""
+        subdir, name = item
+        target = folder / subdir / name  # the reader checks the name against the archive
+        try:
+            target.parent.mkdir(exist_ok=True)
+            with self.store.open(f"{subdir}/{name}") as source, target.open("wb") as out:
+                while chunk := source.read(1024 * 1024):
+                    out.write(chunk)
+        except (OSError, ReconcileError) as exc:
+            reason = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            return None, f"cannot read it from the store: {reason}"
+        return target, None
 
     def _mirrored_digest(self, subdir: str) -> str:
         if subdir not in self._mirrored_digests:
@@ -633,16 +703,34 @@ class ChannelIndexer:
             if f"{shard_name}.msgpack.zst" not in present:
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
         for name, data in work.outputs.items():
-            key = f"{subdir}/{name}"
+            same, work.seen[name] = self._observe(subdir, name, data)
             if data is None:
-                if self.store.stat(key) is not None:
+                if work.seen[name] is not None:
                     result.deleted.append(name)
-            elif not _same_bytes(self.store, key, data):
+            elif not same:
                 result.written.append(name)
-        for name in sorted(present):
-            digest = name.removesuffix(".msgpack.zst")
-            if name.endswith(".msgpack.zst") and digest not in work.shards:
-                result.deleted.append(f"shards/{name}")
+            else:
+                work.same.add(name)
+
+    def _find_stale_shards(self, subdir: str, work: _SubdirWork) -> None:
+        """Shards that the subdir's shard index (the new one, else the published one) does
+        not name: found whether or not the subdir's outputs change, so shards a killed run
+        unpublished without recording it are never left behind."""
+        if work.outputs is not None:
+            named = set(work.shards)
+        else:
+            try:
+                data = self.store.read(f"{subdir}/repodata_shards.msgpack.zst")
+                index = read_shard_index(data) if data is not None else {}
+                named = {str(d) for d in index.get("shards", {}).values()}
+            except (ReconcileError, ValueError, TypeError, KeyError, AttributeError):
+                return  # unreadable: it is rewritten on the next publish, then judged
+        for info in self.store.list_files(f"{subdir}/shards"):
+            digest = info.name.removesuffix(".msgpack.zst")
+            if info.name.endswith(".msgpack.zst") and digest not in named:
+                work.stale.append(info)
+                if info.key not in self.pending:
+                    work.result.deleted.append(f"shards/{info.name}")
 
     @staticmethod
     def _record(entry: CacheEntry) -> dict[str, Any]:
@@ -651,10 +739,26 @@ class ChannelIndexer:
         record["indexed_timestamp"] = entry.indexed_timestamp
         return record
 
+    def _info(self, subdir: str, name: str) -> ObjectInfo | None:
+        """A published file as the scan listed it (else as it is now)."""
+        listed = self._listed.get(subdir)
+        if listed is not None:
+            return listed.get(name)
+        return self.store.stat(f"{subdir}/{name}" if subdir else name)
+
+    def _observe(self, subdir: str, name: str, data: bytes | None) -> tuple[bool, str | None]:
+        """(whether the published ``name`` holds ``data``, its tag: None when absent)."""
+        info = self._info(subdir, name)
+        if info is None:
+            return data is None, None
+        if data is None:
+            return False, info.tag
+        return self.store.same_bytes(info, data), info.tag
+
     def _untouched(self, subdir: str, outputs: _Outputs) -> bool:
         """True when every output is still published exactly as last written."""
         for name, (size, tag) in outputs.files.items():
-            info = self.store.stat(f"{subdir}/{name}" if subdir else name)
+            info = self._info(subdir, name)
             if info is None or (info.size, info.tag) != (size, tag):
                 return False
         return True
@@ -709,11 +813,14 @@ class ChannelIndexer:
         }
         computation.channel_outputs = targets
         for name, data in targets.items():
+            same, computation.channel_seen[name] = self._observe("", name, data)
             if data is None:
-                if self.store.stat(name) is not None:
+                if computation.channel_seen[name] is not None:
                     result.deleted.append(name)
-            elif not _same_bytes(self.store, name, data):
+            elif not same:
                 result.written.append(name)
+            else:
+                computation.channel_same.add(name)
 
     # -- publish -----------------------------------------------------------------------
 
@@ -728,6 +835,8 @@ class ChannelIndexer:
                 self._publish_subdir(subdir, work)
             elif work.cache is not None:
                 work.cache.save()
+                self._refresh_outputs(subdir, work)
+            self._unpublish_shards(subdir, work)
         result.written.clear()
         result.deleted.clear()
         for subdir, (key, summary) in computation.channel_summaries.items():
@@ -739,47 +848,110 @@ class ChannelIndexer:
             files = {}
             for name in CHANNEL_OUTPUTS:
                 data = computation.channel_outputs.get(name)
+                seen = computation.channel_seen.get(name)
                 if data is None:
-                    if self.store.delete(name):
+                    if self._unpublish_index(name, seen):
                         result.deleted.append(name)
                     continue
-                if self.store.write_if_changed(name, data):
+                changed, tag = self._publish_index(
+                    name, data, seen, name in computation.channel_same
+                )
+                if changed:
                     result.written.append(name)
-                info = self.store.stat(name)
-                if info is not None:
-                    files[name] = (info.size, info.tag)
+                files[name] = (len(data), tag)
             _save_outputs(self.store, "channel", _Outputs(computation.channel_fingerprint, files))
         return result
+
+    def _refresh_outputs(self, subdir: str, work: _SubdirWork) -> None:
+        """The outputs did not change but the files did (a package that could not be read
+        was removed, say): record the new scan, so that the next run skips the subdir."""
+        previous = _load_outputs(self.store, subdir)
+        result = work.result
+        if previous is None or previous.fingerprint != work.fingerprint:
+            return
+        scan = result.scan_digest if result.scan_digest != "absent" else _NO_PACKAGES
+        _save_outputs(
+            self.store,
+            subdir,
+            _Outputs(
+                previous.fingerprint,
+                previous.files,
+                scan,
+                work.options_digest,
+                result.packages,
+                dict(result.excluded),
+                len(result.skipped),
+            ),
+        )
+
+    def _unpublish_shards(self, subdir: str, work: _SubdirWork) -> None:
+        """Shards the index no longer names: deleted now (``reconcile index``), or handed
+        over for deletion after the grace period (a client may hold the old shard index)."""
+        for info in work.stale:
+            if self.defer_deletions:
+                if info.key not in self.pending:
+                    self.unpublished.append((info.key, info.tag))
+            elif self.store.delete(info.key, if_match=info.tag):
+                work.result.deleted.append(f"shards/{info.name}")
+        if work.stale and not self.defer_deletions:
+            self.store.remove_empty_folder(f"{subdir}/shards")
+
+    def _expected(self, key: str, seen: str | None) -> str | None:
+        """The tag ``key`` should have now: what compute saw, or what we wrote since."""
+        return self._written.get(key, seen)
+
+    def _publish_index(
+        self, key: str, data: bytes, seen: str | None, same: bool = False
+    ) -> tuple[bool, str]:
+        """Write an index file unless it holds ``data``, on the condition that it is still
+        what compute saw; (written, its tag). ``same``: compute found it holding ``data``
+        (under the lock, unchanged since unless this indexer wrote it)."""
+        if same and seen is not None and key not in self._written:
+            self._written[key] = seen
+            return False, seen
+        info = self.store.stat(key)
+        if info is not None and self.store.same_bytes(info, data):
+            self._written[key] = info.tag
+            return False, info.tag
+        expected = self._expected(key, seen)
+        if expected is None:
+            written = self.store.write(key, data, if_absent=True)
+        else:
+            written = self.store.write(key, data, if_match=expected)
+        self._written[key] = written.tag
+        return True, written.tag
+
+    def _unpublish_index(self, key: str, seen: str | None) -> bool:
+        """Delete an index file that must not exist, if it is still what compute saw."""
+        expected = self._expected(key, seen)
+        if expected is None:
+            return False
+        deleted = self.store.delete(key, if_match=expected)
+        self._written[key] = None
+        return deleted
 
     def _publish_subdir(self, subdir: str, work: _SubdirWork) -> None:
         assert work.outputs is not None
         result = work.result
         for shard_name, shard in sorted(work.shards.items()):
+            # Named by their digest: any writer writes the same bytes under a name.
             if self.store.write_if_changed(f"{subdir}/shards/{shard_name}.msgpack.zst", shard):
                 result.written.append(f"shards/{shard_name}.msgpack.zst")
+        files = {}
         for name in SUBDIR_OUTPUTS:
             data = work.outputs[name]
             key = f"{subdir}/{name}"
             if name == "repodata.json":  # the twins, shards and pages are in place
                 checkpoint("index.before_repodata")
             if data is None:
-                if self.store.delete(key):
+                if self._unpublish_index(key, work.seen.get(name)):
                     result.deleted.append(name)
-            elif self.store.write_if_changed(key, data):
+                continue
+            changed, tag = self._publish_index(key, data, work.seen.get(name), name in work.same)
+            if changed:
                 result.written.append(name)
-        for listed in self.store.list_files(f"{subdir}/shards"):
-            digest = listed.name.removesuffix(".msgpack.zst")
-            if listed.name.endswith(".msgpack.zst") and digest not in work.shards:
-                self.store.delete(listed.key)
-                result.deleted.append(f"shards/{listed.name}")
-        if not work.shards:
-            self.store.remove_empty_folder(f"{subdir}/shards")
-        files = {}
-        for name, data in work.outputs.items():
-            if data is not None:
-                info = self.store.stat(f"{subdir}/{name}")
-                if info is not None:
-                    files[name] = (info.size, info.tag)
+            files[name] = (len(data), tag)
+
         # The facts about the files before the record that the outputs are current: a run
         # that fails in between recomputes the outputs from the files, never from a stale
         # cache.
@@ -791,7 +963,9 @@ class ChannelIndexer:
             _Outputs(
                 work.fingerprint,
                 files,
-                result.scan_digest,
+                # A subdir created by this publish holds no package files: what its next
+                # scan finds, so that the next run skips it.
+                result.scan_digest if result.scan_digest != "absent" else _NO_PACKAGES,
                 work.options_digest,
                 result.packages,
                 dict(result.excluded),
@@ -816,16 +990,6 @@ def metadata_from_record(filename: str, record: Mapping[str, Any]) -> PackageMet
         sha256=str(record.get("sha256", "")),
         size=size if type(size) is int else 0,
     )
-
-
-def _same_bytes(store: Store, key: str, data: bytes) -> bool:
-    info = store.stat(key)
-    if info is None or info.size != len(data) or not info.regular:
-        return False
-    try:
-        return store.read(key) == data
-    except ReconcileError:
-        return False
 
 
 def _outputs_key(subdir: str) -> str:
@@ -862,7 +1026,7 @@ def _save_outputs(store: Store, subdir: str, outputs: _Outputs) -> None:
 
 
 def index_channel(
-    channel_dir: Path,
+    channel_dir: Path | None,
     *,
     options: IndexOptions | None = None,
     patches: Iterable[Path] = (),
@@ -876,19 +1040,28 @@ def index_channel(
     mirrored: Mapping[str, Mapping[str, MirroredRecord]] | None = None,
     upstream_removed: Mapping[str, set[str]] | None = None,
     store: Store | None = None,
+    lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> IndexResult:
-    """Index ``channel_dir`` incrementally and return what changed (or would, in a dry run).
+    """Index ``channel_dir`` (or ``store``: a bucket) incrementally and return what changed
+    (or would, in a dry run).
 
-    A dry run writes nothing at all, not even caches.
+    A dry run writes nothing at all, not even caches. ``lock``: the channel's lock, taken
+    to publish (the outputs are worked out before, and written on the condition that
+    they did not change meanwhile); not taken when there is nothing to write.
     """
-    if channel_dir.exists() and not channel_dir.is_dir():
-        raise IndexError_(f"{channel_dir} is not a folder")
+    if channel_dir is not None:
+        if channel_dir.exists() and not channel_dir.is_dir():
+            raise IndexError_(f"{channel_dir} is not a folder")
+        store = store or LocalStore(channel_dir)
+        channel_name = channel_name or channel_dir.resolve().name
+    if store is None:
+        raise ValueError("index_channel needs a folder or a store")
     indexer = ChannelIndexer(
-        store or LocalStore(channel_dir),
+        store,
         options=options,
         patches=patches,
         subdirs=subdirs,
-        channel_name=channel_name or channel_dir.resolve().name,
+        channel_name=channel_name,
         strict=strict,
         workers=workers,
         reporter=reporter,
@@ -900,5 +1073,8 @@ def index_channel(
     if dry_run:
         computation.result.dry_run = True
         return computation.result
-    indexer.store.clean_temporaries()  # leftovers of a crashed run
-    return indexer.publish(computation)
+    if lock is not None and not computation.needs_publish:
+        return computation.result
+    with lock() if lock is not None else contextlib.nullcontext():
+        indexer.store.clean_temporaries()  # leftovers of a crashed run
+        return indexer.publish(computation)

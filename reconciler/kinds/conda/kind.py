@@ -7,14 +7,16 @@ diffs them against the published ``repodata.json``. It lists the files active
 mirrors must download (new ones, and ones that went missing: *restored*), the
 files to delete once nothing names them, and the index files that change. It
 writes nothing. Executing it downloads, publishes the index (files first, then
-the index naming them), prunes, and keeps the upstream metadata the mirrors used.
+the index naming them), and keeps the upstream metadata the mirrors used; what
+it unpublished (pruned packages, stale shards) is handed to the engine, which
+deletes it after the grace period.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import orjson
 import rattler
 
 from reconciler.conda.names import is_valid_subdir, package_suffix
+from reconciler.conda.shards import read_shard_index
 from reconciler.config.models import AnyChannelModel, Channel
 from reconciler.engine.diff import Absence, Desired, default_update_reason, diff_records
 from reconciler.engine.downloads import DownloadJob, run_downloads
@@ -32,12 +35,12 @@ from reconciler.engine.kind import (
     MirrorOutcome,
     Outcome,
     PlanRequest,
+    Unpublished,
 )
 from reconciler.engine.plan import Action, ChannelPlan, PlanWarning, Reason
 from reconciler.engine.progress import Reporter
 from reconciler.engine.state import InventoryEntry
 from reconciler.errors import ReconcileError
-from reconciler.faults import checkpoint
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda.indexer import ChannelIndexer, Computation, SubdirResult
 from reconciler.kinds.conda.mirrors import MirrorResolution, Resolution, resolve_mirrors
@@ -102,6 +105,7 @@ class CondaWork:
     prune: dict[str, str] = field(default_factory=dict)  # key → mirror that placed it
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
     replaced: set[str] = field(default_factory=set)  # re-uploads: other bytes, same name
+    previous: Mapping[str, InventoryEntry] = field(default_factory=dict)  # as last saved
 
     def close(self) -> None:
         self.resolution.close()
@@ -114,6 +118,19 @@ def _key(subdir: str, filename: str) -> str:
 def _split(key: str) -> tuple[str, str]:
     subdir, _, filename = key.partition("/")
     return subdir, filename
+
+
+def _shard_digests(store: Store, subdir: str) -> set[str]:
+    try:
+        data = store.read(f"{subdir}/repodata_shards.msgpack.zst")
+        if data is None:
+            return set()
+        return {str(d) for d in read_shard_index(data).get("shards", {}).values()}
+    except (ReconcileError, ValueError, TypeError, KeyError, AttributeError):
+        # Unreadable: as if it named every shard, so none is deleted on its word.
+        return {
+            info.name.removesuffix(".msgpack.zst") for info in store.list_files(f"{subdir}/shards")
+        }
 
 
 def _file_sha256(store: Store, key: str) -> str | None:
@@ -148,6 +165,23 @@ class CondaKind:
                 h.update(f"{info.name}\0{info.size}\0{info.tag}\n".encode())
             digests[location] = h.hexdigest()
         return digests
+
+    def named(self, channel: AnyChannelModel, store: Store, keys: Collection[str]) -> set[str]:
+        """Package files ``repodata.json`` lists, and shards the shard index names."""
+        published = Published(store)
+        shard_digests: dict[str, set[str]] = {}
+        found = set()
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) == 2 and parts[1] in published.records(parts[0]):
+                found.add(key)
+            elif len(parts) == 3 and parts[1] == "shards":
+                subdir = parts[0]
+                if subdir not in shard_digests:
+                    shard_digests[subdir] = _shard_digests(store, subdir)
+                if parts[2].removesuffix(".msgpack.zst") in shard_digests[subdir]:
+                    found.add(key)
+        return found
 
     def counts(self, channel: AnyChannelModel, store: Store) -> dict[str, int | None]:
         assert isinstance(channel, Channel)
@@ -300,6 +334,13 @@ class CondaKind:
                     prune[key] = entry.source
             else:
                 kept_files[key] = entry
+        # Files waiting for their grace period to end are the tool's, not local packages
+        # (unless a mirror brings them back).
+        pending = {p.key for p in request.state.state.pending_deletions}
+        for key in pending:
+            subdir, filename = _split(key)
+            if package_suffix(filename) and filename not in mirrored.get(subdir, {}):
+                skip.setdefault(subdir, set()).add(filename)
         if lost:
             self._claim_mirror_files(store, resolution, mirrored, files, skip, prune, modes)
         if pinned_local:
@@ -321,6 +362,8 @@ class CondaKind:
             skip=skip,
             stamp_ms=request.created_ms,
             force=lost,
+            defer_deletions=True,
+            pending=pending,
         )
         computation = indexer.compute()
         for result in computation.result.subdirs:
@@ -360,7 +403,7 @@ class CondaKind:
                     desired,
                     published.records(subdir),
                     lambda name, s=subdir, r=result: self._absence(  # type: ignore[misc]
-                        s, name, r, inventory, resolution, prune, files(s), published, lost
+                        s, name, r, inventory, resolution, prune, files(s), request.grace
                     ),
                     update_reason=lambda name, old, new, s=subdir, r=result: self._update_reason(  # type: ignore[misc]
                         s, name, old, new, r, published
@@ -404,6 +447,7 @@ class CondaKind:
             prune=prune,
             inventory=dict(sorted(new_inventory.items())),
             replaced=replaced,
+            previous=inventory,
         )
 
     @staticmethod
@@ -530,12 +574,13 @@ class CondaKind:
         resolution: Resolution,
         prune: Mapping[str, str],
         present: Mapping[str, Any],
-        published: Published,
-        lost: bool,
+        grace: float,
     ) -> Absence:
         key = _key(subdir, filename)
         source = inventory[key].source if key in inventory else "local"
-        deleted = " (file deleted)" if key in prune else ""
+        deleted = ""
+        if key in prune:
+            deleted = f" (file deleted after {grace:g} s)" if grace else " (file deleted)"
         state = resolution.get(source)
         if source != "local" and state is None:
             return Absence(Reason.MIRROR_REMOVED, f"mirror {source} left the configuration", source)
@@ -661,15 +706,15 @@ class CondaKind:
             [f"{r.subdir}/{n}" for r in computation.result.subdirs for n in r.written]
             + computation.result.written
         )
-        checkpoint("apply.before_prune")
+        # Pruned files and stale shards: deleted by the engine after the grace period.
         for key, mirror in sorted(work.prune.items()):
             subdir, filename = _split(key)
             if filename in work.mirrored.get(subdir, {}):
                 continue
-            if store.delete(key):
-                log.info("pruned %s (mirror %s)", key, mirror)
-        if work.prune:
-            checkpoint("apply.after_prune")
+            known = work.previous.get(key)
+            sha256 = known.sha256 if known is not None and known.sha256 else None
+            outcome.unpublished.append(Unpublished(key, mirror, sha256))
+        outcome.unpublished += [Unpublished(k, tag=t) for k, t in work.indexer.unpublished]
         outcome.executed = [
             a
             for a in work.plan.actions

@@ -4,8 +4,9 @@ A plan works out the files each project should list (what mirrors select from
 their pages, and files kept as published), diffs them against our own published
 JSON pages, and lists the files active mirrors must download. Executing it puts
 files (and their PEP 658 metadata) in place first, then writes project pages,
-the root page last, then deletes stale pages and pruned files, so a client never
-sees a page naming a missing file.
+the root page last, each on the condition that it is still what the plan saw;
+stale pages and pruned files are handed to the engine, which deletes them after
+the grace period, so a client never sees a page naming a missing file.
 """
 
 from __future__ import annotations
@@ -14,19 +15,27 @@ import hashlib
 import io
 import logging
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+import orjson
 
 from reconciler.config.models import AnyChannelModel, PypiChannel
 from reconciler.engine.diff import Absence, Desired, diff_records
 from reconciler.engine.downloads import DownloadJob, run_downloads
-from reconciler.engine.kind import ChannelWork, Explanation, MirrorOutcome, Outcome, PlanRequest
+from reconciler.engine.kind import (
+    ChannelWork,
+    Explanation,
+    MirrorOutcome,
+    Outcome,
+    PlanRequest,
+    Unpublished,
+)
 from reconciler.engine.plan import Action, ChannelPlan, Reason
 from reconciler.engine.progress import Reporter
 from reconciler.engine.state import InventoryEntry
 from reconciler.errors import ReconcileError
-from reconciler.faults import checkpoint
 from reconciler.kinds.pypi.client import write_page_snapshot
 from reconciler.kinds.pypi.explain import PypiQuery
 from reconciler.kinds.pypi.names import METADATA_SUFFIX
@@ -45,7 +54,7 @@ from reconciler.kinds.pypi.simple_index import (
     published_pages,
     render_pages,
 )
-from reconciler.store.base import Store
+from reconciler.store.base import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,10 @@ class PypiWork:
     files: dict[str, PublishedFile]  # what the pages list, by "<project>/<filename>"
     downloads: list[DownloadJob] = field(default_factory=list)
     replaced: set[str] = field(default_factory=set)
+    seen: dict[str, str | None] = field(default_factory=dict)  # page → tag when planned
+    pending: set[str] = field(default_factory=set)  # keys waiting for their deletion
+    previous: Mapping[str, InventoryEntry] = field(default_factory=dict)
+    written_tags: dict[str, str | None] = field(default_factory=dict)  # our own writes
 
     def close(self) -> None:
         self.resolution.close()
@@ -106,6 +119,27 @@ class PypiKind:
 
     def published(self, channel: AnyChannelModel, store: Store) -> dict[str, str]:
         return {SIMPLE: _tree_digest(store, SIMPLE), PACKAGES: _tree_digest(store, PACKAGES)}
+
+    def named(self, channel: AnyChannelModel, store: Store, keys: Collection[str]) -> set[str]:
+        """Files a project page lists, and project pages the root page lists."""
+        pages: dict[str, set[str] | None] = {}
+        root: set[str] | None = None
+        found = set()
+        for key in keys:
+            top, _, rest = key.partition("/")
+            project, _, name = rest.partition("/")
+            if top == PACKAGES and name:
+                if project not in pages:
+                    pages[project] = _page_files(store, project)
+                listed = pages[project]
+                if listed is None or name in listed:
+                    found.add(key)
+            elif top == SIMPLE and name:
+                if root is None:
+                    root = _root_projects(store)
+                if project in root:
+                    found.add(key)
+        return found
 
     def counts(self, channel: AnyChannelModel, store: Store) -> dict[str, int | None]:
         if store.stat(f"{SIMPLE}/index.json") is None:
@@ -221,8 +255,16 @@ class PypiKind:
                 )
             )
         pages = render_pages(files.values())
-        stale = sorted(set(published_pages(store)) - pages.keys())
-        changed = sorted(name for name, body in pages.items() if not _same(store, name, body))
+        pending = {p.key for p in request.state.state.pending_deletions}
+        stale = sorted(set(published_pages(store)) - pages.keys() - pending)
+        seen: dict[str, str | None] = {}
+        changed = []
+        for name, body in pages.items():
+            info = store.stat(name)
+            seen[name] = info.tag if info is not None else None
+            if info is None or not store.same_bytes(info, body):
+                changed.append(name)
+        changed.sort()
         if (changed or stale) and not actions:
             missing = any(store.stat(name) is None for name in changed)
             actions.append(
@@ -245,7 +287,18 @@ class PypiKind:
             warnings=list(resolution.warnings),
             mirrors=[m.model_copy(update={"error": errors.get(m.name)}) for m in request.mirrors],
         )
-        return PypiWork(plan, channel, store, resolution, files, downloads, replaced)
+        return PypiWork(
+            plan,
+            channel,
+            store,
+            resolution,
+            files,
+            downloads,
+            replaced,
+            seen=seen,
+            pending=pending,
+            previous=inventory,
+        )
 
     @staticmethod
     def _why(resolution: Resolution, item: WantedFile) -> tuple[Reason, str]:
@@ -297,7 +350,9 @@ class PypiKind:
             # Re-uploaded files: unpublish them before their bytes change (and list no file
             # still to be downloaded: it is not there yet).
             pending = {job.key.removeprefix(f"{PACKAGES}/") for job in work.downloads}
-            self._write_pages(store, {k: v for k, v in files.items() if k not in pending})
+            self._write_pages(
+                work, store, {k: v for k, v in files.items() if k not in pending}, outcome
+            )
         parallel = max((m.parallel_downloads for m in work.channel.mirrors), default=4)
         downloaded = run_downloads(
             store, work.downloads, parallel=parallel, reporter=reporter, check_room=store.check_room
@@ -313,17 +368,17 @@ class PypiKind:
                 self._extract_metadata(store, job.key)
             if item is not None:
                 files[key] = published_file(store, item)
-        outcome.written = self._write_pages(store, files)
-        checkpoint("apply.before_prune")
+        outcome.written = self._write_pages(work, store, files, outcome)
+        # Pruned files: deleted by the engine after the grace period.
         for key, mirror in sorted(resolution.prune.items()):
             if key in files:
                 continue
+            known = work.previous.get(key)
+            sha256 = known.sha256 if known is not None and known.sha256 else None
             for target in (f"{PACKAGES}/{key}", f"{PACKAGES}/{key}{METADATA_SUFFIX}"):
-                if store.delete(target):
-                    log.info("pruned %s (mirror %s)", key, mirror)
-            _remove_empty(store, f"{PACKAGES}/{key.partition('/')[0]}")
-        if resolution.prune:
-            checkpoint("apply.after_prune")
+                if target not in work.pending:
+                    digest = sha256 if target.endswith(key) else None
+                    outcome.unpublished.append(Unpublished(target, mirror, digest))
         outcome.executed = [
             a for a in work.plan.actions if a.name is None or f"{a.location}/{a.name}" not in failed
         ]
@@ -353,17 +408,34 @@ class PypiKind:
             store.write_if_changed(key + METADATA_SUFFIX, extracted)
 
     @staticmethod
-    def _write_pages(store: Store, files: Mapping[str, PublishedFile]) -> list[str]:
+    def _write_pages(
+        work: PypiWork, store: Store, files: Mapping[str, PublishedFile], outcome: Outcome
+    ) -> list[str]:
+        """Write the pages that change, each only if it is still what the plan saw (or
+        what this run wrote since); stale pages are unpublished (deleted later)."""
         pages = render_pages(files.values())
         written = []
         # Project pages first, the root page (which makes a project visible) last.
         for name in sorted(pages, key=lambda n: (n.count("/") == 1, n)):
-            if store.write_if_changed(name, pages[name]):
-                written.append(name)
+            body = pages[name]
+            info = store.stat(name)
+            if info is not None and store.same_bytes(info, body):
+                work.written_tags[name] = info.tag
+                continue
+            expected = work.written_tags.get(name, work.seen.get(name))
+            done: ObjectInfo = (
+                store.write(name, body, if_absent=True)
+                if expected is None
+                else store.write(name, body, if_match=expected)
+            )
+            work.written_tags[name] = done.tag
+            written.append(name)
+        known = {u.key for u in outcome.unpublished}
         for name in published_pages(store):
-            if name not in pages and store.delete(name):
-                written.append(f"{name} (deleted)")
-                _remove_empty(store, name.rpartition("/")[0])
+            if name not in pages and name not in work.pending and name not in known:
+                # A client may hold the root page that lists it: deleted after the grace.
+                outcome.unpublished.append(Unpublished(name))
+                written.append(f"{name} (unpublished)")
         return written
 
     @staticmethod
@@ -421,18 +493,24 @@ class PypiKind:
             work.close()
 
 
-def _same(store: Store, key: str, body: bytes) -> bool:
-    info = store.stat(key)
-    if info is None or info.size != len(body):
-        return False
+def _page_files(store: Store, project: str) -> set[str] | None:
+    """Files (and their metadata files) a project's JSON page lists; None: unreadable."""
     try:
-        return store.read(key) == body
-    except ReconcileError:
-        return False
+        data = orjson.loads(store.read(f"{SIMPLE}/{project}/index.json") or b"{}")
+    except (ReconcileError, orjson.JSONDecodeError):
+        return None
+    names: set[str] = set()
+    for entry in data.get("files") or () if isinstance(data, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("filename"), str):
+            names.add(entry["filename"])
+            names.add(entry["filename"] + METADATA_SUFFIX)
+    return names
 
 
-def _remove_empty(store: Store, folder: str) -> None:
-    """Remove a project folder left empty (never the channel's own folders)."""
-    if folder in (SIMPLE, PACKAGES) or "/" not in folder:
-        return
-    store.remove_empty_folder(folder)
+def _root_projects(store: Store) -> set[str]:
+    """Projects the root JSON page lists (every one when it is unreadable)."""
+    try:
+        data = orjson.loads(store.read(f"{SIMPLE}/index.json") or b"{}")
+        return {str(p["name"]) for p in data.get("projects") or () if isinstance(p, dict)}
+    except (ReconcileError, orjson.JSONDecodeError, KeyError, AttributeError, TypeError):
+        return set(store.list_dirs(SIMPLE))
