@@ -16,8 +16,7 @@ import heapq
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 import orjson
 import rattler
@@ -36,8 +35,6 @@ PER_PAGE = 200
 QUERY_LIMIT = 100  # characters of a search kept
 ALL = ""  # the location selector's "every location"
 CACHED_LOCATIONS = 32  # parsed listings kept (each holds one subdir, or a PyPI channel)
-
-K = TypeVar("K")
 
 
 class PackageRow(BaseModel):
@@ -64,8 +61,7 @@ class PackagesPage(BaseModel):
     rows: list[PackageRow] = Field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # a tuple: a big channel has hundreds of thousands
     location: str
     name: str
     version: str
@@ -92,14 +88,15 @@ def _text(value: Any) -> str:
 
 
 def _newest_first(rows: list[_Row], version_key: Callable[[str], Any]) -> list[_Row]:
-    """Rows by name, then version (newest first), then filename; stable multi-pass."""
-    rows.sort(key=lambda r: r.filename)
-    keys: dict[str, Any] = {}
-    for row in rows:
-        if row.version not in keys:
-            keys[row.version] = version_key(row.version)
-    rows.sort(key=lambda r: keys[r.version], reverse=True)
-    rows.sort(key=lambda r: r.name)
+    """Rows by name, then version (newest first), then filename.
+
+    Each distinct version is parsed and ranked once; the rows sort on the ranks.
+    """
+    # Versions equal in the kind's order (1.0, 1.0.0) are ranked by text: deterministic.
+    distinct = {row.version for row in rows}
+    ordered = sorted(distinct, key=lambda v: (version_key(v), v), reverse=True)
+    rank = {version: i for i, version in enumerate(ordered)}
+    rows.sort(key=lambda r: (r.name, rank[r.version], r.filename))
     return rows
 
 
@@ -127,25 +124,28 @@ def conda_rows(subdir: str, data: bytes) -> list[_Row]:
         records = repodata.get(section)
         if not isinstance(records, dict):
             continue
-        for filename, record in records.items():
-            if not isinstance(filename, str) or not isinstance(record, dict):
+        add = rows.append
+        for filename, record in records.items():  # JSON keys: always text
+            if type(record) is not dict:
                 continue
-            name = _text(record.get("name"))
-            size = record.get("size")
-            rows.append(
+            get = record.get
+            name, version, build, size, note = (
+                get("name"), get("version"), get("build"), get("size"), get("license")
+            )  # fmt: skip
+            name = name if type(name) is str else ""
+            add(
                 _Row(
-                    location=subdir,
-                    name=name,
-                    version=_text(record.get("version")),
-                    build=_text(record.get("build")),
-                    filename=filename,
-                    size=size if type(size) is int else None,
-                    note=_text(record.get("license")),
-                    lowered=name.lower(),
+                    subdir,
+                    name,
+                    version if type(version) is str else "",
+                    build if type(build) is str else "",
+                    filename,
+                    size if type(size) is int else None,
+                    note if type(note) is str else "",
+                    name.lower(),
                 )
             )
-    # Versions that compare equal in conda's order keep their filename order.
-    return _newest_first(rows, lambda v: _conda_version(v))
+    return _newest_first(rows, _conda_version)
 
 
 def pypi_rows(store: Store) -> list[_Row]:
@@ -193,19 +193,34 @@ class PackageListings:
         self._size = size
         self._lock = threading.Lock()
         self._cache: OrderedDict[Hashable, tuple[Hashable, list[_Row]]] = OrderedDict()
+        self._loading: dict[Hashable, threading.Lock] = {}
 
-    def _get(self, key: Hashable, stamp: Hashable, load: Callable[[], list[_Row]]) -> list[_Row]:
+    def _cached(self, key: Hashable, stamp: Hashable) -> list[_Row] | None:
         with self._lock:
             found = self._cache.get(key)
             if found is not None and found[0] == stamp:
                 self._cache.move_to_end(key)
                 return found[1]
-        rows = load()  # outside the lock: another location may be parsed meanwhile
+            return None
+
+    def _get(self, key: Hashable, stamp: Hashable, load: Callable[[], list[_Row]]) -> list[_Row]:
+        rows = self._cached(key, stamp)
+        if rows is not None:
+            return rows
         with self._lock:
-            self._cache[key] = (stamp, rows)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        # One parse per location at a time: concurrent requests for a big index wait for
+        # the first one's parse instead of each holding a copy of it in memory.
+        with loading:
+            rows = self._cached(key, stamp)
+            if rows is not None:
+                return rows
+            rows = load()
+            with self._lock:
+                self._cache[key] = (stamp, rows)
+                self._cache.move_to_end(key)
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
         return rows
 
     def locations(self, channel: AnyChannelModel, store: Store) -> list[str]:
@@ -247,6 +262,24 @@ class PackageListings:
         return self._get(
             (root, ALL), tuple(stamps), lambda: list(heapq.merge(*parts, key=lambda r: r.name))
         )
+
+
+def counts(listings: PackageListings) -> Callable[[AnyChannelModel, Store], dict[str, int | None]]:
+    """Packages per location as the kind counts them, from the parsed listings."""
+
+    def count(channel: AnyChannelModel, store: Store) -> dict[str, int | None]:
+        if not isinstance(channel, Channel):
+            if store.stat(f"{SIMPLE}/index.json") is None:
+                return {SIMPLE: None}
+            return {SIMPLE: len(listings.rows(channel, store, ALL))}
+        return {
+            subdir: None
+            if store.stat(f"{subdir}/repodata.json") is None
+            else len(listings.rows(channel, store, subdir))
+            for subdir in channel.served_subdirs
+        }
+
+    return count
 
 
 def matches(query: str) -> Callable[[str], bool]:

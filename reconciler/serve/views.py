@@ -39,7 +39,7 @@ from reconciler.engine.status import (
     run_view,
 )
 from reconciler.serve import auth
-from reconciler.serve.packages import ALL, PackageListings, PackagesPage, packages_page
+from reconciler.serve.packages import ALL, PackageListings, PackagesPage, counts, packages_page
 from reconciler.serve.status import (
     VIEWS,
     _parse_time,
@@ -249,7 +249,7 @@ def _channel(
     if refused is not None:
         return refused
     position = viewer.loaded.config.channels.index(channel)
-    status = channel_status(channel, REGISTRY, position=position)
+    status = channel_status(channel, REGISTRY, position=position, packages=counts(listings))
     packages = packages_page(
         listings,
         channel,

@@ -138,6 +138,11 @@ def test_a_channel_page_shows_filters_mirrors_and_searchable_packages(
     assert rows == [("demo-app", "2.0"), ("demo-app", "1.0")]  # newest first
     assert '<option value="linux-64" selected>' in found
     assert 'href="../../internal/linux-64/demo-app-2.0-py311_0.conda"' in found
+    # The counts come from the parsed listings, and agree with the kinds' (/api/status).
+    api = {c["name"]: c for c in _mine(served, "/api/status").json()["channels"]}
+    for name in ("internal", "scratch", "pypi"):
+        view = _mine(served, f"/-/channel/{name}?format=json").json()["channel"]
+        assert view["packages"] == api[name]["packages"], name
     listing = _mine(served, "/-/channel/internal?format=json&q=lib*").json()["packages"]
     assert {r["name"] for r in listing["rows"]} == {"libgcc-ng"}
     assert listing["total"] == 6 and listing["matched"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 import textwrap
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -462,3 +463,26 @@ def test_progress_shows_only_while_its_run_runs_and_holds_the_lock(tmp_path: Pat
         assert read_progress(store, history.runs()) == (None, True)
         (tmp_path / "chan" / layout.PROGRESS).write_bytes(b" " * 100_000 + b"{}")
         assert read_progress(store, history.runs()) == (None, True)
+
+
+def test_concurrent_requests_parse_a_listing_once() -> None:
+    listings = PackageListings()
+    calls: list[int] = []
+
+    def load() -> list[Any]:
+        calls.append(1)
+        time.sleep(0.2)  # a big index
+        return []
+
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(listings._get("k", 1, load)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 4
+    listings._get("k", 2, load)  # the file changed: parsed again
+    assert len(calls) == 2
