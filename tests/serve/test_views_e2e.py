@@ -131,7 +131,7 @@ def test_a_channel_page_shows_filters_mirrors_and_searchable_packages(
     )
     assert "<code>channels[0].mirrors[1].filters.include[0]</code>: name: demo-app" in page
     assert '<a href="../../-/mirror/internal/demo-core">demo-core</a>' in page
-    assert "6 of 6 package file(s)" in page and '<svg class="timeline"' in page
+    assert "7 of 7 package file(s)" in page and '<svg class="timeline"' in page
     assert "<code>channels[0].filters.exclude[2]</code>: name: demo-tool" in page
     found = _mine(served, "/-/channel/internal?q=demo-app&location=linux-64").text
     rows = re.findall(r"<tr><td>(demo-[a-z]+)</td><td>([^<]*)</td>", found)
@@ -145,7 +145,7 @@ def test_a_channel_page_shows_filters_mirrors_and_searchable_packages(
         assert view["packages"] == api[name]["packages"], name
     listing = _mine(served, "/-/channel/internal?format=json&q=lib*").json()["packages"]
     assert {r["name"] for r in listing["rows"]} == {"libgcc-ng"}
-    assert listing["total"] == 6 and listing["matched"] == 1
+    assert listing["total"] == 7 and listing["matched"] == 1
 
     pypi = _get(served, "/-/channel/pypi?q=native")
     assert pypi.status_code == 200
@@ -162,7 +162,7 @@ def test_a_mirror_page_shows_its_effective_filters_and_runs(served: dict[str, An
     assert 'http-equiv="refresh"' not in page  # nothing runs
     view = _mine(served, "/-/mirror/internal/demo-core?format=json").json()
     run = view["runs"][0]
-    assert (run["state"], run["added"], run["target"]) == ("completed", 6, "internal/demo-core")
+    assert (run["state"], run["added"], run["target"]) == ("completed", 7, "internal/demo-core")
     assert run["bytes"] > 0
     assert f'href="../../../-/run/internal/{run["run_id"]}"' in page
     assert [f["key"] for f in view["channel_filters"]] == [
@@ -177,8 +177,8 @@ def test_run_pages_show_counts_reasons_and_errors(served: dict[str, Any]) -> Non
     view = _mine(served, f"/-/run/internal/{core['run_id']}?format=json").json()
     details = view["details"]
     assert details["locations"]["linux-64"]["added"] == 4
-    assert details["locations"]["noarch"]["added"] == 2
-    assert details["reasons"]["added"] == {"dependency": 1, "new-upstream": 5}
+    assert details["locations"]["noarch"]["added"] == 3
+    assert details["reasons"]["added"] == {"dependency": 2, "new-upstream": 5}
     assert [r["target"] for r in view["related"]] == ["internal"]  # the channel's run
     page = _mine(served, f"/-/run/internal/{core['run_id']}").text
     assert "<h2>Per location</h2>" in page and "<code>dependency</code>" in page
