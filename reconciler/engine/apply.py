@@ -29,7 +29,7 @@ from pathlib import Path
 from reconciler.config.models import LoadedConfig
 from reconciler.engine import deletions
 from reconciler.engine.clock import now, timestamp
-from reconciler.engine.history import History, RunRecord, RunState, new_run
+from reconciler.engine.history import History, RunRecord, RunState, new_run, run_details
 from reconciler.engine.kind import KindRegistry, Outcome
 from reconciler.engine.plan import Action, ChannelPlan, Plan, Reason
 from reconciler.engine.planner import (
@@ -43,7 +43,13 @@ from reconciler.engine.planner import (
     plan_channel,
     plan_options_of,
 )
-from reconciler.engine.progress import NullReporter, Reporter
+from reconciler.engine.progress import (
+    STEP_INDEXING,
+    STEP_PREPARING,
+    STEP_RECORDING,
+    ProgressRecorder,
+    Reporter,
+)
 from reconciler.engine.report import ApplyReport, ChannelReport, Done, MirrorReport
 from reconciler.engine.state import save_state
 from reconciler.errors import ReconcileError
@@ -275,7 +281,7 @@ class _Run:
     lease: int | None  # the lease's generation (a fencing token), None for a file lock
 
 
-def _execute(run: _Run, options: ApplyOptions) -> Outcome:
+def _execute(run: _Run, options: ApplyOptions, reporter: Reporter) -> Outcome:
     """Execute the channel's work; when another writer changed what it was about to
     replace, plan again and execute again (a few times), never overwriting theirs."""
     planning = run.planning
@@ -283,9 +289,7 @@ def _execute(run: _Run, options: ApplyOptions) -> Outcome:
     attempt = 1
     while True:
         try:
-            return planning.kind.execute(
-                planning.work, planning.store, options.reporter or NullReporter()
-            )
+            return planning.kind.execute(planning.work, planning.store, reporter)
         except PreconditionFailed as exc:
             if run.saved is not None:
                 raise _stale(
@@ -366,9 +370,20 @@ def _locked(
             )
             mirror_runs[mirror.name] = history.transition(history.append(record), "running")
     report.warnings = [w.message for w in current.new_warnings]
+    # Where the run is, for the status views; downloads come first when there are any.
+    links = {"mirror_runs": {name: r.run_id for name, r in sorted(mirror_runs.items())}}
+    downloads = any(a.download is not None for a in current.actions)
+    progress = ProgressRecorder(
+        store,
+        run.run_id,
+        links["mirror_runs"],
+        inner=options.reporter,
+        phase=STEP_PREPARING if downloads else STEP_INDEXING,
+    )
     try:
-        outcome = _execute(locked, options)
+        outcome = _execute(locked, options, progress)
         current = planning.plan
+        progress.phase(STEP_RECORDING)
         state = planning.state.state
         state.files = outcome.inventory
         state.fingerprints = outcome.fingerprints
@@ -396,14 +411,22 @@ def _locked(
         report.state = "failed"
         report.failures.append(message)
         report.duration_s = round(time.monotonic() - started, 3)
+        # Before the history: a run killed between the two is unfinished, and the next
+        # apply, which converges it, also removes a temporary file this write left.
+        progress.close("failed")
         try:
-            history.transition(run, "failed", error=message)
+            history.transition(
+                run, "failed", error=message, details=run_details((), [message], links=links)
+            )
             for mirror_run in mirror_runs.values():
-                history.transition(mirror_run, "failed", error=message)
+                details = run_details((), [message], links={"channel_run": run.run_id})
+                history.transition(mirror_run, "failed", error=message, details=details)
         except StorageError as unrecorded:  # the same full disk: report the first error
             log.error("%s; the next apply records the run as interrupted", unrecorded.message)
         log.error("channel %s: %s", channel.name, message)
         return report
+    finally:
+        progress.stop()  # no write after this run's time, whatever ended it
     report.duration_s = round(time.monotonic() - started, 3)
     _fill(report, outcome.executed)
     report.written = outcome.written
@@ -421,12 +444,14 @@ def _locked(
         report.state = "failed"
         error = f"{len(report.failures)} failure(s): " + "; ".join(report.failures[:5])
     final: RunState = "failed" if error else "completed"
+    progress.close(final)  # before the history, as above
     history.transition(
         run,
         final,
         error=error,
         bytes=report.bytes,
         duration_s=report.duration_s,
+        details=run_details(outcome.executed, report.failures, links=links),
         **_counts(report),
     )
     for name, mirror_run in mirror_runs.items():
@@ -441,6 +466,11 @@ def _locked(
             error=mirror_error,
             bytes=mirror_outcome.bytes if mirror_outcome else 0,
             duration_s=round(mirror_outcome.seconds, 3) if mirror_outcome else 0.0,
+            details=run_details(
+                [a for a in outcome.executed if a.source == name],
+                [mirror_error] if mirror_error else [],
+                links={"channel_run": run.run_id},
+            ),
             **_counts(done),
         )
     for mirror in current.mirrors:

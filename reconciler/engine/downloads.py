@@ -87,7 +87,7 @@ def run_downloads(
     if check_room is not None:
         check_room(total)
     reporter = reporter or NullReporter()
-    reporter.start(f"downloading {len(jobs)} files", total, unit="bytes")
+    reporter.start(f"downloading {len(jobs)} files", total, unit="bytes", files=len(jobs))
     first: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         futures = {}
@@ -102,16 +102,18 @@ def run_downloads(
             except ReconcileError as exc:
                 hint = f" ({exc.hint})" if exc.hint else ""
                 result.failed.append((job, exc.message + hint))
+                reporter.advance(0, files=1)
                 continue
             except OSError as exc:  # the channel's disk: full, read-only, ...
                 reason = f"cannot write {store.describe(job.key)}: {exc.strerror or exc}"
                 if exc.errno in DISK_FULL:
                     reason += " (free some disk space and run again)"
                 result.failed.append((job, reason))
+                reporter.advance(0, files=1)
                 continue
             result.bytes[job.source] = result.bytes.get(job.source, 0) + written
             result.done.append(job)
             checkpoint("download.done")  # in place, not yet named by any index
-            reporter.advance(written)
+            reporter.advance(written, files=1)
     reporter.finish()
     return result

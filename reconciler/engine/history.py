@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
 from reconciler.engine import layout
 from reconciler.engine.clock import timestamp
+from reconciler.engine.plan import Action
 from reconciler.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -207,3 +208,85 @@ def last_of(
             continue
         return record
     return None
+
+
+# -- what a finished run records in ``details`` ---------------------------------------------
+
+EXAMPLES = 20  # examples kept per category: details hold counts, not file lists
+FAILURES = 20  # failure messages kept
+TEXT_LIMIT = 300  # characters kept of one detail or failure text
+
+# Action kinds → the categories runs count them in (RunRecord's fields).
+CATEGORIES: dict[str, str] = {
+    "add": "added",
+    "update": "updated",
+    "remove": "removed",
+    "restore": "restored",
+    "reindex": "reindexed",
+}
+# Categories whose examples are kept: what left the channel (and why: which rule, removed
+# upstream, ...) and what had to be fetched again. Additions and updates are counted by
+# reason; their names are in the apply report.
+EXAMPLE_CATEGORIES = frozenset({"removed", "restored"})
+TOP = "."  # the location of an action on the channel's top (no subdir or project)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"
+
+
+def run_details(
+    actions: Iterable[Action],
+    failures: Iterable[str] = (),
+    *,
+    links: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``RunRecord.details`` of a finished run, from the actions it executed.
+
+    Compact, as it is one history line: per location (subdir or project) the non-zero
+    counts of packages added, updated, removed and restored, and ``reindexed: 1`` when
+    its index was rewritten; per category, how many actions each reason code accounts
+    for (``removed: {filtered: 3, removed-upstream: 1}``); up to :data:`EXAMPLES`
+    removals and restores (where, source, reason, detail); up to :data:`FAILURES`
+    failures and how many there were. ``links`` names related runs (``mirror_runs`` of a
+    channel's run, ``channel_run`` of a mirror's). Empty parts but ``locations`` are left
+    out.
+    """
+    locations: dict[str, dict[str, int]] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    examples: dict[str, list[dict[str, str]]] = {}
+    for action in actions:
+        category = CATEGORIES[action.kind]
+        where = action.location or TOP
+        counts = locations.setdefault(where, {})
+        if category == "reindexed":
+            counts[category] = 1  # a location is re-indexed once, however many reasons
+        else:
+            counts[category] = counts.get(category, 0) + 1
+        by_reason = reasons.setdefault(category, {})
+        by_reason[action.reason.value] = by_reason.get(action.reason.value, 0) + 1
+        if category not in EXAMPLE_CATEGORIES:
+            continue
+        shown = examples.setdefault(category, [])
+        if len(shown) < EXAMPLES:
+            example = {
+                "where": _clip(action.where or where),
+                "source": action.source,
+                "reason": action.reason.value,
+            }
+            if action.detail:
+                example["detail"] = _clip(action.detail)
+            shown.append(example)
+    failed = list(failures)
+    details: dict[str, Any] = {  # "locations", even empty, says the run recorded details
+        "locations": {k: dict(sorted(v.items())) for k, v in sorted(locations.items())}
+    }
+    if reasons:
+        details["reasons"] = {k: dict(sorted(v.items())) for k, v in sorted(reasons.items())}
+    if examples:
+        details["examples"] = dict(sorted(examples.items()))
+    if failed:
+        details["failures"] = [_clip(f) for f in failed[:FAILURES]]
+        details["failures_total"] = len(failed)
+    details.update({k: v for k, v in (links or {}).items() if v})
+    return details

@@ -11,6 +11,7 @@ their own files is defined here, so the layout is visible in one place:
 ``upstream/<mirror>/<location>/...``   the upstream metadata each mirror's last run used
 ``passive.json``                       counts of passive fetches by ``reconcile serve``
 ``passive-verified.json``              what ``serve`` verified of each passive file it fetched
+``progress.json``                      where the current (or last) apply run is: its step
 =====================================  ===================================================
 """
 
@@ -24,6 +25,7 @@ CACHE = f"{STATE_DIR}/cache"
 UPSTREAM = f"{STATE_DIR}/upstream"
 PASSIVE_STATS = f"{STATE_DIR}/passive.json"
 PASSIVE_VERIFIED = f"{STATE_DIR}/passive-verified.json"
+PROGRESS = f"{STATE_DIR}/progress.json"
 
 
 def cache_key(name: str) -> str:

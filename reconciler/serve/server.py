@@ -53,7 +53,7 @@ from reconciler.config.models import Channel, LoadedConfig, PypiChannel, load_co
 from reconciler.errors import ConfigError
 from reconciler.kinds.pypi import routes as pypi_routes
 from reconciler.kinds.pypi.simple_index import SIMPLE
-from reconciler.serve import auth
+from reconciler.serve import auth, views
 from reconciler.serve.files import (
     Refused,
     cache_control,
@@ -73,6 +73,7 @@ from reconciler.serve.listing import (
     pypi_files,
 )
 from reconciler.serve.metrics import ServeMetrics
+from reconciler.serve.packages import PackageListings
 from reconciler.serve.passive import FetchFailed, PassiveFetcher
 from reconciler.serve.status import redact_status, render_status_html, status_data
 from reconciler.store import channel_store
@@ -266,6 +267,7 @@ class ServeApp:
         )
         self.listings = Listings()
         self.object_listings = StoreListings()
+        self.package_listings = PackageListings()  # the channel pages' package lists
         self._recent: deque[_Entry] = deque(maxlen=200)
         self.access_log = AccessLog(self.options.access_log) if self.options.access_log else None
         self.fetch_pool = ThreadPoolExecutor(
@@ -441,6 +443,16 @@ class ServeApp:
         if segments == ["api", "status"]:
             exchange.kind = "status"
             return await self._status_page(request, snapshot, grant, exchange, html=False)
+        if segments[:1] == [views.VIEWS]:  # the admin views: /-/mirrors, /-/channel/<name>, ...
+            exchange.kind = "status"
+            query = {k: v for k, v in request.query.items()}
+            answer = await self._in_thread(
+                lambda: views.respond(
+                    snapshot.loaded, grant, segments[1:], query, self.package_listings
+                )
+            )
+            exchange.sent = len(answer.body)
+            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         if segments == ["metrics"]:
             exchange.kind = "metrics"
             body = await self._in_thread(self.metrics.render)
@@ -480,7 +492,7 @@ class ServeApp:
         status = await self._in_thread(lambda: status_data(snapshot.loaded))
         status = redact_status(status, snapshot.private, grant.channels)
         if html:
-            body = render_status_html(status).encode()
+            body = render_status_html(status, snapshot.loaded).encode()
             kind = "text/html; charset=utf-8"
         else:
             body = json.dumps(status, indent=2).encode()
