@@ -243,8 +243,10 @@ def next_budget(
     fit, as the uninterrupted run left it (rlimit), so the next run fails further on."""
     if disk.mode == "tmpfs":
         return budget + PAGE
-    if again or failed not in sizes:  # it grows during the run (the history): double
+    if failed not in sizes:  # a file the finished run does not have: double
         return max(2 * budget, budget + 1)
+    if again:  # it grows during the run (the history): a little more, not past other files
+        return budget + max(64, budget // 8)
     return max(budget + 1, sizes[failed])
 
 
