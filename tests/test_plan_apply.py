@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,8 @@ def test_two_applies_at_once(project: Path) -> None:
     from tests.store.test_local import hold_in_child
 
     config = project / "channels.yaml"
-    holder = hold_in_child(project / "chan", 3)
+    # Held until the test ends it: a slow machine must not let it go early.
+    holder = hold_in_child(project / "chan", 600)
     try:
         # A run that finds the channel locked is skipped, not failed, and says by whom.
         skipped = run_apply(config)
@@ -259,8 +261,17 @@ def test_two_applies_at_once(project: Path) -> None:
         assert refused.returncode == ExitCode.ERROR
         assert f"is locked by pid {holder.pid}" in refused.stderr
         # ...or gets the lock when the holder finishes.
-        waited = run_apply(config, "--wait", "--lock-timeout", "30")
-        assert waited.returncode == ExitCode.OK, waited.stderr
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", APPLY_SCRIPT, str(config), "--wait", "--lock-timeout", "60"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)
+        assert waiter.poll() is None, waiter.communicate()  # still waiting for the lock
+        holder.kill()  # the kernel releases a dead holder's lock at once
+        _, err = waiter.communicate(timeout=120)
+        assert waiter.returncode == ExitCode.OK, err
     finally:
         holder.kill()
         holder.wait()
