@@ -51,7 +51,7 @@ from reconciler.errors import PackageError, ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
+from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache, encode_metadata
 from reconciler.store.base import ObjectInfo, Store
 from reconciler.store.local import LocalStore
 
@@ -179,6 +179,7 @@ class _SubdirWork:
     seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
     stale: list[ObjectInfo] = field(default_factory=list)  # shards no index names
     same: set[str] = field(default_factory=set)  # outputs published as computed already
+    summary: dict[str, Any] | None = None  # its channeldata part, when recomputed
 
 
 @dataclass
@@ -205,23 +206,35 @@ class Computation:
         )
 
 
-def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
-    """Worker: read one package; returns (path, metadata dict, error reason)."""
+# A package as a reader worker hands it back: (path, its metadata encoded as the stat
+# cache keeps it, its sha256, why it cannot be indexed).
+_Read = tuple[str, bytes | None, str, str | None]
+
+
+def _read_one(path: str) -> _Read:
+    """Worker: read one package and check it against its filename and folder.
+
+    The metadata comes back encoded, as the stat cache keeps it: bytes cross between
+    processes far cheaper than nested dicts, and the parent never holds every
+    package's metadata decoded at once.
+    """
     try:
-        return path, read_package(Path(path)).to_dict(), None
+        meta = read_package(Path(path))
+        problem = _identity_problem(meta, Path(path).parent.name)
+        if problem:
+            return path, None, "", problem
+        return path, encode_metadata(meta), meta.sha256, None
     except PackageError as exc:
-        return path, None, exc.reason
+        return path, None, "", exc.reason
     except Exception as exc:  # never let one file kill the pool
-        return path, None, f"unreadable package ({type(exc).__name__}: {exc})"
+        return path, None, "", f"unreadable package ({type(exc).__name__}: {exc})"
 
 
-def _read_many(
-    paths: Sequence[str], workers: int | None, reporter: Reporter
-) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+def _read_many(paths: Sequence[str], workers: int | None, reporter: Reporter) -> list[_Read]:
     if not paths:
         return []
     reporter.start("reading packages", len(paths))
-    results: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    results: list[_Read] = []
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(paths) < PARALLEL_THRESHOLD:
         for path in paths:
@@ -293,8 +306,12 @@ class ChannelIndexer:
         force: bool = False,
         defer_deletions: bool = False,
         pending: Iterable[str] = (),
+        keep_records: bool = True,
     ) -> None:
         self.store = store
+        # Keep each recomputed subdir's records on its result (``desired``,
+        # ``from_packages``) for the plan; ``reconcile index`` needs only the files.
+        self.keep_records = keep_records
         # Stale shards: deleted right after publishing (``reconcile index``), or left for
         # the caller to delete after a grace period (``unpublished``: key, tag).
         self.defer_deletions = defer_deletions
@@ -468,16 +485,16 @@ class ChannelIndexer:
 
     def _read_packages(
         self, wanted: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]]:
+    ) -> dict[tuple[str, str], tuple[bytes | None, str, str | None]]:
         """Read the packages ``wanted`` (subdir, name): from the disk where they are, else
         (a bucket) downloaded in parallel in batches to a temporary folder, read, and the
         copies removed batch by batch."""
-        read: dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]] = {}
+        read: dict[tuple[str, str], tuple[bytes | None, str, str | None]] = {}
         local = [(s, n, self.store.local_path(f"{s}/{n}")) for s, n in wanted]
         if all(path is not None for _, _, path in local):
             results = _read_many([str(p) for _, _, p in local], self.workers, self.reporter)
-            for (subdir, name, _), (_, meta, error) in zip(local, results, strict=True):
-                read[(subdir, name)] = (meta, error)
+            for (subdir, name, _), (_, blob, sha256, error) in zip(local, results, strict=True):
+                read[(subdir, name)] = (blob, sha256, error)
             return read
         for start in range(0, len(wanted), DOWNLOAD_BATCH):
             batch = wanted[start : start + DOWNLOAD_BATCH]
@@ -490,11 +507,11 @@ class ChannelIndexer:
                 results = _read_many(
                     [str(path) for _, path in fetched], self.workers, self.reporter
                 )
-                for (item, _), (_, meta, error) in zip(fetched, results, strict=True):
-                    read[item] = (meta, error)
+                for (item, _), (_, blob, sha256, error) in zip(fetched, results, strict=True):
+                    read[item] = (blob, sha256, error)
                 for item, (path, error) in zip(batch, copies, strict=True):
                     if path is None:
-                        read[item] = (None, error)
+                        read[item] = (None, "", error)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         return read
@@ -568,7 +585,7 @@ class ChannelIndexer:
         subdir: str,
         cache: StatCache,
         files: Mapping[str, FileStat],
-        read: Mapping[tuple[str, str], tuple[dict[str, Any] | None, str | None]],
+        read: Mapping[tuple[str, str], tuple[bytes | None, str, str | None]],
         baseline: Mapping[str, tuple[str, int]],
         result: SubdirResult,
     ) -> None:
@@ -577,18 +594,13 @@ class ChannelIndexer:
         for name, stat in sorted(files.items()):
             entry = cache.lookup(name, stat)
             if entry is None:
-                meta_dict, error = read.get((subdir, name), (None, "not read"))
-                if meta_dict is None:
+                blob, sha256, error = read.get((subdir, name), (None, "", "not read"))
+                if blob is None:
                     result.skipped.append(SkippedPackage(subdir, name, error or "unreadable"))
                     continue
-                meta = PackageMetadata.from_dict(meta_dict)
-                problem = _identity_problem(meta, subdir)
-                if problem:
-                    result.skipped.append(SkippedPackage(subdir, name, problem))
-                    continue
                 old_sha, old_stamp = baseline.get(name, ("", 0))
-                stamp = old_stamp if old_sha == meta.sha256 and old_stamp else self.stamp_ms
-                entry = CacheEntry(stat, meta, stamp)
+                stamp = old_stamp if old_sha == sha256 and old_stamp else self.stamp_ms
+                entry = CacheEntry(stat, None, stamp, sha256=sha256, blob=blob)
                 cache.put(name, entry)
             good.add(name)
             previous = baseline.get(name)
@@ -632,7 +644,13 @@ class ChannelIndexer:
             result.excluded = dict(previous.excluded)
             return
 
-        records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
+        # Each package's metadata decoded once, for the records, run_exports and the
+        # channeldata summary, and let go with this subdir.
+        metas = {name: entry.decode() for name, entry in sorted(cache.entries.items())}
+        records = {
+            name: self._record(metas[name], entry.indexed_timestamp)
+            for name, entry in sorted(cache.entries.items())
+        }
         if self.filters is not None:
             decisions = self.filters.evaluate(
                 Candidate(subdir, name, record) for name, record in records.items()
@@ -649,49 +667,56 @@ class ChannelIndexer:
         from_packages_bytes = serialize_json(from_packages)
 
         opts = self.options
-        outputs: dict[str, bytes | None] = {}  # None: the file must not exist
         patched = apply_patch_sources(from_packages, subdir, sources)
         repodata_bytes = serialize_json(patched)
-
-        outputs["repodata_from_packages.json"] = (
-            from_packages_bytes if opts.repodata_from_packages else None
-        )
-        outputs["repodata.json.zst"] = compress_zst(repodata_bytes) if opts.zst else None
-        outputs["repodata.json.bz2"] = compress_bz2(repodata_bytes) if opts.bz2 else None
-        if opts.shards:
-            sharded = build_shards(patched)
-            work.shards = sharded.shards
-            outputs["repodata_shards.msgpack.zst"] = sharded.index_bytes
-        else:
-            outputs["repodata_shards.msgpack.zst"] = None
-        outputs["index.html"] = (
-            render_subdir_html(self.channel_name, subdir, patched, None).encode()
-            if opts.html
-            else None
-        )
-        outputs["repodata.json"] = repodata_bytes
-        outputs["current_repodata.json"] = (
-            serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
-            if opts.current_repodata
-            else None
-        )
-        outputs["run_exports.json"] = (
-            serialize_json(
-                build_run_exports(
-                    subdir,
-                    {
-                        n: cache.entries[n].metadata.run_exports if n in cache.entries else {}
-                        for n in records
-                    },
-                )
+        # zstd and bzip2 let go of the GIL: the twins compress on another core while the
+        # other outputs are built here.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            zst = pool.submit(compress_zst, repodata_bytes) if opts.zst else None
+            bz2 = pool.submit(compress_bz2, repodata_bytes) if opts.bz2 else None
+            if opts.shards:
+                sharded = build_shards(patched)
+                work.shards = sharded.shards
+            html = (
+                render_subdir_html(self.channel_name, subdir, patched, None).encode()
+                if opts.html
+                else None
             )
-            if opts.run_exports
-            else None
-        )
+            current = (
+                serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
+                if opts.current_repodata
+                else None
+            )
+            run_exports = (
+                serialize_json(
+                    build_run_exports(
+                        subdir,
+                        {n: metas[n].run_exports if n in metas else {} for n in records},
+                    )
+                )
+                if opts.run_exports
+                else None
+            )
+            if opts.channeldata or opts.html:
+                work.summary = self._summarize(subdir, metas, result.excluded)
+            del metas
+            outputs: dict[str, bytes | None] = {  # None: the file must not exist
+                "repodata_from_packages.json": (
+                    from_packages_bytes if opts.repodata_from_packages else None
+                ),
+                "repodata.json.zst": zst.result() if zst is not None else None,
+                "repodata.json.bz2": bz2.result() if bz2 is not None else None,
+                "repodata_shards.msgpack.zst": sharded.index_bytes if opts.shards else None,
+                "index.html": html,
+                "repodata.json": repodata_bytes,
+                "current_repodata.json": current,
+                "run_exports.json": run_exports,
+            }
         work.outputs = outputs
         result.recomputed = True
-        result.desired = patched
-        result.from_packages = from_packages
+        if self.keep_records:
+            result.desired = patched
+            result.from_packages = from_packages
         self._compare_outputs(subdir, work)
 
     def _compare_outputs(self, subdir: str, work: _SubdirWork) -> None:
@@ -733,10 +758,9 @@ class ChannelIndexer:
                     work.result.deleted.append(f"shards/{info.name}")
 
     @staticmethod
-    def _record(entry: CacheEntry) -> dict[str, Any]:
-        meta = entry.metadata
+    def _record(meta: PackageMetadata, indexed_timestamp: int) -> dict[str, Any]:
         record = make_record(meta.index, meta.md5, meta.sha256, meta.size)
-        record["indexed_timestamp"] = entry.indexed_timestamp
+        record["indexed_timestamp"] = indexed_timestamp
         return record
 
     def _info(self, subdir: str, name: str) -> ObjectInfo | None:
@@ -777,12 +801,22 @@ class ChannelIndexer:
                 return dict(saved["summary"]), False
         except (ReconcileError, ValueError, AttributeError, KeyError, TypeError):
             pass
-        excluded = set(work.result.excluded)
+        if work.summary is not None:
+            return work.summary, True
         cache = work.cache or self._cache(subdir)
-        packages = {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
+        metas = {name: entry.decode() for name, entry in sorted(cache.entries.items())}
+        return self._summarize(subdir, metas, work.result.excluded), True
+
+    def _summarize(
+        self, subdir: str, metas: Mapping[str, PackageMetadata], excluded: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The subdir's part of channeldata: its packages the filters keep, and the
+        mirrored ones. In filename order, so that ties between builds resolve the same way
+        whichever run cached them."""
+        packages = {name: meta for name, meta in metas.items() if name not in excluded}
         for name, entry in self.mirrored.get(subdir, {}).items():
             packages[name] = metadata_from_record(name, entry.record)
-        return summarize_subdir(packages), True
+        return summarize_subdir(packages)
 
     def _compute_channel_files(self, subdirs: list[str], computation: Computation) -> None:
         previous = _load_outputs(self.store, "channel")
@@ -1058,6 +1092,7 @@ def index_channel(
         raise ValueError("index_channel needs a folder or a store")
     indexer = ChannelIndexer(
         store,
+        keep_records=False,
         options=options,
         patches=patches,
         subdirs=subdirs,
