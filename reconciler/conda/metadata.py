@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 # Flags shown in channeldata.json, derived from info/paths.json and info/ scripts.
 CHANNELDATA_FLAGS: tuple[str, ...] = (
     "binary_prefix",
@@ -60,3 +62,13 @@ class PackageMetadata:
             sha256=str(data.get("sha256", "")),
             size=int(data.get("size", 0)),
         )
+
+
+def encode_metadata(metadata: PackageMetadata) -> bytes:
+    """The metadata as the index's stat cache stores it (and reader workers hand it back)."""
+    blob: bytes = msgpack.packb(metadata.to_dict(), use_bin_type=True)
+    return blob
+
+
+def decode_metadata(blob: bytes) -> PackageMetadata:
+    return PackageMetadata.from_dict(msgpack.unpackb(blob, raw=False, strict_map_key=False))

@@ -23,8 +23,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,13 @@ from typing import Any
 import orjson
 
 from reconciler import __version__
-from reconciler.conda.archive import read_package
 from reconciler.conda.channeldata import merge_summaries, summarize_subdir
 from reconciler.conda.current_repodata import build_current_repodata
 from reconciler.conda.index_html import render_channel_html, render_subdir_html
 from reconciler.conda.metadata import PackageMetadata
-from reconciler.conda.names import filename_problem, is_valid_subdir, package_suffix, strip_suffix
+from reconciler.conda.names import filename_problem, is_valid_subdir, package_suffix
 from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patch_source
+from reconciler.conda.read_worker import ReadResult, read_in_workers, read_one
 from reconciler.conda.records import make_record
 from reconciler.conda.repodata import build_repodata, compress_bz2, compress_zst, serialize_json
 from reconciler.conda.run_exports import build_run_exports
@@ -47,11 +47,11 @@ from reconciler.config.models import IndexOptions
 from reconciler.engine import layout
 from reconciler.engine.clock import now_ms
 from reconciler.engine.progress import NullReporter, Reporter
-from reconciler.errors import PackageError, ReconcileError
+from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache, encode_metadata
+from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
 from reconciler.store.base import ObjectInfo, Store
 from reconciler.store.local import LocalStore
 
@@ -173,13 +173,39 @@ class _SubdirWork:
     result: SubdirResult
     fingerprint: str
     options_digest: str
-    outputs: dict[str, bytes | None] | None = None  # None: unchanged, nothing to write
+    outputs: Mapping[str, bytes | None] | None = None  # None: unchanged, nothing to write
     shards: dict[str, bytes] = field(default_factory=dict)
     cache: StatCache | None = None
     seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
     stale: list[ObjectInfo] = field(default_factory=list)  # shards no index names
     same: set[str] = field(default_factory=set)  # outputs published as computed already
     summary: dict[str, Any] | None = None  # its channeldata part, when recomputed
+
+
+class _Parked(Mapping[str, bytes | None]):
+    """A subdir's computed outputs parked in files outside the channel until they are
+    published, so that a big channel's outputs are never all in memory at once."""
+
+    def __init__(self, outputs: Mapping[str, bytes | None], folder: Path) -> None:
+        self._paths: dict[str, Path | None] = {}
+        for name, data in outputs.items():
+            if data is None:
+                self._paths[name] = None
+                continue
+            path = folder / f"{len(os.listdir(folder))}-{name}"
+            with path.open("xb") as out:
+                out.write(data)
+            self._paths[name] = path
+
+    def __getitem__(self, name: str) -> bytes | None:
+        path = self._paths[name]
+        return None if path is None else path.read_bytes()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 @dataclass
@@ -206,64 +232,20 @@ class Computation:
         )
 
 
-# A package as a reader worker hands it back: (path, its metadata encoded as the stat
-# cache keeps it, its sha256, why it cannot be indexed).
-_Read = tuple[str, bytes | None, str, str | None]
-
-
-def _read_one(path: str) -> _Read:
-    """Worker: read one package and check it against its filename and folder.
-
-    The metadata comes back encoded, as the stat cache keeps it: bytes cross between
-    processes far cheaper than nested dicts, and the parent never holds every
-    package's metadata decoded at once.
-    """
-    try:
-        meta = read_package(Path(path))
-        problem = _identity_problem(meta, Path(path).parent.name)
-        if problem:
-            return path, None, "", problem
-        return path, encode_metadata(meta), meta.sha256, None
-    except PackageError as exc:
-        return path, None, "", exc.reason
-    except Exception as exc:  # never let one file kill the pool
-        return path, None, "", f"unreadable package ({type(exc).__name__}: {exc})"
-
-
-def _read_many(paths: Sequence[str], workers: int | None, reporter: Reporter) -> list[_Read]:
+def _read_many(paths: Sequence[str], workers: int | None, reporter: Reporter) -> list[ReadResult]:
     if not paths:
         return []
     reporter.start("reading packages", len(paths))
-    results: list[_Read] = []
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(paths) < PARALLEL_THRESHOLD:
+        results = []
         for path in paths:
-            results.append(_read_one(path))
+            results.append(read_one(path))
             reporter.advance(1)
     else:
-        chunk = max(8, min(256, len(paths) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for item in pool.map(_read_one, paths, chunksize=chunk):
-                results.append(item)
-                reporter.advance(1)
+        results = read_in_workers(paths, workers, reporter.advance)
     reporter.finish()
     return results
-
-
-def _identity_problem(meta: PackageMetadata, subdir: str) -> str | None:
-    """Why the package's metadata disagrees with its filename or folder."""
-    index = meta.index
-    stem = strip_suffix(meta.filename)
-    expected = f"{index.get('name')}-{index.get('version')}-{index.get('build')}"
-    if stem != expected:
-        return f"index.json says {expected}, but the filename says {stem}"
-    declared = index.get("subdir")
-    if declared is None:
-        # Old packages lack `subdir`; noarch ones say so with `noarch`.
-        declared = "noarch" if index.get("noarch") or index.get("arch") is None else None
-    if declared is not None and declared != subdir:
-        return f"index.json subdir is {declared!r} but the file is in {subdir}/"
-    return None
 
 
 def _options_key(
@@ -344,6 +326,14 @@ class ChannelIndexer:
         self.stamp_ms = stamp_ms if stamp_ms is not None else now_ms()
         self._mirrored_digests: dict[str, str] = {}
         self.caches: dict[str, StatCache] = {}
+        self._spool_folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def _spool(self) -> Path:
+        """A temporary folder for outputs waiting to be published; removed with the
+        indexer (or at exit)."""
+        if self._spool_folder is None:
+            self._spool_folder = tempfile.TemporaryDirectory(prefix="reconcile-index-")
+        return Path(self._spool_folder.name)
 
     def reset_digests(self) -> None:
         """Forget digests of the mirrored records (after ``mirrored`` changed)."""
@@ -456,6 +446,7 @@ class ChannelIndexer:
             self._update_cache(
                 subdir, work.cache, stats[subdir], read, baselines[subdir], work.result
             )
+        del read  # the cache holds what is needed of it
 
         if self.strict and any(w.result.skipped for w in works.values()):
             skipped = [s.format() for w in works.values() for s in w.result.skipped]
@@ -464,10 +455,13 @@ class ChannelIndexer:
                 hint="fix or remove them, or run without --strict to skip them",
             )
 
+        last = max((s for s in subdirs if works[s].cache is not None), default=None)
         for subdir in subdirs:
             work = works[subdir]
             if work.cache is not None:
                 self._compute_subdir(subdir, work, sources, options_key)
+                if work.outputs is not None and subdir != last:
+                    work.outputs = _Parked(work.outputs, self._spool())
             if work.result.has_shards:
                 self._find_stale_shards(subdir, work)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from reconciler.conda.metadata import PackageMetadata
+from reconciler.conda.metadata import PackageMetadata, decode_metadata, encode_metadata
 from reconciler.errors import ReconcileError
 from reconciler.store.base import Store
 
@@ -23,16 +23,6 @@ log = logging.getLogger(__name__)
 # 2: metadata stored as a nested msgpack blob, decoded only when needed.
 # 3: files keyed by the store's tag (text) instead of an mtime.
 CACHE_FORMAT = 3
-
-
-def encode_metadata(metadata: PackageMetadata) -> bytes:
-    """The metadata as the cache stores it."""
-    blob: bytes = msgpack.packb(metadata.to_dict(), use_bin_type=True)
-    return blob
-
-
-def decode_metadata(blob: bytes) -> PackageMetadata:
-    return PackageMetadata.from_dict(msgpack.unpackb(blob, raw=False, strict_map_key=False))
 
 
 @dataclass(frozen=True)
