@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from reconciler import __version__
-from reconciler.conda.channeldata import merge_summaries, summarize_subdir
+from reconciler.conda.channeldata import merge_summaries, summarize_subdir, update_channeldata
 from reconciler.conda.current_repodata import build_current_repodata
 from reconciler.conda.index_html import render_channel_html, render_subdir_html
 from reconciler.conda.metadata import PackageMetadata
@@ -342,6 +342,7 @@ class ChannelIndexer:
         self._mirrored_digests: dict[str, str] = {}
         self.caches: dict[str, StatCache] = {}
         self._spool_folder: tempfile.TemporaryDirectory[str] | None = None
+        self._options_key = b""
 
     def _spool(self) -> Path:
         """A temporary folder for outputs waiting to be published; removed with the
@@ -419,6 +420,7 @@ class ChannelIndexer:
             raise IndexError_(f"{self.store.location} is not a folder")
         sources = [load_patch_source(path) for path in self.patch_paths]
         options_key = _options_key(self.options, [s.digest() for s in sources], self.filters)
+        self._options_key = options_key
         options_digest = hashlib.sha256(options_key).hexdigest()
 
         subdirs = self.subdirs()
@@ -803,23 +805,55 @@ class ChannelIndexer:
 
     # -- channel-wide files ------------------------------------------------------------
 
-    def _channeldata_summary(
-        self, subdir: str, work: _SubdirWork, key: str
-    ) -> tuple[dict[str, Any], bool]:
-        """The subdir's part of channeldata (and whether it was computed afresh)."""
+    def _saved_summary(self, subdir: str) -> tuple[str, dict[str, Any]] | None:
+        """The subdir's part of channeldata as last saved: (its fingerprint, summary)."""
         try:
             saved = orjson.loads(
                 self.store.read(layout.cache_key(f"{subdir}.channeldata.json")) or b"null"
             )
-            if saved.get("fingerprint") == key:
-                return dict(saved["summary"]), False
+            return str(saved["fingerprint"]), dict(saved["summary"])
         except (ReconcileError, ValueError, AttributeError, KeyError, TypeError):
-            pass
+            return None
+
+    def _channeldata_summary(
+        self, subdir: str, work: _SubdirWork, saved: tuple[str, dict[str, Any]] | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The subdir's part of channeldata (and whether it was computed afresh)."""
+        if saved is not None and saved[0] == work.fingerprint:
+            return saved[1], False
         if work.summary is not None:
             return work.summary, True
         cache = work.cache or self._cache(subdir)
         metas = {name: entry.decode() for name, entry in sorted(cache.entries.items())}
         return self._summarize(subdir, metas, work.result.excluded), True
+
+    def _published_channeldata(
+        self,
+        subdirs: Sequence[str],
+        previous: _Outputs | None,
+        saved: Mapping[str, tuple[str, dict[str, Any]] | None],
+    ) -> dict[str, Any] | None:
+        """The published channeldata.json, when it is known to be exactly what the saved
+        summaries merge to (so that it can be updated from their changes alone)."""
+        if previous is None or "channeldata.json" not in previous.files:
+            return None
+        fingerprints = []
+        for subdir in subdirs:
+            summary = saved[subdir]
+            if summary is None:
+                return None
+            fingerprints.append(summary[0])
+        key = hashlib.sha256(
+            self._options_key
+            + "".join(f"{s}={f};" for s, f in zip(subdirs, fingerprints, strict=True)).encode()
+        ).hexdigest()
+        if key != previous.fingerprint or not self._untouched("", previous):
+            return None
+        try:
+            data = orjson.loads(self.store.read("channeldata.json") or b"null")
+        except (ReconcileError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("packages"), dict) else None
 
     def _summarize(
         self, subdir: str, metas: Mapping[str, PackageMetadata], excluded: Mapping[str, str]
@@ -844,13 +878,25 @@ class ChannelIndexer:
         channeldata: dict[str, Any] | None = None
         if self.options.channeldata or self.options.html:
             summaries = {}
+            saved = {subdir: self._saved_summary(subdir) for subdir in subdirs}
+            changed: set[str] = set()  # names whose part of some subdir changed
             for subdir in subdirs:
                 work = computation.subdirs[subdir]
-                summary, fresh = self._channeldata_summary(subdir, work, work.fingerprint)
+                summary, fresh = self._channeldata_summary(subdir, work, saved[subdir])
                 summaries[subdir] = summary
                 if fresh:
                     computation.channel_summaries[subdir] = (work.fingerprint, summary)
-            channeldata = merge_summaries(summaries)
+                    before = saved[subdir]
+                    old = before[1] if before is not None else {}
+                    changed.update(
+                        n for n in old.keys() | summary.keys() if old.get(n) != summary.get(n)
+                    )
+            published = self._published_channeldata(subdirs, previous, saved)
+            if published is not None:
+                # Only the names some subdir's change touched are merged again.
+                channeldata = update_channeldata(published, summaries, changed)
+            else:
+                channeldata = merge_summaries(summaries)
         targets: dict[str, bytes | None] = {
             "channeldata.json": serialize_json(channeldata)
             if self.options.channeldata and channeldata is not None
