@@ -351,6 +351,16 @@ class ChannelIndexer:
             self._spool_folder = tempfile.TemporaryDirectory(prefix="reconcile-index-")
         return Path(self._spool_folder.name)
 
+    def _park(self, outputs: Mapping[str, bytes | None]) -> Mapping[str, bytes | None]:
+        """``outputs`` parked in the spool folder, or kept in memory when that fails (a
+        full disk, a file size limit, no usable temporary folder): parking only saves
+        memory, it never stops a run."""
+        try:
+            return _Parked(outputs, self._spool())
+        except OSError as exc:
+            log.debug("keeping computed outputs in memory: %s", exc)
+            return outputs
+
     def reset_digests(self) -> None:
         """Forget digests of the mirrored records (after ``mirrored`` changed)."""
         self._mirrored_digests.clear()
@@ -483,7 +493,7 @@ class ChannelIndexer:
             if work.cache is not None:
                 self._compute_subdir(subdir, work, sources, options_key)
                 if work.outputs is not None and subdir != last:
-                    work.outputs = _Parked(work.outputs, self._spool())
+                    work.outputs = self._park(work.outputs)
             if work.result.has_shards:
                 self._find_stale_shards(subdir, work)
 
