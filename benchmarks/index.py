@@ -2,6 +2,7 @@
 
     python benchmarks/index.py                 # 10,000 packages over 4 subdirs, 3 repeats
     python benchmarks/index.py -n 2000 -r 5
+    python benchmarks/index.py -n 50000 --source /tmp/c50k   # build once, reuse after
 
 Builds a channel of real packages (70% ``.conda``), then times, in one run and on
 fresh copies of the same channel:
@@ -10,8 +11,9 @@ fresh copies of the same channel:
 - no-op: re-index it with nothing changed,
 - add-one: re-index after one new package was dropped in,
 
-for ``reconcile index`` (in-process ``index_channel``) and ``rattler.index.index_fs``
-(repodata.json + .zst, no shards, as our default writes no shards either). Each
+for ``reconcile index`` (in-process ``index_channel``), ``rattler.index.index_fs``
+(repodata.json + .zst, no shards, as our default writes no shards either) and, when
+``conda_index`` and ``conda`` can be imported, conda-index's ``ChannelIndex``. Each
 timed run happens in a child process whose memory (the resident size of it and its
 workers, sampled together) is measured per run. Prints medians and the ratio ours/rattler.
 """
@@ -75,6 +77,16 @@ def extra_package(root: Path, index: int) -> None:
 # -- child process: one timed run -------------------------------------------------------
 
 
+def conda_index_missing() -> str | None:
+    """Why conda-index cannot be measured here, or None when it can."""
+    try:
+        import conda  # noqa: F401
+        import conda_index.index  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not importable"
+    return None
+
+
 def run_child(tool: str, channel: Path) -> None:
     import asyncio
 
@@ -83,11 +95,27 @@ def run_child(tool: str, channel: Path) -> None:
 
     from reconciler.kinds.conda.indexer import index_channel
 
-    # Imports happen before the clock starts: both tools are timed on the work alone.
+    if tool == "conda-index":
+        from conda_index.index import ChannelIndex
+
+    # Imports happen before the clock starts: every tool is timed on the work alone.
     with PeakMemory() as peak:
         start = time.perf_counter()
         if tool == "ours":
             index_channel(channel)
+        elif tool == "conda-index":
+            # The outputs ours writes by default: .zst, run_exports, current_repodata,
+            # channeldata; no .bz2.
+            index = ChannelIndex(
+                channel,
+                channel.name,
+                write_bz2=False,
+                write_zst=True,
+                write_run_exports=True,
+                write_current_repodata=True,
+            )
+            index.index(patch_generator=None)
+            index.update_channeldata()
         else:
             asyncio.run(index_fs(channel, write_zst=True, write_shards=False))
         elapsed = time.perf_counter() - start
@@ -113,27 +141,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--packages", type=int, default=10_000)
     parser.add_argument("-r", "--repeats", type=int, default=3)
+    parser.add_argument(
+        "--source", type=Path, help="build the channel here once and reuse it (kept)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child[0], Path(args.child[1]))
         return
 
+    tools = ["ours", "rattler"]
+    missing = conda_index_missing()
+    if missing:
+        print(f"conda-index skipped: {missing} (it needs conda itself)", flush=True)
+    else:
+        tools.append("conda-index")
     work = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     try:
-        source = work / "source"
-        started = time.perf_counter()
-        build_synthetic_channel(source, args.packages)
-        print(
-            f"built {args.packages} packages over {len(SUBDIRS)} subdirs "
-            f"in {time.perf_counter() - started:.1f} s; {os.cpu_count()} cores",
-            flush=True,
-        )
+        source = args.source or work / "source"
+        marker = source / ".built"
+        if args.source is None or not marker.exists():
+            started = time.perf_counter()
+            build_synthetic_channel(source, args.packages)
+            print(
+                f"built {args.packages} packages over {len(SUBDIRS)} subdirs "
+                f"in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
+            marker.write_text(f"{args.packages}\n")
+        elif int(marker.read_text()) != args.packages:
+            raise SystemExit(f"{source} holds {marker.read_text().strip()} packages, not -n")
+        print(f"{os.cpu_count()} cores", flush=True)
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
         for repeat in range(args.repeats):
-            for tool in ("ours", "rattler"):
+            for tool in tools:
                 channel = work / f"{tool}-{repeat}"
-                shutil.copytree(source, channel)
+                shutil.copytree(source, channel, ignore=shutil.ignore_patterns(".built"))
                 for phase in ("cold", "no-op", "add-one"):
                     if phase == "add-one":
                         extra_package(channel, repeat)
@@ -148,19 +191,15 @@ def main() -> None:
 
         print()
         print(f"{args.packages} packages, median of {args.repeats}:")
-        header = ("phase", "ours s", "rattler s", "ratio", "ours MB", "rattler MB")
-        print("{:10}{:>10}{:>12}{:>8}{:>10}{:>12}".format(*header))
+        header = ("phase", "tool", "seconds", "ours/tool", "peak MB")
+        print("{:10}{:12}{:>10}{:>11}{:>9}".format(*header))
         for phase in ("cold", "no-op", "add-one"):
-            ours = results[("ours", phase)]
-            theirs = results[("rattler", phase)]
-            ours_s = statistics.median(r["seconds"] for r in ours)
-            theirs_s = statistics.median(r["seconds"] for r in theirs)
-            ours_mb = max(r["peak_mb"] for r in ours)
-            theirs_mb = max(r["peak_mb"] for r in theirs)
-            print(
-                f"{phase:10}{ours_s:10.3f}{theirs_s:12.3f}{ours_s / theirs_s:8.2f}"
-                f"{ours_mb:10.0f}{theirs_mb:12.0f}"
-            )
+            ours_s = statistics.median(r["seconds"] for r in results[("ours", phase)])
+            for tool in tools:
+                runs = results[(tool, phase)]
+                seconds = statistics.median(r["seconds"] for r in runs)
+                peak = max(r["peak_mb"] for r in runs)
+                print(f"{phase:10}{tool:12}{seconds:10.3f}{ours_s / seconds:11.2f}{peak:9.0f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

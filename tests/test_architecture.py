@@ -46,7 +46,10 @@ WRITING_FUNCTIONS = {
 ALLOWED = {
     "reconciler/engine/report.py": "appends to $GITHUB_STEP_SUMMARY, the CI runner's file",
     "reconciler/faults.py": "the crash harness's trace file, only under test",
-    "reconciler/kinds/conda/indexer.py": "a temporary copy of a package to read (not in a channel)",
+    "reconciler/kinds/conda/indexer.py": (
+        "temporary copies of packages to read, computed outputs waiting to be published"
+        " (not in a channel)"
+    ),
     "reconciler/watch.py": "creates a channel's folder so that it can be watched",
     "reconciler/serve/server.py": "appends to the access log file given with --access-log",
 }

@@ -392,3 +392,48 @@ def test_touched_package_and_deleted_output(channel: Path) -> None:
     noarch = next(r for r in result.subdirs if r.subdir == "noarch")
     assert noarch.written == ["repodata.json.zst"]
     assert (channel / "noarch" / "repodata.json.zst").exists()
+
+
+def _published(channel: Path) -> dict[str, bytes]:
+    """Every file a client can see, by path."""
+    return {
+        str(path.relative_to(channel)): path.read_bytes()
+        for path in sorted(channel.rglob("*"))
+        if path.is_file() and ".reconciler" not in path.parts
+    }
+
+
+def test_incremental_update_gives_the_bytes_of_a_full_index(
+    channel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.kinds.conda import indexer
+
+    index_channel(channel)
+    # A new name, a newer version of a name in two subdirs, different bytes under an old
+    # name, and the last file of a name gone.
+    build_package(channel, PackageSpec("newcomer", "1.0", subdir="linux-64"))
+    build_package(channel, PackageSpec("app", "3.2", subdir="osx-arm64", depends=["pyhelper"]))
+    build_package(channel, PackageSpec("base", "1.0", subdir="linux-64", depends=["extra"]))
+    (channel / "noarch" / "data-2024.1-0.tar.bz2").unlink()
+
+    calls: list[str] = []
+    merge, update = indexer.merge_summaries, indexer.update_channeldata
+    monkeypatch.setattr(indexer, "merge_summaries", lambda *a: calls.append("full") or merge(*a))
+    monkeypatch.setattr(
+        indexer, "update_channeldata", lambda *a: calls.append("delta") or update(*a)
+    )
+    result = index_channel(channel)
+    assert result.summary() == "indexed 10 packages in 3 subdirs: +2 ~1 -1, 0 skipped"
+    assert calls == ["delta"]  # channeldata was updated from the changed subdirs' parts
+    incremental = _published(channel)
+    channeldata = json.loads(incremental["channeldata.json"])["packages"]
+    assert "data" not in channeldata and channeldata["app"]["version"] == "3.2"
+
+    # Everything again from the files alone (no cache, no saved summaries; the CEP-47
+    # stamps come back from repodata_from_packages.json): the same bytes.
+    calls.clear()
+    for path in sorted((channel / ".reconciler").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    index_channel(channel)
+    assert calls == ["full"]
+    assert _published(channel) == incremental

@@ -112,34 +112,62 @@ def merge_summaries(
     for subdir, summaries in summaries_by_subdir.items():
         for name, summary in summaries.items():
             by_name.setdefault(name, []).append((subdir, summary))
-    entries: dict[str, Any] = {}
-    for name, items in sorted(by_name.items()):
-        items.sort(key=_summary_key, reverse=True)
-        newest_subdir, newest = items[0]
-        same_version = [s for _, s in items if s["version"] == newest["version"]]
-        run_exports: dict[str, Any] = {}
-        for _, summary in reversed(items):
-            run_exports.update(summary["run_exports"])
-        newest_ms = max(int(s["max_timestamp"]) for _, s in items)
-        entry: dict[str, Any] = dict(newest["about"])
-        for flag in CHANNELDATA_FLAGS:
-            entry[flag] = any(s["flags"].get(flag, False) for s in same_version)
-        entry.update(
-            {
-                "version": newest["version"],
-                "subdirs": sorted({subdir for subdir, _ in items}),
-                "run_exports": run_exports,
-                # CEP-38: seconds; records carry milliseconds (or seconds, in old ones).
-                "timestamp": newest_ms // 1000 if newest_ms > 10**11 else newest_ms,
-                "reference_package": f"{newest_subdir}/{newest['filename']}",
-            }
-        )
-        entries[name] = entry
     return {
         "channeldata_version": CHANNELDATA_VERSION,
-        "packages": entries,
+        "packages": {name: _merge_name(items) for name, items in sorted(by_name.items())},
         "subdirs": sorted(summaries_by_subdir),
     }
+
+
+def update_channeldata(
+    previous: Mapping[str, Any],
+    summaries_by_subdir: Mapping[str, Mapping[str, dict[str, Any]]],
+    names: set[str],
+) -> dict[str, Any]:
+    """``merge_summaries(summaries_by_subdir)``, given that ``previous`` is what it was
+    before the summaries of ``names`` changed: only those names are merged again, as
+    an entry depends on its own name's summaries alone."""
+    packages = dict(previous["packages"])
+    for name in names:
+        items = [
+            (subdir, summaries[name])
+            for subdir, summaries in summaries_by_subdir.items()
+            if name in summaries
+        ]
+        if items:
+            packages[name] = _merge_name(items)
+        else:
+            packages.pop(name, None)
+    return {
+        "channeldata_version": CHANNELDATA_VERSION,
+        "packages": dict(sorted(packages.items())),
+        "subdirs": sorted(summaries_by_subdir),
+    }
+
+
+def _merge_name(items: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One name's channeldata entry from its summaries in each subdir that has it."""
+    items.sort(key=_summary_key, reverse=True)
+    newest_subdir, newest = items[0]
+    same_version = [s for _, s in items if s["version"] == newest["version"]]
+    run_exports: dict[str, Any] = {}
+    for _, summary in reversed(items):
+        run_exports.update(summary["run_exports"])
+    newest_ms = max(int(s["max_timestamp"]) for _, s in items)
+    entry: dict[str, Any] = dict(newest["about"])
+    for flag in CHANNELDATA_FLAGS:
+        entry[flag] = any(s["flags"].get(flag, False) for s in same_version)
+    entry.update(
+        {
+            "version": newest["version"],
+            "subdirs": sorted({subdir for subdir, _ in items}),
+            "run_exports": run_exports,
+            # CEP-38: seconds; records carry milliseconds (or seconds, in old ones).
+            "timestamp": newest_ms // 1000 if newest_ms > 10**11 else newest_ms,
+            "reference_package": f"{newest_subdir}/{newest['filename']}",
+        }
+    )
+    return entry
 
 
 def build_channeldata(

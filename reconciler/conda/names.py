@@ -39,6 +39,14 @@ def filename_problem(filename: str) -> str | None:
     Filenames come from upstream metadata and are later joined to paths, so
     anything that could escape a directory is refused outright.
     """
+    # The common case in one match: every check below passes.
+    if (
+        _FILENAME_RE.fullmatch(filename)
+        and filename[0] != "."
+        and ".." not in filename
+        and len(filename) <= NAME_MAX
+    ):
+        return None
     if not filename:
         return "empty filename"
     if "\x00" in filename:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,13 @@ from typing import Any
 import orjson
 
 from reconciler import __version__
-from reconciler.conda.archive import read_package
-from reconciler.conda.channeldata import merge_summaries, summarize_subdir
+from reconciler.conda.channeldata import merge_summaries, summarize_subdir, update_channeldata
 from reconciler.conda.current_repodata import build_current_repodata
 from reconciler.conda.index_html import render_channel_html, render_subdir_html
 from reconciler.conda.metadata import PackageMetadata
-from reconciler.conda.names import filename_problem, is_valid_subdir, package_suffix, strip_suffix
+from reconciler.conda.names import PACKAGE_SUFFIXES, filename_problem, is_valid_subdir
 from reconciler.conda.patches import PatchSource, apply_patch_sources, load_patch_source
+from reconciler.conda.read_worker import ReadResult, read_in_workers, read_one
 from reconciler.conda.records import make_record
 from reconciler.conda.repodata import build_repodata, compress_bz2, compress_zst, serialize_json
 from reconciler.conda.run_exports import build_run_exports
@@ -47,7 +48,7 @@ from reconciler.config.models import IndexOptions
 from reconciler.engine import layout
 from reconciler.engine.clock import now_ms
 from reconciler.engine.progress import NullReporter, Reporter
-from reconciler.errors import PackageError, ReconcileError
+from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
@@ -173,12 +174,39 @@ class _SubdirWork:
     result: SubdirResult
     fingerprint: str
     options_digest: str
-    outputs: dict[str, bytes | None] | None = None  # None: unchanged, nothing to write
+    outputs: Mapping[str, bytes | None] | None = None  # None: unchanged, nothing to write
     shards: dict[str, bytes] = field(default_factory=dict)
     cache: StatCache | None = None
     seen: dict[str, str | None] = field(default_factory=dict)  # name → tag when computed
     stale: list[ObjectInfo] = field(default_factory=list)  # shards no index names
     same: set[str] = field(default_factory=set)  # outputs published as computed already
+    summary: dict[str, Any] | None = None  # its channeldata part, when recomputed
+
+
+class _Parked(Mapping[str, bytes | None]):
+    """A subdir's computed outputs parked in files outside the channel until they are
+    published, so that a big channel's outputs are never all in memory at once."""
+
+    def __init__(self, outputs: Mapping[str, bytes | None], folder: Path) -> None:
+        self._paths: dict[str, Path | None] = {}
+        for name, data in outputs.items():
+            if data is None:
+                self._paths[name] = None
+                continue
+            path = folder / f"{len(os.listdir(folder))}-{name}"
+            with path.open("xb") as out:
+                out.write(data)
+            self._paths[name] = path
+
+    def __getitem__(self, name: str) -> bytes | None:
+        path = self._paths[name]
+        return None if path is None else path.read_bytes()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 @dataclass
@@ -205,52 +233,34 @@ class Computation:
         )
 
 
-def _read_one(path: str) -> tuple[str, dict[str, Any] | None, str | None]:
-    """Worker: read one package; returns (path, metadata dict, error reason)."""
-    try:
-        return path, read_package(Path(path)).to_dict(), None
-    except PackageError as exc:
-        return path, None, exc.reason
-    except Exception as exc:  # never let one file kill the pool
-        return path, None, f"unreadable package ({type(exc).__name__}: {exc})"
-
-
-def _read_many(
-    paths: Sequence[str], workers: int | None, reporter: Reporter
-) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+def _read_many(paths: Sequence[str], workers: int | None, reporter: Reporter) -> list[ReadResult]:
     if not paths:
         return []
     reporter.start("reading packages", len(paths))
-    results: list[tuple[str, dict[str, Any] | None, str | None]] = []
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(paths) < PARALLEL_THRESHOLD:
+        results = []
         for path in paths:
-            results.append(_read_one(path))
+            results.append(read_one(path))
             reporter.advance(1)
     else:
-        chunk = max(8, min(256, len(paths) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for item in pool.map(_read_one, paths, chunksize=chunk):
-                results.append(item)
-                reporter.advance(1)
+        results = read_in_workers(paths, workers, reporter.advance)
     reporter.finish()
     return results
 
 
-def _identity_problem(meta: PackageMetadata, subdir: str) -> str | None:
-    """Why the package's metadata disagrees with its filename or folder."""
-    index = meta.index
-    stem = strip_suffix(meta.filename)
-    expected = f"{index.get('name')}-{index.get('version')}-{index.get('build')}"
-    if stem != expected:
-        return f"index.json says {expected}, but the filename says {stem}"
-    declared = index.get("subdir")
-    if declared is None:
-        # Old packages lack `subdir`; noarch ones say so with `noarch`.
-        declared = "noarch" if index.get("noarch") or index.get("arch") is None else None
-    if declared is not None and declared != subdir:
-        return f"index.json subdir is {declared!r} but the file is in {subdir}/"
-    return None
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector: decoding a big channel's metadata makes millions
+    of acyclic containers, and every collection pass walks them all again (it was half
+    the time of decoding 12,500 cached packages). Refcounting still frees them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _options_key(
@@ -293,8 +303,12 @@ class ChannelIndexer:
         force: bool = False,
         defer_deletions: bool = False,
         pending: Iterable[str] = (),
+        keep_records: bool = True,
     ) -> None:
         self.store = store
+        # Keep each recomputed subdir's records on its result (``desired``,
+        # ``from_packages``) for the plan; ``reconcile index`` needs only the files.
+        self.keep_records = keep_records
         # Stale shards: deleted right after publishing (``reconcile index``), or left for
         # the caller to delete after a grace period (``unpublished``: key, tag).
         self.defer_deletions = defer_deletions
@@ -327,6 +341,25 @@ class ChannelIndexer:
         self.stamp_ms = stamp_ms if stamp_ms is not None else now_ms()
         self._mirrored_digests: dict[str, str] = {}
         self.caches: dict[str, StatCache] = {}
+        self._spool_folder: tempfile.TemporaryDirectory[str] | None = None
+        self._options_key = b""
+
+    def _spool(self) -> Path:
+        """A temporary folder for outputs waiting to be published; removed with the
+        indexer (or at exit)."""
+        if self._spool_folder is None:
+            self._spool_folder = tempfile.TemporaryDirectory(prefix="reconcile-index-")
+        return Path(self._spool_folder.name)
+
+    def _park(self, outputs: Mapping[str, bytes | None]) -> Mapping[str, bytes | None]:
+        """``outputs`` parked in the spool folder, or kept in memory when that fails (a
+        full disk, a file size limit, no usable temporary folder): parking only saves
+        memory, it never stops a run."""
+        try:
+            return _Parked(outputs, self._spool())
+        except OSError as exc:
+            log.debug("keeping computed outputs in memory: %s", exc)
+            return outputs
 
     def reset_digests(self) -> None:
         """Forget digests of the mirrored records (after ``mirrored`` changed)."""
@@ -359,17 +392,18 @@ class ChannelIndexer:
         if not entries and not folders:
             result.scan_digest = result.observed = "absent"
             return files
-        packages = hashlib.sha256()
-        visible = hashlib.sha256()
+        # One digest update per subdir, not per file: the lines are joined first.
+        package_lines: list[str] = []
+        visible_lines: list[str] = []
         for info in entries:
-            name = info.name
-            if name.startswith("."):
+            name = info.key.rpartition("/")[2]
+            if name[:1] == ".":
                 continue
-            line = f"{name}\0{info.size}\0{info.tag}\n".encode()
-            visible.update(line)
-            if package_suffix(name) is None:
+            line = f"{name}\0{info.size}\0{info.tag}\n"
+            visible_lines.append(line)
+            if not name.endswith(PACKAGE_SUFFIXES):
                 continue
-            packages.update(line)
+            package_lines.append(line)
             if not info.regular:
                 result.skipped.append(
                     SkippedPackage(subdir, name, "not a regular file (a symlink, FIFO or device)")
@@ -380,18 +414,23 @@ class ChannelIndexer:
                 result.skipped.append(SkippedPackage(subdir, name, problem))
                 continue
             files[name] = FileStat(info.tag, info.size)
-        result.scan_digest = packages.hexdigest()
-        result.observed = visible.hexdigest()
+        result.scan_digest = hashlib.sha256("".join(package_lines).encode()).hexdigest()
+        result.observed = hashlib.sha256("".join(visible_lines).encode()).hexdigest()
         return files
 
     # -- compute -----------------------------------------------------------------------
 
     def compute(self) -> Computation:
         """Everything the index would publish, without writing anything."""
+        with _collector_paused():
+            return self._compute()
+
+    def _compute(self) -> Computation:
         if self.store.exists() and not self.store.list_dirs() and self._root_is_file():
             raise IndexError_(f"{self.store.location} is not a folder")
         sources = [load_patch_source(path) for path in self.patch_paths]
         options_key = _options_key(self.options, [s.digest() for s in sources], self.filters)
+        self._options_key = options_key
         options_digest = hashlib.sha256(options_key).hexdigest()
 
         subdirs = self.subdirs()
@@ -439,6 +478,7 @@ class ChannelIndexer:
             self._update_cache(
                 subdir, work.cache, stats[subdir], read, baselines[subdir], work.result
             )
+        del read  # the cache holds what is needed of it
 
         if self.strict and any(w.result.skipped for w in works.values()):
             skipped = [s.format() for w in works.values() for s in w.result.skipped]
@@ -447,10 +487,13 @@ class ChannelIndexer:
                 hint="fix or remove them, or run without --strict to skip them",
             )
 
+        last = max((s for s in subdirs if works[s].cache is not None), default=None)
         for subdir in subdirs:
             work = works[subdir]
             if work.cache is not None:
                 self._compute_subdir(subdir, work, sources, options_key)
+                if work.outputs is not None and subdir != last:
+                    work.outputs = self._park(work.outputs)
             if work.result.has_shards:
                 self._find_stale_shards(subdir, work)
 
@@ -468,16 +511,16 @@ class ChannelIndexer:
 
     def _read_packages(
         self, wanted: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]]:
+    ) -> dict[tuple[str, str], tuple[bytes | None, str, str | None]]:
         """Read the packages ``wanted`` (subdir, name): from the disk where they are, else
         (a bucket) downloaded in parallel in batches to a temporary folder, read, and the
         copies removed batch by batch."""
-        read: dict[tuple[str, str], tuple[dict[str, Any] | None, str | None]] = {}
+        read: dict[tuple[str, str], tuple[bytes | None, str, str | None]] = {}
         local = [(s, n, self.store.local_path(f"{s}/{n}")) for s, n in wanted]
         if all(path is not None for _, _, path in local):
             results = _read_many([str(p) for _, _, p in local], self.workers, self.reporter)
-            for (subdir, name, _), (_, meta, error) in zip(local, results, strict=True):
-                read[(subdir, name)] = (meta, error)
+            for (subdir, name, _), (_, blob, sha256, error) in zip(local, results, strict=True):
+                read[(subdir, name)] = (blob, sha256, error)
             return read
         for start in range(0, len(wanted), DOWNLOAD_BATCH):
             batch = wanted[start : start + DOWNLOAD_BATCH]
@@ -490,11 +533,11 @@ class ChannelIndexer:
                 results = _read_many(
                     [str(path) for _, path in fetched], self.workers, self.reporter
                 )
-                for (item, _), (_, meta, error) in zip(fetched, results, strict=True):
-                    read[item] = (meta, error)
+                for (item, _), (_, blob, sha256, error) in zip(fetched, results, strict=True):
+                    read[item] = (blob, sha256, error)
                 for item, (path, error) in zip(batch, copies, strict=True):
                     if path is None:
-                        read[item] = (None, error)
+                        read[item] = (None, "", error)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         return read
@@ -568,7 +611,7 @@ class ChannelIndexer:
         subdir: str,
         cache: StatCache,
         files: Mapping[str, FileStat],
-        read: Mapping[tuple[str, str], tuple[dict[str, Any] | None, str | None]],
+        read: Mapping[tuple[str, str], tuple[bytes | None, str, str | None]],
         baseline: Mapping[str, tuple[str, int]],
         result: SubdirResult,
     ) -> None:
@@ -577,18 +620,13 @@ class ChannelIndexer:
         for name, stat in sorted(files.items()):
             entry = cache.lookup(name, stat)
             if entry is None:
-                meta_dict, error = read.get((subdir, name), (None, "not read"))
-                if meta_dict is None:
+                blob, sha256, error = read.get((subdir, name), (None, "", "not read"))
+                if blob is None:
                     result.skipped.append(SkippedPackage(subdir, name, error or "unreadable"))
                     continue
-                meta = PackageMetadata.from_dict(meta_dict)
-                problem = _identity_problem(meta, subdir)
-                if problem:
-                    result.skipped.append(SkippedPackage(subdir, name, problem))
-                    continue
                 old_sha, old_stamp = baseline.get(name, ("", 0))
-                stamp = old_stamp if old_sha == meta.sha256 and old_stamp else self.stamp_ms
-                entry = CacheEntry(stat, meta, stamp)
+                stamp = old_stamp if old_sha == sha256 and old_stamp else self.stamp_ms
+                entry = CacheEntry(stat, None, stamp, sha256=sha256, blob=blob)
                 cache.put(name, entry)
             good.add(name)
             previous = baseline.get(name)
@@ -632,7 +670,13 @@ class ChannelIndexer:
             result.excluded = dict(previous.excluded)
             return
 
-        records = {name: self._record(entry) for name, entry in sorted(cache.entries.items())}
+        # Each package's metadata decoded once, for the records, run_exports and the
+        # channeldata summary, and let go with this subdir.
+        metas = {name: entry.decode() for name, entry in sorted(cache.entries.items())}
+        records = {
+            name: self._record(metas[name], entry.indexed_timestamp)
+            for name, entry in sorted(cache.entries.items())
+        }
         if self.filters is not None:
             decisions = self.filters.evaluate(
                 Candidate(subdir, name, record) for name, record in records.items()
@@ -649,49 +693,56 @@ class ChannelIndexer:
         from_packages_bytes = serialize_json(from_packages)
 
         opts = self.options
-        outputs: dict[str, bytes | None] = {}  # None: the file must not exist
         patched = apply_patch_sources(from_packages, subdir, sources)
         repodata_bytes = serialize_json(patched)
-
-        outputs["repodata_from_packages.json"] = (
-            from_packages_bytes if opts.repodata_from_packages else None
-        )
-        outputs["repodata.json.zst"] = compress_zst(repodata_bytes) if opts.zst else None
-        outputs["repodata.json.bz2"] = compress_bz2(repodata_bytes) if opts.bz2 else None
-        if opts.shards:
-            sharded = build_shards(patched)
-            work.shards = sharded.shards
-            outputs["repodata_shards.msgpack.zst"] = sharded.index_bytes
-        else:
-            outputs["repodata_shards.msgpack.zst"] = None
-        outputs["index.html"] = (
-            render_subdir_html(self.channel_name, subdir, patched, None).encode()
-            if opts.html
-            else None
-        )
-        outputs["repodata.json"] = repodata_bytes
-        outputs["current_repodata.json"] = (
-            serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
-            if opts.current_repodata
-            else None
-        )
-        outputs["run_exports.json"] = (
-            serialize_json(
-                build_run_exports(
-                    subdir,
-                    {
-                        n: cache.entries[n].metadata.run_exports if n in cache.entries else {}
-                        for n in records
-                    },
-                )
+        # zstd and bzip2 let go of the GIL: the twins compress on another core while the
+        # other outputs are built here.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            zst = pool.submit(compress_zst, repodata_bytes) if opts.zst else None
+            bz2 = pool.submit(compress_bz2, repodata_bytes) if opts.bz2 else None
+            if opts.shards:
+                sharded = build_shards(patched)
+                work.shards = sharded.shards
+            html = (
+                render_subdir_html(self.channel_name, subdir, patched, None).encode()
+                if opts.html
+                else None
             )
-            if opts.run_exports
-            else None
-        )
+            current = (
+                serialize_json(build_current_repodata(subdir, patched, opts.current_index_versions))
+                if opts.current_repodata
+                else None
+            )
+            run_exports = (
+                serialize_json(
+                    build_run_exports(
+                        subdir,
+                        {n: metas[n].run_exports if n in metas else {} for n in records},
+                    )
+                )
+                if opts.run_exports
+                else None
+            )
+            if opts.channeldata or opts.html:
+                work.summary = self._summarize(subdir, metas, result.excluded)
+            del metas
+            outputs: dict[str, bytes | None] = {  # None: the file must not exist
+                "repodata_from_packages.json": (
+                    from_packages_bytes if opts.repodata_from_packages else None
+                ),
+                "repodata.json.zst": zst.result() if zst is not None else None,
+                "repodata.json.bz2": bz2.result() if bz2 is not None else None,
+                "repodata_shards.msgpack.zst": sharded.index_bytes if opts.shards else None,
+                "index.html": html,
+                "repodata.json": repodata_bytes,
+                "current_repodata.json": current,
+                "run_exports.json": run_exports,
+            }
         work.outputs = outputs
         result.recomputed = True
-        result.desired = patched
-        result.from_packages = from_packages
+        if self.keep_records:
+            result.desired = patched
+            result.from_packages = from_packages
         self._compare_outputs(subdir, work)
 
     def _compare_outputs(self, subdir: str, work: _SubdirWork) -> None:
@@ -733,10 +784,9 @@ class ChannelIndexer:
                     work.result.deleted.append(f"shards/{info.name}")
 
     @staticmethod
-    def _record(entry: CacheEntry) -> dict[str, Any]:
-        meta = entry.metadata
+    def _record(meta: PackageMetadata, indexed_timestamp: int) -> dict[str, Any]:
         record = make_record(meta.index, meta.md5, meta.sha256, meta.size)
-        record["indexed_timestamp"] = entry.indexed_timestamp
+        record["indexed_timestamp"] = indexed_timestamp
         return record
 
     def _info(self, subdir: str, name: str) -> ObjectInfo | None:
@@ -765,24 +815,66 @@ class ChannelIndexer:
 
     # -- channel-wide files ------------------------------------------------------------
 
-    def _channeldata_summary(
-        self, subdir: str, work: _SubdirWork, key: str
-    ) -> tuple[dict[str, Any], bool]:
-        """The subdir's part of channeldata (and whether it was computed afresh)."""
+    def _saved_summary(self, subdir: str) -> tuple[str, dict[str, Any]] | None:
+        """The subdir's part of channeldata as last saved: (its fingerprint, summary)."""
         try:
             saved = orjson.loads(
                 self.store.read(layout.cache_key(f"{subdir}.channeldata.json")) or b"null"
             )
-            if saved.get("fingerprint") == key:
-                return dict(saved["summary"]), False
+            return str(saved["fingerprint"]), dict(saved["summary"])
         except (ReconcileError, ValueError, AttributeError, KeyError, TypeError):
-            pass
-        excluded = set(work.result.excluded)
+            return None
+
+    def _channeldata_summary(
+        self, subdir: str, work: _SubdirWork, saved: tuple[str, dict[str, Any]] | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The subdir's part of channeldata (and whether it was computed afresh)."""
+        if saved is not None and saved[0] == work.fingerprint:
+            return saved[1], False
+        if work.summary is not None:
+            return work.summary, True
         cache = work.cache or self._cache(subdir)
-        packages = {name: e.metadata for name, e in cache.entries.items() if name not in excluded}
+        metas = {name: entry.decode() for name, entry in sorted(cache.entries.items())}
+        return self._summarize(subdir, metas, work.result.excluded), True
+
+    def _published_channeldata(
+        self,
+        subdirs: Sequence[str],
+        previous: _Outputs | None,
+        saved: Mapping[str, tuple[str, dict[str, Any]] | None],
+    ) -> dict[str, Any] | None:
+        """The published channeldata.json, when it is known to be exactly what the saved
+        summaries merge to (so that it can be updated from their changes alone)."""
+        if previous is None or "channeldata.json" not in previous.files:
+            return None
+        fingerprints = []
+        for subdir in subdirs:
+            summary = saved[subdir]
+            if summary is None:
+                return None
+            fingerprints.append(summary[0])
+        key = hashlib.sha256(
+            self._options_key
+            + "".join(f"{s}={f};" for s, f in zip(subdirs, fingerprints, strict=True)).encode()
+        ).hexdigest()
+        if key != previous.fingerprint or not self._untouched("", previous):
+            return None
+        try:
+            data = orjson.loads(self.store.read("channeldata.json") or b"null")
+        except (ReconcileError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("packages"), dict) else None
+
+    def _summarize(
+        self, subdir: str, metas: Mapping[str, PackageMetadata], excluded: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The subdir's part of channeldata: its packages the filters keep, and the
+        mirrored ones. In filename order, so that ties between builds resolve the same way
+        whichever run cached them."""
+        packages = {name: meta for name, meta in metas.items() if name not in excluded}
         for name, entry in self.mirrored.get(subdir, {}).items():
             packages[name] = metadata_from_record(name, entry.record)
-        return summarize_subdir(packages), True
+        return summarize_subdir(packages)
 
     def _compute_channel_files(self, subdirs: list[str], computation: Computation) -> None:
         previous = _load_outputs(self.store, "channel")
@@ -796,13 +888,25 @@ class ChannelIndexer:
         channeldata: dict[str, Any] | None = None
         if self.options.channeldata or self.options.html:
             summaries = {}
+            saved = {subdir: self._saved_summary(subdir) for subdir in subdirs}
+            changed: set[str] = set()  # names whose part of some subdir changed
             for subdir in subdirs:
                 work = computation.subdirs[subdir]
-                summary, fresh = self._channeldata_summary(subdir, work, work.fingerprint)
+                summary, fresh = self._channeldata_summary(subdir, work, saved[subdir])
                 summaries[subdir] = summary
                 if fresh:
                     computation.channel_summaries[subdir] = (work.fingerprint, summary)
-            channeldata = merge_summaries(summaries)
+                    before = saved[subdir]
+                    old = before[1] if before is not None else {}
+                    changed.update(
+                        n for n in old.keys() | summary.keys() if old.get(n) != summary.get(n)
+                    )
+            published = self._published_channeldata(subdirs, previous, saved)
+            if published is not None:
+                # Only the names some subdir's change touched are merged again.
+                channeldata = update_channeldata(published, summaries, changed)
+            else:
+                channeldata = merge_summaries(summaries)
         targets: dict[str, bytes | None] = {
             "channeldata.json": serialize_json(channeldata)
             if self.options.channeldata and channeldata is not None
@@ -826,6 +930,10 @@ class ChannelIndexer:
 
     def publish(self, computation: Computation) -> IndexResult:
         """Write what ``compute`` worked out, in the order that keeps clients safe."""
+        with _collector_paused():
+            return self._publish(computation)
+
+    def _publish(self, computation: Computation) -> IndexResult:
         result = computation.result
         for subdir in sorted(computation.subdirs):
             work = computation.subdirs[subdir]
@@ -1058,6 +1166,7 @@ def index_channel(
         raise ValueError("index_channel needs a folder or a store")
     indexer = ChannelIndexer(
         store,
+        keep_records=False,
         options=options,
         patches=patches,
         subdirs=subdirs,

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from reconciler.conda.metadata import PackageMetadata
+from reconciler.conda.metadata import PackageMetadata, decode_metadata, encode_metadata
 from reconciler.errors import ReconcileError
 from reconciler.store.base import Store
 
@@ -62,14 +62,20 @@ class CacheEntry:
     def metadata(self) -> PackageMetadata:
         if self._metadata is None:
             assert self._blob is not None
-            self._metadata = PackageMetadata.from_dict(
-                msgpack.unpackb(self._blob, raw=False, strict_map_key=False)
-            )
+            self._metadata = decode_metadata(self._blob)
         return self._metadata
+
+    def decode(self) -> PackageMetadata:
+        """The metadata, not kept decoded here: the caller holds it only while it needs it,
+        so computing a big channel's outputs never holds every package's metadata at once."""
+        if self._metadata is not None:
+            return self._metadata
+        assert self._blob is not None
+        return decode_metadata(self._blob)
 
     def blob(self) -> bytes:
         if self._blob is None:
-            self._blob = msgpack.packb(self.metadata.to_dict(), use_bin_type=True)
+            self._blob = encode_metadata(self.metadata)
         return self._blob
 
     def __eq__(self, other: object) -> bool:
