@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 # CEP-26 style platform subdirs: ``noarch`` or ``<platform>-<arch>``.
 _SUBDIR_RE = re.compile(r"^[a-z0-9]+-[a-z0-9]+$")
@@ -66,3 +67,37 @@ def strip_suffix(filename: str) -> str:
     """``numpy-1.26.0-py311_0.conda`` → ``numpy-1.26.0-py311_0``."""
     suffix = package_suffix(filename)
     return filename[: -len(suffix)] if suffix else filename
+
+
+# The characters package filenames are made of, and the line break that joins them.
+_ALLOWED_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.+-!\n"
+
+
+def suspect_filenames(filenames: Collection[str], suffix: str) -> list[str]:
+    """Every filename that :func:`filename_problem` refuses or that does not end in
+    ``suffix``, and maybe a few more: for half a million names, a handful of passes in
+    C rather than a pattern match each. Check what it returns one by one."""
+    if not filenames:
+        return []
+    joined = "\n".join(filenames)
+    other = joined.encode("utf-8", "surrogatepass").translate(None, _ALLOWED_BYTES)
+    if other or joined.count("\n") != len(filenames) - 1:
+        # A character no package filename has (or a line break inside one): look at all.
+        return list(filenames)
+    found: set[str] = set()
+    if joined.count(suffix + "\n") + joined.endswith(suffix) != len(filenames):
+        found.update(f for f in filenames if not f.endswith(suffix))
+    # With those characters and that suffix, what the pattern refuses has one of these:
+    # fewer than two dashes, an empty part, a dot first, "..", "!" (allowed in the
+    # version only), or too many characters.
+    found.update(f for f in filenames if f.count("-") < 2)
+    if max(map(len, filenames)) > NAME_MAX:
+        found.update(f for f in filenames if len(f) > NAME_MAX)
+    text = f"\n{joined}\n"
+    for piece in ("\n.", "..", "--", "\n-", f"-{suffix}\n", "!"):
+        start = text.find(piece)
+        while start >= 0:
+            inside = start + 1 if piece[0] == "\n" else start  # a character of that line
+            found.add(text[text.rfind("\n", 0, inside) + 1 : text.find("\n", inside)])
+            start = text.find(piece, start + 1)
+    return sorted(found)

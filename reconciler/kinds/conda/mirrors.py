@@ -17,12 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.conda.sparse import EMPTY
 from reconciler.config.models import Channel, Mirror
 from reconciler.engine.plan import PlanWarning, UpstreamValidator
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.select import Selection, safe_records, select
+from reconciler.kinds.conda.select import Selection, UpstreamRecords, select
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
 from reconciler.store.base import Store
 from reconciler.transport.http import NotFound
@@ -158,6 +159,11 @@ def resolve_mirrors(
         state.selection = select(
             upstream, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
         )
+        for records in upstream.values():
+            for line in records.warnings():
+                _warn(resolved.warnings, line)
+            # What was not read stays in the kept body: read again only if asked for.
+            records.sparse.release()
         for warning in state.selection.warnings:
             key = getattr(warning, "key", str(warning))
             _warn(
@@ -197,10 +203,10 @@ def _upstream_records(
     served: set[str],
     resolved: Resolution,
     expected: Mapping[tuple[str, str], str] | None,
-) -> dict[str, dict[str, dict[str, object]]] | None:
+) -> dict[str, UpstreamRecords] | None:
     """subdir → filename → record the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
-    records: dict[str, dict[str, dict[str, object]]] = {}
+    records: dict[str, UpstreamRecords] = {}
     for subdir in channel.mirror_subdirs(mirror):
         if subdir not in served:
             continue
@@ -229,7 +235,7 @@ def _upstream_records(
                     f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
                     "mirroring it as empty",
                 )
-                records[subdir] = {}
+                records[subdir] = UpstreamRecords(subdir, EMPTY, "")
                 continue
         if metadata is None:
             metadata = previous
@@ -249,18 +255,15 @@ def _upstream_records(
             return None
         state.metadata[subdir] = metadata
         source = state.upstream.shown(subdir, metadata.name)
-        safe, refused = safe_records(subdir, metadata.repodata, source.rpartition("/")[0])
-        for line in refused:
-            _warn(resolved.warnings, line)
-        for filename, record in list(safe.items()):
-            problem = unverifiable(record, mirror.max_file_size)
-            if problem is not None:
-                del safe[filename]
-                _warn(
-                    resolved.warnings,
-                    f"{source.rpartition('/')[0]}/{subdir}: refusing {filename!r}: {problem}",
-                )
-        records[subdir] = safe
-        removed = {r for r in metadata.repodata.get("removed") or () if isinstance(r, str)}
+        # Records are checked as they are read (unsafe ones, then unverifiable ones are
+        # refused): only those of names the filters can select, unless more are asked for.
+        records[subdir] = UpstreamRecords(
+            subdir,
+            metadata.sparse,
+            source.rpartition("/")[0],
+            lambda record: unverifiable(record, mirror.max_file_size),
+        )
+        records[subdir].read_unsafe()
+        removed = {r for r in metadata.sparse.removed if isinstance(r, str)}
         resolved.removed.setdefault(subdir, set()).update(removed)
     return records
