@@ -22,8 +22,10 @@ from reconciler.config.models import Channel, Mirror
 from reconciler.engine.plan import PlanWarning, UpstreamValidator
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
+from reconciler.kinds.conda import selection_cache
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.select import Selection, UpstreamRecords, select
+from reconciler.kinds.conda.selection_cache import selection_key
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
 from reconciler.store.base import Store
 from reconciler.transport.http import NotFound
@@ -148,7 +150,7 @@ def resolve_mirrors(
         if not in_scope:
             continue
         try:
-            upstream = _upstream_records(channel, state, store, served, resolved, expected)
+            upstream = _upstream_metadata(channel, state, store, served, resolved, expected)
         except ReconcileError as exc:
             state.error = exc.message
             log.error("channel %s, mirror %s: %s", channel.name, mirror.name, exc.message)
@@ -156,14 +158,29 @@ def resolve_mirrors(
         if upstream is None:
             continue
         mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
-        state.selection = select(
-            upstream, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+
+        def fresh(
+            upstream: dict[str, _Source] = upstream,
+            mirror: Mirror = mirror,
+            mirror_filters: FilterEngine = mirror_filters,
+        ) -> selection_cache.Chosen:
+            return _choose(upstream, channel_filters, mirror_filters, mirror)
+
+        # Unchanged upstream metadata and configuration: the previous selection holds.
+        key = selection_key(
+            channel,
+            mirror,
+            {s: f"{m.sha256} {source}" if m else "absent" for s, (m, source) in upstream.items()},
         )
-        for records in upstream.values():
-            for line in records.warnings():
-                _warn(resolved.warnings, line)
-            # What was not read stays in the kept body: read again only if asked for.
-            records.sparse.release()
+        chosen = selection_cache.load(cache_dir, key, fresh)
+        if chosen is None:
+            chosen = fresh()
+            selection_cache.save(cache_dir, key, chosen)
+        state.selection = chosen.selection
+        for line in chosen.refusals:
+            _warn(resolved.warnings, line)
+        for subdir, removed in chosen.removed.items():
+            resolved.removed.setdefault(subdir, set()).update(removed)
         for warning in state.selection.warnings:
             key = getattr(warning, "key", str(warning))
             _warn(
@@ -196,17 +213,54 @@ def resolve_mirrors(
     return resolved
 
 
-def _upstream_records(
+# A subdir's metadata (None: the upstream has no such subdir) and where it is shown from.
+_Source = tuple[Metadata | None, str]
+
+
+def _choose(
+    upstream: Mapping[str, _Source],
+    channel_filters: FilterEngine,
+    mirror_filters: FilterEngine,
+    mirror: Mirror,
+) -> selection_cache.Chosen:
+    """Select from the upstream's metadata (subdir → metadata, source)."""
+    records: dict[str, UpstreamRecords] = {}
+    removed: dict[str, set[str]] = {}
+    for subdir, (metadata, source) in upstream.items():
+        if metadata is None:
+            records[subdir] = UpstreamRecords(subdir, EMPTY, "")
+            continue
+        # Records are checked as they are read (unsafe ones, then unverifiable ones are
+        # refused): only those of names the filters can select, unless more are asked for.
+        records[subdir] = UpstreamRecords(
+            subdir,
+            metadata.sparse,
+            source,
+            lambda record: unverifiable(record, mirror.max_file_size),
+        )
+        records[subdir].read_unsafe()
+        removed[subdir] = {r for r in metadata.sparse.removed if isinstance(r, str)}
+    selection = select(
+        records, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+    )
+    refusals = [line for each in records.values() for line in each.warnings()]
+    for each in records.values():
+        # What was not read stays in the kept body: read again only if asked for.
+        each.sparse.release()
+    return selection_cache.Chosen(selection, refusals, removed)
+
+
+def _upstream_metadata(
     channel: Channel,
     state: MirrorResolution,
     store: Store,
     served: set[str],
     resolved: Resolution,
     expected: Mapping[tuple[str, str], str] | None,
-) -> dict[str, UpstreamRecords] | None:
-    """subdir → filename → record the mirror selects from (None: nothing to select from)."""
+) -> dict[str, _Source] | None:
+    """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
-    records: dict[str, UpstreamRecords] = {}
+    records: dict[str, _Source] = {}
     for subdir in channel.mirror_subdirs(mirror):
         if subdir not in served:
             continue
@@ -235,7 +289,7 @@ def _upstream_records(
                     f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
                     "mirroring it as empty",
                 )
-                records[subdir] = UpstreamRecords(subdir, EMPTY, "")
+                records[subdir] = (None, "")
                 continue
         if metadata is None:
             metadata = previous
@@ -255,15 +309,5 @@ def _upstream_records(
             return None
         state.metadata[subdir] = metadata
         source = state.upstream.shown(subdir, metadata.name)
-        # Records are checked as they are read (unsafe ones, then unverifiable ones are
-        # refused): only those of names the filters can select, unless more are asked for.
-        records[subdir] = UpstreamRecords(
-            subdir,
-            metadata.sparse,
-            source.rpartition("/")[0],
-            lambda record: unverifiable(record, mirror.max_file_size),
-        )
-        records[subdir].read_unsafe()
-        removed = {r for r in metadata.sparse.removed if isinstance(r, str)}
-        resolved.removed.setdefault(subdir, set()).update(removed)
+        records[subdir] = (metadata, source.rpartition("/")[0])
     return records
