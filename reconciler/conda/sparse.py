@@ -14,7 +14,7 @@ error as before (or, for a shape msgspec is stricter about, reads it in full).
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -79,10 +79,8 @@ class SparseRepodata:
                 gc.enable()
         self.info: dict[str, Any] = names.info
         self.removed: list[str] = names.removed
-        self._names: list[dict[str, Any]] = [
-            {filename: named.name for filename, named in names.packages.items()},
-            {filename: named.name for filename, named in names.packages_conda.items()},
-        ]
+        # msgspec's own mappings: copying a million entries into plain dicts costs a second
+        self._names: list[dict[str, _Named]] = [names.packages, names.packages_conda]
         self._raw = [raw.packages, raw.packages_conda]
 
     def _read_full(self, repodata: dict[str, Any]) -> None:
@@ -90,7 +88,7 @@ class SparseRepodata:
         self.info = repodata.get("info") or {}
         self.removed = repodata["removed"]
         self._names = [
-            {filename: record.get("name") for filename, record in repodata[s].items()}
+            {filename: _Named(record.get("name")) for filename, record in repodata[s].items()}
             for s in SECTIONS
         ]
         for index, section in enumerate(SECTIONS):
@@ -99,14 +97,8 @@ class SparseRepodata:
 
     # -- what is listed ------------------------------------------------------------------
 
-    def entries(self) -> Iterator[tuple[int, str, Any]]:
-        """(section index, filename, the record's ``name`` as given), in document order."""
-        for index, names in enumerate(self._names):
-            for filename, name in names.items():
-                yield index, filename, name
-
-    def names(self, section: int) -> dict[str, Any]:
-        """Filename → the record's ``name`` as given, for one section (0: packages)."""
+    def names(self, section: int) -> dict[str, _Named]:
+        """Filename → (``.name``) the record's name as given, for one section (0: packages)."""
         return self._names[section]
 
     def __len__(self) -> int:

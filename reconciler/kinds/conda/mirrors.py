@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda import selection_cache
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.select import Selection, UpstreamRecords, select
+from reconciler.kinds.conda.select import Selection, UpstreamRecords, name_gate, select
 from reconciler.kinds.conda.selection_cache import selection_key
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
 from reconciler.store.base import Store
@@ -149,15 +149,18 @@ def resolve_mirrors(
         resolved.mirrors.append(state)
         if not in_scope:
             continue
+        mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
+        # Without the closure, which may need any name, a subdir just read gives up what
+        # the filters cannot select before the next one is read (memory, on a big upstream).
+        wanted = None if mirror.filters.dependencies else name_gate(channel_filters, mirror_filters)
         try:
-            upstream = _upstream_metadata(channel, state, store, served, resolved, expected)
+            upstream = _upstream_metadata(channel, state, store, served, resolved, expected, wanted)
         except ReconcileError as exc:
             state.error = exc.message
             log.error("channel %s, mirror %s: %s", channel.name, mirror.name, exc.message)
             continue
         if upstream is None:
             continue
-        mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
 
         def fresh(
             upstream: dict[str, _Source] = upstream,
@@ -217,6 +220,17 @@ def resolve_mirrors(
 _Source = tuple[Metadata | None, str]
 
 
+def _records(subdir: str, metadata: Metadata, source: str, mirror: Mirror) -> UpstreamRecords:
+    # Records are checked as they are read (unsafe ones, then unverifiable ones are
+    # refused): only those of names the filters can select, unless more are asked for.
+    return UpstreamRecords(
+        subdir,
+        metadata.sparse,
+        source,
+        lambda record: unverifiable(record, mirror.max_file_size),
+    )
+
+
 def _choose(
     upstream: Mapping[str, _Source],
     channel_filters: FilterEngine,
@@ -230,14 +244,7 @@ def _choose(
         if metadata is None:
             records[subdir] = UpstreamRecords(subdir, EMPTY, "")
             continue
-        # Records are checked as they are read (unsafe ones, then unverifiable ones are
-        # refused): only those of names the filters can select, unless more are asked for.
-        records[subdir] = UpstreamRecords(
-            subdir,
-            metadata.sparse,
-            source,
-            lambda record: unverifiable(record, mirror.max_file_size),
-        )
+        records[subdir] = _records(subdir, metadata, source, mirror)
         records[subdir].read_unsafe()
         removed[subdir] = {r for r in metadata.sparse.removed if isinstance(r, str)}
     selection = select(
@@ -257,6 +264,7 @@ def _upstream_metadata(
     served: set[str],
     resolved: Resolution,
     expected: Mapping[tuple[str, str], str] | None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> dict[str, _Source] | None:
     """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
@@ -308,6 +316,8 @@ def _upstream_metadata(
             state.selection = None
             return None
         state.metadata[subdir] = metadata
-        source = state.upstream.shown(subdir, metadata.name)
-        records[subdir] = (metadata, source.rpartition("/")[0])
+        source = state.upstream.shown(subdir, metadata.name).rpartition("/")[0]
+        records[subdir] = (metadata, source)
+        if wanted is not None and metadata.parsed.ready:
+            _records(subdir, metadata, source, mirror).prefetch(wanted)
     return records

@@ -117,6 +117,15 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
             for filename in suspect_filenames(self.sparse.names(index).keys(), suffix):
                 self.get(filename)
 
+    def prefetch(self, wanted: Callable[[str], bool]) -> None:
+        """Read now what a selection with this name gate reads, then let the rest of the
+        document go: the next subdir is then read without this one's in memory."""
+        for filenames in self.named(wanted).values():
+            for filename in filenames:
+                self.get(filename)
+        self.read_unsafe()
+        self.sparse.release()
+
     def __getitem__(self, filename: str) -> dict[str, Any]:
         found = self.get(filename)
         if found is None:
@@ -151,18 +160,19 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         for index in range(len(_SECTIONS)):
             names = self.sparse.names(index)
             try:
-                distinct = set(names.values())
+                distinct = {named.name for named in names.values()}
             except TypeError:  # a name that is a list or a mapping
-                distinct = {n for n in names.values() if isinstance(n, str)}
+                distinct = {n.name for n in names.values() if isinstance(n.name, str)}
                 distinct.add(None)
             if any(not isinstance(n, str) for n in distinct):
-                for filename, name in names.items():
-                    if not isinstance(name, str):
+                for filename, named in names.items():
+                    if not isinstance(named.name, str):
                         self.get(filename)
             passing = {n for n in distinct if isinstance(n, str) and wanted(n)}
             if not passing:
                 continue
-            for filename, name in names.items():
+            for filename, named in names.items():
+                name = named.name
                 if name.__class__ is str and name in passing:
                     listed = found.setdefault(name, [])
                     if filename not in listed:
@@ -179,7 +189,8 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         """The names the document gives ``filename``'s record (one, unless it is garbage)."""
         found: list[str] = []
         for index in range(len(_SECTIONS)):
-            name = self.sparse.names(index).get(filename)
+            named = self.sparse.names(index).get(filename)
+            name = None if named is None else named.name
             if isinstance(name, str) and name not in found:
                 found.append(name)
         return found
@@ -400,7 +411,7 @@ def safe_records(
     return records, refused
 
 
-def _name_gate(*blocks: FilterEngine) -> Callable[[str], bool]:
+def name_gate(*blocks: FilterEngine) -> Callable[[str], bool]:
     """Whether a record of this name can pass every block's ``include`` (no other rule
     adds a record): the names worth reading."""
     tests: list[Callable[[str], bool]] = []
@@ -457,7 +468,7 @@ def select(
     result = Selection(decisions=_Decisions(decider), records=_Records(subdirs))
     # Only names that can pass both blocks' include rules are read and decided now;
     # every other record is out, and its reason is worked out if someone asks.
-    wanted = _name_gate(channel_filters, mirror_filters)
+    wanted = name_gate(channel_filters, mirror_filters)
     for subdir, records in subdirs.items():
         for name, filenames in records.named(wanted).items():
             for candidate in decider.group(subdir, name, filenames):

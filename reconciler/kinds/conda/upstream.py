@@ -63,6 +63,11 @@ class Parsed:
         self.get()
         return self
 
+    @property
+    def ready(self) -> bool:
+        """Whether it was read already."""
+        return self._sparse is not None
+
 
 @dataclass(frozen=True)
 class Metadata:
