@@ -79,25 +79,39 @@ def suspect_filenames(filenames: Collection[str], suffix: str) -> list[str]:
     C rather than a pattern match each. Check what it returns one by one."""
     if not filenames:
         return []
-    joined = "\n".join(filenames)
-    other = joined.encode("utf-8", "surrogatepass").translate(None, _ALLOWED_BYTES)
-    if other or joined.count("\n") != len(filenames) - 1:
+    listed = list(filenames)
+    whole = "\n".join(listed).encode("utf-8", "surrogatepass")
+    if whole.translate(None, _ALLOWED_BYTES) or whole.count(b"\n") != len(listed) - 1:
         # A character no package filename has (or a line break inside one): look at all.
-        return list(filenames)
-    found: set[str] = set()
-    if joined.count(suffix + "\n") + joined.endswith(suffix) != len(filenames):
-        found.update(f for f in filenames if not f.endswith(suffix))
+        return listed
+    found: set[int] = set()  # line numbers
+    text = b"\n" + whole + b"\n"
+    ending = suffix.encode() + b"\n"
+    if text.count(ending) != len(listed):
+        found.update(i for i, f in enumerate(listed) if not f.endswith(suffix))
     # With those characters and that suffix, what the pattern refuses has one of these:
     # fewer than two dashes, an empty part, a dot first, "..", "!" (allowed in the
     # version only), or too many characters.
-    found.update(f for f in filenames if f.count("-") < 2)
-    if max(map(len, filenames)) > NAME_MAX:
-        found.update(f for f in filenames if len(f) > NAME_MAX)
-    text = f"\n{joined}\n"
-    for piece in ("\n.", "..", "--", "\n-", f"-{suffix}\n", "!"):
-        start = text.find(piece)
-        while start >= 0:
-            inside = start + 1 if piece[0] == "\n" else start  # a character of that line
-            found.add(text[text.rfind("\n", 0, inside) + 1 : text.find("\n", inside)])
-            start = text.find(piece, start + 1)
-    return sorted(found)
+    dashes = text.translate(None, _NOT_DASH_OR_BREAK)  # per line, its dashes only
+    for piece in (b"\n\n", b"\n-\n"):
+        found.update(_lines(dashes, piece))
+    for piece in (b"\n.", b"..", b"--", b"\n-", b"-" + ending, b"!"):
+        found.update(_lines(text, piece))
+    if max(map(len, listed)) > NAME_MAX:
+        found.update(i for i, f in enumerate(listed) if len(f) > NAME_MAX)
+    return [listed[i] for i in sorted(found)]
+
+
+_NOT_DASH_OR_BREAK = bytes(b for b in range(256) if b not in b"-\n")
+
+
+def _lines(text: bytes, piece: bytes) -> list[int]:
+    """The line numbers (0: the first after the leading break) where ``piece`` starts or
+    whose break it starts with; every match, overlapping ones included."""
+    found = []
+    start = text.find(piece)
+    while start >= 0:
+        inside = start + 1 if piece[:1] == b"\n" else start  # a character of that line
+        found.append(text.count(b"\n", 0, inside) - 1)
+        start = text.find(piece, start + 1)
+    return found

@@ -63,6 +63,8 @@ class SparseRepodata:
         self._full: dict[str, Any] | None = None
         self._raw: list[dict[str, Any]] | None = None
         self._parsed: dict[tuple[int, str], dict[str, Any]] = {}
+        # What readers worked out from the names (they depend on nothing else), by question.
+        self.memo: dict[Any, Any] = {}
         gc_was = gc.isenabled()
         gc.disable()  # millions of new objects, no cycles among them: no collection passes
         try:

@@ -156,6 +156,9 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         A record whose name is not a string cannot be used: it is read now, so that it is
         refused with a warning as before.
         """
+        memo = self.sparse.memo.get(wanted) if isinstance(wanted, NameGate) else None
+        if memo is not None:
+            return {name: list(files) for name, files in memo.items()}
         found: dict[str, list[str]] = {}
         for index in range(len(_SECTIONS)):
             names = self.sparse.names(index)
@@ -175,8 +178,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
                 name = named.name
                 if name.__class__ is str and name in passing:
                     listed = found.setdefault(name, [])
-                    if filename not in listed:
+                    # Keys are unique within a section: only one in both can repeat.
+                    if not index or filename not in self.sparse.names(0) or filename not in listed:
                         listed.append(filename)
+        if isinstance(wanted, NameGate):
+            self.sparse.memo[wanted] = found
         return found
 
     def groups(self) -> dict[str, list[str]]:
@@ -411,22 +417,35 @@ def safe_records(
     return records, refused
 
 
-def name_gate(*blocks: FilterEngine) -> Callable[[str], bool]:
-    """Whether a record of this name can pass every block's ``include`` (no other rule
-    adds a record): the names worth reading."""
-    tests: list[Callable[[str], bool]] = []
+@dataclass(frozen=True)
+class NameGate:
+    """Whether a record of a name can pass every block's ``include`` (no other rule adds
+    a record): the names worth reading. Equal gates pick the same names."""
+
+    # Per block that names what it includes: its literal names and its patterns.
+    blocks: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
+
+    def __call__(self, name: str) -> bool:
+        for literal, globs in self.blocks:
+            if name not in literal and not any(fnmatch.fnmatchcase(name, g) for g in globs):
+                return False
+        return True
+
+
+def name_gate(*blocks: FilterEngine) -> NameGate:
+    gates = []
     for engine in blocks:
         include = engine.block.include
         if not include or any(rule.name is None for rule in include):
             continue
-        literal = {r.name for r in include if r.name is not None and not _is_glob(r.name)}
-        globs = [r.name for r in include if r.name is not None and _is_glob(r.name)]
-
-        def passes(name: str, literal: set[str] = literal, globs: list[str] = globs) -> bool:
-            return name in literal or any(fnmatch.fnmatchcase(name, g) for g in globs)
-
-        tests.append(passes)
-    return lambda name: all(test(name) for test in tests)
+        names = [r.name for r in include if r.name is not None]
+        gates.append(
+            (
+                frozenset(n for n in names if not _is_glob(n)),
+                tuple(sorted({n for n in names if _is_glob(n)})),
+            )
+        )
+    return NameGate(tuple(gates))
 
 
 def _is_glob(pattern: str) -> bool:
