@@ -312,8 +312,7 @@ class Upstream:
         ``parse_kept`` (default ``parse``) reads a kept copy on a ``304``: that copy was
         parsed when it was kept, so a caller may defer the work.
         """
-        cached = self.kept(name)
-        kept = cached or offered
+        kept = self.kept(name) or offered
 
         def attempt() -> tuple[int, bytes, dict[str, str]]:
             headers = {}
@@ -347,8 +346,7 @@ class Upstream:
         status, body, headers = self._retrying(shown, attempt)
         if status == 304:
             assert kept is not None
-            if cached is None:  # the caller's copy: cache it (the cache's is there already)
-                self._keep(name, kept.body, kept.validators)
+            self._keep(name, kept.body, kept.validators)
             return (parse_kept or parse)(kept.body), CachedBody(kept.body, kept.validators, True)
         parsed = parse(body)
         validators = body_validators(body, headers, shown)

@@ -175,10 +175,10 @@ def resolve_mirrors(
             mirror,
             {s: f"{m.sha256} {source}" if m else "absent" for s, (m, source) in upstream.items()},
         )
-        chosen = selection_cache.load(cache_dir, key, fresh)
-        if chosen is None:
-            chosen = fresh()
-            selection_cache.save(cache_dir, key, chosen)
+        chosen = selection_cache.load(cache_dir, key, fresh) or fresh()
+        # Written on every plan, found or not: a run writes the same files whatever the
+        # cache held (the crash harness counts every write).
+        selection_cache.save(cache_dir, key, chosen)
         state.selection = chosen.selection
         for line in chosen.refusals:
             _warn(resolved.warnings, line)
