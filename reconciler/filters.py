@@ -98,10 +98,18 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _glob(text: str, pattern: str) -> bool:
+    """``fnmatchcase``, without compiling a pattern that has no wildcard (a list of 400
+    package names would compile 400 regular expressions)."""
+    if "*" in pattern or "?" in pattern or "[" in pattern:
+        return fnmatch.fnmatchcase(text, pattern)
+    return text == pattern
+
+
 def rule_matches(rule: Rule, candidate: Candidate) -> bool:
     """Every key the rule gives must match (AND)."""
     record = candidate.record
-    if rule.name is not None and not fnmatch.fnmatchcase(candidate.name, rule.name):
+    if rule.name is not None and not _glob(candidate.name, rule.name):
         return False
     if rule.subdir is not None and not fnmatch.fnmatchcase(candidate.subdir, rule.subdir):
         return False

@@ -45,10 +45,22 @@ from reconciler.filters import FilterEngine
 from reconciler.kinds.conda.indexer import ChannelIndexer, Computation, SubdirResult
 from reconciler.kinds.conda.mirrors import MirrorResolution, Resolution, resolve_mirrors
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.upstream import write_snapshot
+from reconciler.kinds.conda.upstream import Metadata, write_snapshot
 from reconciler.store.base import Store
 
 log = logging.getLogger(__name__)
+
+
+def _listed(previous: Metadata, state: MirrorResolution, subdir: str, filename: str) -> bool:
+    """Whether the upstream metadata a mirror's last apply used lists ``filename``."""
+    current = state.metadata.get(subdir)
+    if current is not None and current.sha256 == previous.sha256:
+        # The same document as now: what was selected from it is listed in it.
+        selection = state.selection
+        if selection is not None and (subdir, filename) in selection.selected:
+            return True
+        return current.sparse.listed(filename)
+    return previous.sparse.listed(filename)
 
 
 def _records(repodata: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -558,7 +570,7 @@ class CondaKind:
         if decision is not None and decision.reason.startswith("dependency of"):
             return Reason.DEPENDENCY, f"mirror {mirror}: {decision.reason}"
         previous = state.previous.get(subdir)
-        if previous is not None and filename not in _records(previous.repodata):
+        if previous is not None and not _listed(previous, state, subdir, filename):
             return Reason.NEW_UPSTREAM, f"new upstream in mirror {mirror}"
         if previous is None:
             return Reason.NEW_UPSTREAM, f"from mirror {mirror}"

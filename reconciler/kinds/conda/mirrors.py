@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.conda.sparse import EMPTY
 from reconciler.config.models import Channel, Mirror
 from reconciler.engine.plan import PlanWarning, UpstreamValidator
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
+from reconciler.kinds.conda import selection_cache
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.select import Selection, safe_records, select
+from reconciler.kinds.conda.select import Selection, UpstreamRecords, name_gate, select
+from reconciler.kinds.conda.selection_cache import selection_key
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
 from reconciler.store.base import Store
 from reconciler.transport.http import NotFound
@@ -146,18 +149,41 @@ def resolve_mirrors(
         resolved.mirrors.append(state)
         if not in_scope:
             continue
+        mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
+        # Without the closure, which may need any name, a subdir just read gives up what
+        # the filters cannot select before the next one is read (memory, on a big upstream).
+        wanted = None if mirror.filters.dependencies else name_gate(channel_filters, mirror_filters)
         try:
-            upstream = _upstream_records(channel, state, store, served, resolved, expected)
+            upstream = _upstream_metadata(channel, state, store, served, resolved, expected, wanted)
         except ReconcileError as exc:
             state.error = exc.message
             log.error("channel %s, mirror %s: %s", channel.name, mirror.name, exc.message)
             continue
         if upstream is None:
             continue
-        mirror_filters = FilterEngine(mirror.filters, f"channels[{position}].mirrors[{j}].filters")
-        state.selection = select(
-            upstream, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+
+        def fresh(
+            upstream: dict[str, _Source] = upstream,
+            mirror: Mirror = mirror,
+            mirror_filters: FilterEngine = mirror_filters,
+        ) -> selection_cache.Chosen:
+            return _choose(upstream, channel_filters, mirror_filters, mirror)
+
+        # Unchanged upstream metadata and configuration: the previous selection holds.
+        key = selection_key(
+            channel,
+            mirror,
+            {s: f"{m.sha256} {source}" if m else "absent" for s, (m, source) in upstream.items()},
         )
+        chosen = selection_cache.load(cache_dir, key, fresh) or fresh()
+        # Written on every plan, found or not: a run writes the same files whatever the
+        # cache held (the crash harness counts every write).
+        selection_cache.save(cache_dir, key, chosen)
+        state.selection = chosen.selection
+        for line in chosen.refusals:
+            _warn(resolved.warnings, line)
+        for subdir, removed in chosen.removed.items():
+            resolved.removed.setdefault(subdir, set()).update(removed)
         for warning in state.selection.warnings:
             key = getattr(warning, "key", str(warning))
             _warn(
@@ -190,17 +216,59 @@ def resolve_mirrors(
     return resolved
 
 
-def _upstream_records(
+# A subdir's metadata (None: the upstream has no such subdir) and where it is shown from.
+_Source = tuple[Metadata | None, str]
+
+
+def _records(subdir: str, metadata: Metadata, source: str, mirror: Mirror) -> UpstreamRecords:
+    # Records are checked as they are read (unsafe ones, then unverifiable ones are
+    # refused): only those of names the filters can select, unless more are asked for.
+    return UpstreamRecords(
+        subdir,
+        metadata.sparse,
+        source,
+        lambda record: unverifiable(record, mirror.max_file_size),
+    )
+
+
+def _choose(
+    upstream: Mapping[str, _Source],
+    channel_filters: FilterEngine,
+    mirror_filters: FilterEngine,
+    mirror: Mirror,
+) -> selection_cache.Chosen:
+    """Select from the upstream's metadata (subdir → metadata, source)."""
+    records: dict[str, UpstreamRecords] = {}
+    removed: dict[str, set[str]] = {}
+    for subdir, (metadata, source) in upstream.items():
+        if metadata is None:
+            records[subdir] = UpstreamRecords(subdir, EMPTY, "")
+            continue
+        records[subdir] = _records(subdir, metadata, source, mirror)
+        records[subdir].read_unsafe()
+        removed[subdir] = {r for r in metadata.sparse.removed if isinstance(r, str)}
+    selection = select(
+        records, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
+    )
+    refusals = [line for each in records.values() for line in each.warnings()]
+    for each in records.values():
+        # What was not read stays in the kept body: read again only if asked for.
+        each.sparse.release()
+    return selection_cache.Chosen(selection, refusals, removed)
+
+
+def _upstream_metadata(
     channel: Channel,
     state: MirrorResolution,
     store: Store,
     served: set[str],
     resolved: Resolution,
     expected: Mapping[tuple[str, str], str] | None,
-) -> dict[str, dict[str, dict[str, object]]] | None:
-    """subdir → filename → record the mirror selects from (None: nothing to select from)."""
+    wanted: Callable[[str], bool] | None = None,
+) -> dict[str, _Source] | None:
+    """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
-    records: dict[str, dict[str, dict[str, object]]] = {}
+    records: dict[str, _Source] = {}
     for subdir in channel.mirror_subdirs(mirror):
         if subdir not in served:
             continue
@@ -229,7 +297,7 @@ def _upstream_records(
                     f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
                     "mirroring it as empty",
                 )
-                records[subdir] = {}
+                records[subdir] = (None, "")
                 continue
         if metadata is None:
             metadata = previous
@@ -248,19 +316,8 @@ def _upstream_records(
             state.selection = None
             return None
         state.metadata[subdir] = metadata
-        source = state.upstream.shown(subdir, metadata.name)
-        safe, refused = safe_records(subdir, metadata.repodata, source.rpartition("/")[0])
-        for line in refused:
-            _warn(resolved.warnings, line)
-        for filename, record in list(safe.items()):
-            problem = unverifiable(record, mirror.max_file_size)
-            if problem is not None:
-                del safe[filename]
-                _warn(
-                    resolved.warnings,
-                    f"{source.rpartition('/')[0]}/{subdir}: refusing {filename!r}: {problem}",
-                )
-        records[subdir] = safe
-        removed = {r for r in metadata.repodata.get("removed") or () if isinstance(r, str)}
-        resolved.removed.setdefault(subdir, set()).update(removed)
+        source = state.upstream.shown(subdir, metadata.name).rpartition("/")[0]
+        records[subdir] = (metadata, source)
+        if wanted is not None and metadata.parsed.ready:
+            _records(subdir, metadata, source, mirror).prefetch(wanted)
     return records

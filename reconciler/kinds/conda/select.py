@@ -30,16 +30,18 @@ stable ``key``, so that it can be shown once rather than on every run.
 
 from __future__ import annotations
 
+import fnmatch
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import rattler
 
 from reconciler.conda.matching import DependencySpec, RecordView, parse_spec
-from reconciler.conda.names import filename_problem
+from reconciler.conda.names import filename_problem, suspect_filenames
 from reconciler.conda.records import record_problem
+from reconciler.conda.sparse import SparseRepodata
 from reconciler.filters import Candidate, Decision, FilterEngine
 
 # (subdir, filename)
@@ -57,13 +59,346 @@ class SelectionWarning:
         return self.message
 
 
+class UpstreamRecords(Mapping[str, dict[str, Any]]):
+    """One upstream subdir's usable records (filename → record), each read when first used.
+
+    A record is parsed and checked (as :func:`safe_records` checks it, then by
+    ``check``) the first time it is asked for; one that fails is not there, and the
+    reason is kept for a warning. Names come from a scan of the whole document, so a
+    name filter picks its records without reading the others.
+    """
+
+    def __init__(
+        self,
+        subdir: str,
+        sparse: SparseRepodata,
+        source: str,
+        check: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
+        self.subdir = subdir
+        self.sparse = sparse
+        self.source = source
+        self._check = check
+        self._found: dict[str, dict[str, Any] | None] = {}
+        self._refused: dict[tuple[int, str], str] = {}  # unsafe: (section, filename) → why
+        self._unverifiable: dict[str, str] = {}  # safe but refused by ``check``
+        self._groups: dict[str, list[str]] | None = None
+
+    def get(self, filename: str, default: Any = None) -> Any:
+        if filename in self._found:
+            found = self._found[filename]
+        else:
+            found = self._found[filename] = self._read(filename)
+        return default if found is None else found
+
+    def _read(self, filename: str) -> dict[str, Any] | None:
+        chosen: dict[str, Any] | None = None
+        # As safe_records reads them: .tar.bz2 section first, the later one wins.
+        for index, (section, suffix) in enumerate(_SECTIONS):
+            if filename not in self.sparse.names(index):
+                continue
+            record = self.sparse.record(index, filename)
+            problem = _problem(self.subdir, section, suffix, filename, record)
+            if problem is None:
+                chosen = record
+            else:
+                self._refused[(index, filename)] = problem
+        if chosen is not None and self._check is not None:
+            problem = self._check(chosen)
+            if problem is not None:
+                self._unverifiable[filename] = problem
+                return None
+        return chosen
+
+    def read_unsafe(self) -> None:
+        """Read every record whose filename is unsafe (or maybe so), so that it is refused
+        with a warning whatever its name: those warn of a hostile or broken upstream."""
+        for index, (_section, suffix) in enumerate(_SECTIONS):
+            for filename in suspect_filenames(self.sparse.names(index).keys(), suffix):
+                self.get(filename)
+
+    def prefetch(self, wanted: Callable[[str], bool]) -> None:
+        """Read now what a selection with this name gate reads, then let the rest of the
+        document go: the next subdir is then read without this one's in memory."""
+        for filenames in self.named(wanted).values():
+            for filename in filenames:
+                self.get(filename)
+        self.read_unsafe()
+        self.sparse.release()
+
+    def __getitem__(self, filename: str) -> dict[str, Any]:
+        found = self.get(filename)
+        if found is None:
+            raise KeyError(filename)
+        return found  # type: ignore[no-any-return]
+
+    def __contains__(self, filename: object) -> bool:
+        return isinstance(filename, str) and self.get(filename) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        """Every usable filename, in document order (reads every record: slow)."""
+        seen: set[str] = set()
+        for index in range(len(_SECTIONS)):
+            for filename in self.sparse.names(index):
+                if filename not in seen:
+                    seen.add(filename)
+                    if self.get(filename) is not None:
+                        yield filename
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    # -- by name -------------------------------------------------------------------------
+
+    def named(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
+        """Filenames listed under each name that ``wanted`` accepts (records not read).
+
+        A record whose name is not a string cannot be used: it is read now, so that it is
+        refused with a warning as before.
+        """
+        memo = self.sparse.memo.get(wanted) if isinstance(wanted, NameGate) else None
+        if memo is not None:
+            return {name: list(files) for name, files in memo.items()}
+        found: dict[str, list[str]] = {}
+        for index in range(len(_SECTIONS)):
+            names = self.sparse.names(index)
+            try:
+                distinct = {named.name for named in names.values()}
+            except TypeError:  # a name that is a list or a mapping
+                distinct = {n.name for n in names.values() if isinstance(n.name, str)}
+                distinct.add(None)
+            if any(not isinstance(n, str) for n in distinct):
+                for filename, named in names.items():
+                    if not isinstance(named.name, str):
+                        self.get(filename)
+            passing = {n for n in distinct if isinstance(n, str) and wanted(n)}
+            if not passing:
+                continue
+            for filename, named in names.items():
+                name = named.name
+                if name.__class__ is str and name in passing:
+                    listed = found.setdefault(name, [])
+                    # Keys are unique within a section: only one in both can repeat.
+                    if not index or filename not in self.sparse.names(0) or filename not in listed:
+                        listed.append(filename)
+        if isinstance(wanted, NameGate):
+            self.sparse.memo[wanted] = found
+        return found
+
+    def groups(self) -> dict[str, list[str]]:
+        """Filenames by the name their record gives (every name)."""
+        if self._groups is None:
+            self._groups = self.named(lambda _name: True)
+        return self._groups
+
+    def names_of(self, filename: str) -> list[str]:
+        """The names the document gives ``filename``'s record (one, unless it is garbage)."""
+        found: list[str] = []
+        for index in range(len(_SECTIONS)):
+            named = self.sparse.names(index).get(filename)
+            name = None if named is None else named.name
+            if isinstance(name, str) and name not in found:
+                found.append(name)
+        return found
+
+    def warnings(self) -> list[str]:
+        """Why records read so far were refused, in document order (unsafe ones first)."""
+        lines: list[str] = []
+        where = f"{self.source}/{self.subdir}"
+        if self._refused or self._unverifiable:
+            for index in range(len(_SECTIONS)):
+                for filename in self.sparse.names(index):
+                    problem = self._refused.get((index, filename))
+                    if problem is not None:
+                        lines.append(f"{where}: refusing {filename!r}: {problem}")
+            done: set[str] = set()
+            for index in range(len(_SECTIONS)):
+                for filename in self.sparse.names(index):
+                    problem = self._unverifiable.get(filename)
+                    if problem is not None and filename not in done:
+                        done.add(filename)
+                        lines.append(f"{where}: refusing {filename!r}: {problem}")
+        return lines
+
+
+class _Plain:
+    """Records given as a plain mapping (tests, the fuzzers): the same interface."""
+
+    def __init__(self, records: Mapping[str, dict[str, Any]]) -> None:
+        self.records = records
+        self._groups: dict[str, list[str]] | None = None
+
+    def get(self, filename: str, default: Any = None) -> Any:
+        return self.records.get(filename, default)
+
+    def groups(self) -> dict[str, list[str]]:
+        if self._groups is None:
+            self._groups = {}
+            for filename, record in self.records.items():
+                self._groups.setdefault(str(record.get("name", "")), []).append(filename)
+        return self._groups
+
+    def named(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
+        return {name: files for name, files in self.groups().items() if wanted(name)}
+
+    def names_of(self, filename: str) -> list[str]:
+        record = self.records.get(filename)
+        return [] if record is None else [str(record.get("name", ""))]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.records)
+
+
+_Subdir = UpstreamRecords | _Plain
+
+
+def _as_subdir(records: Mapping[str, dict[str, Any]]) -> _Subdir:
+    return records if isinstance(records, UpstreamRecords) else _Plain(records)
+
+
+class _Decider:
+    """Decisions by (subdir, name): what the filters say of one name's records in one
+    subdir depends on those records alone (``latest`` counts within them), so names
+    nobody can select are decided only when a decision is asked for."""
+
+    def __init__(
+        self,
+        subdirs: Mapping[str, _Subdir],
+        channel_filters: FilterEngine,
+        mirror_filters: FilterEngine,
+    ) -> None:
+        self.subdirs = subdirs
+        self.channel_filters = channel_filters
+        self.mirror_filters = mirror_filters
+        self.known: dict[Key, Decision] = {}
+        self._done: set[tuple[str, str]] = set()
+        self._all = False
+
+    def group(self, subdir: str, name: str, filenames: Iterable[str]) -> list[Candidate]:
+        """Decide one name's records in one subdir; returns its usable candidates."""
+        self._done.add((subdir, name))
+        records = self.subdirs[subdir]
+        candidates = []
+        for filename in filenames:
+            record = records.get(filename)
+            if record is None:
+                continue
+            candidate = Candidate(subdir, filename, record)
+            if candidate.name == name:  # else listed twice under two names: decided there
+                candidates.append(candidate)
+        mirror_decisions = self.mirror_filters.evaluate(candidates)
+        if self.channel_filters.per_record:
+            # The channel's decision on a record depends on that record alone: only what
+            # the mirror keeps needs asking.
+            kept = [c for c in candidates if mirror_decisions[c.key].selected]
+            channel_decisions = self.channel_filters.evaluate(kept)
+        else:
+            channel_decisions = self.channel_filters.evaluate(candidates)
+        for candidate in candidates:
+            key = candidate.key
+            second = mirror_decisions[key]
+            first = channel_decisions.get(key)
+            decision = second
+            if first is not None and (not first.selected or second.reason == "selected"):
+                # Out by the channel's rules; or in by both, and the channel's reason may
+                # say more (how a licence was read).
+                decision = first
+            self.known.setdefault(key, decision)  # a dependency's reason, once given, stays
+        return candidates
+
+    def decide(self, key: Key) -> None:
+        records = self.subdirs.get(key[0])
+        if records is None:
+            return
+        for name in records.names_of(key[1]):
+            if (key[0], name) not in self._done:
+                self.group(key[0], name, records.groups().get(name, ()))
+
+    def decide_all(self) -> None:
+        if self._all:
+            return
+        for subdir, records in self.subdirs.items():
+            for name, filenames in records.groups().items():
+                if (subdir, name) not in self._done:
+                    self.group(subdir, name, filenames)
+        self._all = True
+
+
+class _Decisions(MutableMapping[Key, Decision]):
+    """Every candidate's decision, made when first asked for (see :class:`_Decider`)."""
+
+    def __init__(self, decider: _Decider) -> None:
+        self._decider = decider
+
+    def __getitem__(self, key: Key) -> Decision:
+        known = self._decider.known
+        if key not in known:
+            self._decider.decide(key)
+        return known[key]
+
+    def __setitem__(self, key: Key, decision: Decision) -> None:
+        self._decider.known[key] = decision
+
+    def __delitem__(self, key: Key) -> None:
+        del self._decider.known[key]
+
+    def __iter__(self) -> Iterator[Key]:
+        self._decider.decide_all()
+        return iter(self._decider.known)
+
+    def __len__(self) -> int:
+        self._decider.decide_all()
+        return len(self._decider.known)
+
+
+class _Records(Mapping[Key, Mapping[str, Any]]):
+    """Every candidate record by key, read when asked for."""
+
+    def __init__(self, subdirs: Mapping[str, _Subdir]) -> None:
+        self._subdirs = subdirs
+
+    def __getitem__(self, key: Key) -> Mapping[str, Any]:
+        records = self._subdirs.get(key[0])
+        found = None if records is None else records.get(key[1])
+        if found is None:
+            raise KeyError(key)
+        return found  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Key]:
+        for subdir, records in self._subdirs.items():
+            for filename in records:
+                if records.get(filename) is not None:
+                    yield (subdir, filename)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class Selection:
     selected: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    decisions: dict[Key, Decision] = field(default_factory=dict)
-    records: dict[Key, Mapping[str, Any]] = field(default_factory=dict)  # every candidate
+    decisions: MutableMapping[Key, Decision] = field(default_factory=dict)
+    records: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)  # every candidate
     warnings: list[SelectionWarning] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+
+
+_SECTIONS = (("packages", ".tar.bz2"), ("packages.conda", ".conda"))
+
+
+def _problem(
+    subdir: str, section: str, suffix: str, filename: str, record: Mapping[str, Any]
+) -> str | None:
+    """Why one listed record cannot be used, or None."""
+    problem = filename_problem(str(filename))
+    if problem is None and not str(filename).endswith(suffix):
+        problem = f"listed under {section!r} with the wrong suffix"
+    if problem is None:
+        problem = record_problem(record)
+    declared = record.get("subdir")
+    if problem is None and declared is not None and declared != subdir:
+        problem = f"record says subdir {declared!r} but is listed in {subdir}"
+    return problem
 
 
 def safe_records(
@@ -72,21 +407,49 @@ def safe_records(
     """The usable records of an upstream subdir, and why the others were refused."""
     records: dict[str, dict[str, Any]] = {}
     refused: list[str] = []
-    for section, suffix in (("packages", ".tar.bz2"), ("packages.conda", ".conda")):
+    for section, suffix in _SECTIONS:
         for filename, record in (repodata.get(section) or {}).items():
-            problem = filename_problem(str(filename))
-            if problem is None and not str(filename).endswith(suffix):
-                problem = f"listed under {section!r} with the wrong suffix"
-            if problem is None:
-                problem = record_problem(record)
-            declared = record.get("subdir")
-            if problem is None and declared is not None and declared != subdir:
-                problem = f"record says subdir {declared!r} but is listed in {subdir}"
+            problem = _problem(subdir, section, suffix, filename, record)
             if problem is not None:
                 refused.append(f"{source}/{subdir}: refusing {filename!r}: {problem}")
                 continue
             records[str(filename)] = record
     return records, refused
+
+
+@dataclass(frozen=True)
+class NameGate:
+    """Whether a record of a name can pass every block's ``include`` (no other rule adds
+    a record): the names worth reading. Equal gates pick the same names."""
+
+    # Per block that names what it includes: its literal names and its patterns.
+    blocks: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
+
+    def __call__(self, name: str) -> bool:
+        for literal, globs in self.blocks:
+            if name not in literal and not any(fnmatch.fnmatchcase(name, g) for g in globs):
+                return False
+        return True
+
+
+def name_gate(*blocks: FilterEngine) -> NameGate:
+    gates = []
+    for engine in blocks:
+        include = engine.block.include
+        if not include or any(rule.name is None for rule in include):
+            continue
+        names = [r.name for r in include if r.name is not None]
+        gates.append(
+            (
+                frozenset(n for n in names if not _is_glob(n)),
+                tuple(sorted({n for n in names if _is_glob(n)})),
+            )
+        )
+    return NameGate(tuple(gates))
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
 def _number(value: Any) -> int:
@@ -119,38 +482,21 @@ def select(
     dependencies of noarch records are looked up; by default, every subdir of
     ``upstream`` but noarch (which is what the mirror fetched).
     """
-    result = Selection()
-    candidates = [
-        Candidate(subdir, filename, record)
-        for subdir, records in upstream.items()
-        for filename, record in records.items()
-    ]
-    mirror_decisions = mirror_filters.evaluate(candidates)
-    if channel_filters.per_record:
-        # Without a `latest` cut the channel's decision on a record depends on that
-        # record alone: only what the mirror keeps needs asking (a big upstream
-        # filtered by name is mostly left out here).
-        kept = [c for c in candidates if mirror_decisions[(c.subdir, c.filename)].selected]
-        channel_decisions = channel_filters.evaluate(kept)
-    else:
-        channel_decisions = channel_filters.evaluate(candidates)
-    for candidate in candidates:
-        key = (candidate.subdir, candidate.filename)
-        result.records[key] = candidate.record
-        second = mirror_decisions[key]
-        first = channel_decisions.get(key)
-        decision = second
-        if first is not None and (not first.selected or second.reason == "selected"):
-            # Out by the channel's rules; or in by both, and the channel's reason may say
-            # more (how a licence was read).
-            decision = first
-        result.decisions[key] = decision
-        if decision.selected:
-            result.selected[key] = dict(candidate.record)
+    subdirs = {subdir: _as_subdir(records) for subdir, records in upstream.items()}
+    decider = _Decider(subdirs, channel_filters, mirror_filters)
+    result = Selection(decisions=_Decisions(decider), records=_Records(subdirs))
+    # Only names that can pass both blocks' include rules are read and decided now;
+    # every other record is out, and its reason is worked out if someone asks.
+    wanted = name_gate(channel_filters, mirror_filters)
+    for subdir, records in subdirs.items():
+        for name, filenames in records.named(wanted).items():
+            for candidate in decider.group(subdir, name, filenames):
+                if decider.known[candidate.key].selected:
+                    result.selected[candidate.key] = dict(candidate.record)
     if dependencies:
         served = upstream if platforms is None else platforms
         closure = _Closure(
-            upstream,
+            subdirs,
             (channel_filters, mirror_filters),
             sorted({s for s in served if s != "noarch"}),
         )
@@ -190,7 +536,7 @@ class _Closure:
 
     def __init__(
         self,
-        upstream: Mapping[str, Mapping[str, dict[str, Any]]],
+        upstream: Mapping[str, _Subdir],
         filters: tuple[FilterEngine, FilterEngine],
         platforms: list[str],
     ) -> None:
@@ -215,29 +561,40 @@ class _Closure:
         index = self._names.get(subdir)
         if index is None:
             index = {}
-            records = self.upstream.get(subdir) or {}
-            for filename, record in records.items():
-                name = record.get("name")
-                if not isinstance(name, str):
-                    continue
-                if filename.endswith(".tar.bz2") and f"{filename[:-8]}.conda" in records:
-                    continue
-                index.setdefault(name.lower(), []).append(filename)
+            records = self.upstream.get(subdir)
+            for name, filenames in (records.groups() if records is not None else {}).items():
+                index.setdefault(name.lower(), []).extend(filenames)
             self._names[subdir] = index
         return index
+
+    def _usable(self, subdir: str, filename: str) -> dict[str, Any] | None:
+        """The record, unless it is unusable or a .tar.bz2 with a .conda twin."""
+        records = self.upstream[subdir]
+        record: dict[str, Any] | None = records.get(filename)
+        if record is None or not isinstance(record.get("name"), str):
+            return None
+        if filename.endswith(".tar.bz2") and records.get(f"{filename[:-8]}.conda") is not None:
+            return None
+        return record
+
+    def _record(self, key: Key) -> dict[str, Any]:
+        record: dict[str, Any] = self.upstream[key[0]].get(key[1])
+        return record
 
     def _match(self, spec: DependencySpec, subdir: str) -> tuple[Key, ...]:
         """The records of ``subdir`` that satisfy ``spec``, in key order."""
         cache_key = (spec.text, subdir)
         found = self._matches.get(cache_key)
         if found is None:
-            records = self.upstream.get(subdir) or {}
             hits: list[Key] = []
-            for filename in self._by_name(subdir).get(spec.name, ()):
+            for filename in dict.fromkeys(self._by_name(subdir).get(spec.name, ())):
                 key = (subdir, filename)
                 view = self._views.get(key)
                 if view is None:
-                    view = self._views[key] = RecordView(records[filename], subdir)
+                    record = self._usable(subdir, filename)
+                    if record is None or record["name"].lower() != spec.name:
+                        continue
+                    view = self._views[key] = RecordView(record, subdir)
                 if spec.matches(view):
                     hits.append(key)
             found = self._matches[cache_key] = tuple(sorted(hits))
@@ -247,7 +604,7 @@ class _Closure:
         """The exclude rule (channel's first, then the mirror's) that removes ``key``."""
         if key in self._excluded:
             return self._excluded[key]
-        candidate = Candidate(key[0], key[1], self.upstream[key[0]][key[1]])
+        candidate = Candidate(key[0], key[1], self._record(key))
         channel, mirror = self.filters
         rule = channel.exclusion(candidate) or mirror.exclusion(candidate)
         self._excluded[key] = rule
@@ -282,7 +639,7 @@ class _Closure:
             state = self._queue.popleft()
             key, platform = self.keys[state], self.state_platforms[state]
             lookup = ("noarch",) if platform == "noarch" else (platform, "noarch")
-            depends = self.upstream[key[0]][key[1]].get("depends")
+            depends = self._record(key).get("depends")
             edges: list[_Edge] = []
             # Upstream metadata: a depends that is not a list names nothing we can follow.
             for text in depends if isinstance(depends, list) else ():
@@ -368,7 +725,7 @@ class _Closure:
                             seen.add(each)
                             queue.append(each)
                     if key not in result.selected:
-                        result.selected[key] = dict(self.upstream[key[0]][key[1]])
+                        result.selected[key] = dict(self._record(key))
                         result.decisions[key] = Decision(
                             True, f"dependency of {parent[0]}/{parent[1]} ({edge.spec.text})"
                         )
@@ -397,7 +754,7 @@ class _Closure:
 
     def _newest_blocked(self, edge: _Edge) -> Key:
         def order(key: Key) -> tuple[Any, ...]:
-            return (_newest_key(self.upstream[key[0]][key[1]]), key[1].endswith(".conda"), key)
+            return (_newest_key(self._record(key)), key[1].endswith(".conda"), key)
 
         return max(edge.blocked, key=order)
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from reconciler.conda.repodata import load_repodata
+from reconciler.conda.sparse import SparseRepodata
 from reconciler.config.models import Mirror
 from reconciler.engine import layout
 from reconciler.errors import ReconcileError
@@ -39,6 +40,35 @@ from reconciler.transport.http import (
 REPODATA_NAMES = ("repodata.json.zst", "repodata.json")
 
 
+class Parsed:
+    """A body's repodata, read sparsely when first asked for.
+
+    A body that was just fetched is read at once (a garbled one must not be kept);
+    one read from a cache or the channel was checked by its digest and read when it was
+    kept, so its reading waits until something needs it — often nothing does.
+    """
+
+    def __init__(self, body: bytes, name: str, shown: str) -> None:
+        self.body = body
+        self.name = name
+        self.shown = shown
+        self._sparse: SparseRepodata | None = None
+
+    def get(self) -> SparseRepodata:
+        if self._sparse is None:
+            self._sparse = parse_sparse(self.body, self.name, self.shown)
+        return self._sparse
+
+    def now(self) -> Parsed:
+        self.get()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        """Whether it was read already."""
+        return self._sparse is not None
+
+
 @dataclass(frozen=True)
 class Metadata:
     """One subdir's repodata as a mirror read it, with what identifies it."""
@@ -47,29 +77,57 @@ class Metadata:
     name: str  # repodata.json.zst or repodata.json
     body: bytes  # as sent (compressed when .zst)
     validators: Validators
-    repodata: dict[str, Any]
+    parsed: Parsed
     not_modified: bool  # the same bytes as the copy offered or cached
 
     @property
     def sha256(self) -> str:
         return self.validators.sha256
 
+    @property
+    def sparse(self) -> SparseRepodata:
+        return self.parsed.get()
+
+    @property
+    def repodata(self) -> dict[str, Any]:
+        """The whole document, every record parsed (slow on a big upstream)."""
+        return self.sparse.full()
+
+
+def _decoded(body: bytes, name: str, shown: str) -> bytes | bytearray:
+    return unzstd(body, shown) if name.endswith(".zst") else body
+
+
+def _not_repodata(exc: ReconcileError, body: bytes) -> UpstreamError:
+    html = body.lstrip()[:1] == b"<"
+    return UpstreamError(
+        exc.message,
+        hint="the upstream sent an HTML page: a login or error page?"
+        if html
+        else "the upstream sent something that is not repodata; nothing was kept",
+    )
+
 
 def parse_body(body: bytes, name: str, shown: str) -> dict[str, Any]:
     """Repodata from a body as fetched; an error naming ``shown`` when it is not repodata."""
     try:
-        data = unzstd(body, shown) if name.endswith(".zst") else body
-        return load_repodata(data, shown)
+        return load_repodata(_decoded(body, name, shown), shown)
     except UpstreamError:
         raise
     except ReconcileError as exc:
-        html = body.lstrip()[:1] == b"<"
-        raise UpstreamError(
-            exc.message,
-            hint="the upstream sent an HTML page: a login or error page?"
-            if html
-            else "the upstream sent something that is not repodata; nothing was kept",
-        ) from None
+        raise _not_repodata(exc, body) from None
+
+
+def parse_sparse(body: bytes, name: str, shown: str) -> SparseRepodata:
+    """:func:`parse_body`, read sparsely: the same errors, records parsed when asked for."""
+    try:
+        return SparseRepodata(
+            _decoded(body, name, shown), shown, lambda: _decoded(body, name, shown)
+        )
+    except UpstreamError:
+        raise
+    except ReconcileError as exc:
+        raise _not_repodata(exc, body) from None
 
 
 def cache_folder(cache_dir: Path | None, source: str) -> Path | None:
@@ -117,20 +175,21 @@ class CondaUpstream:
             )
             shown = self.shown(subdir, name)
             try:
-                repodata, fetched = self.http.get_cached(
+                parsed, fetched = self.http.get_cached(
                     self.http.url(subdir, name),
                     shown,
                     f"{subdir}/{name}",
                     transport.MAX_REPODATA_BYTES,
-                    lambda body, n=name, s=shown: parse_body(body, n, s),  # type: ignore[misc]
+                    lambda body, n=name, s=shown: Parsed(body, n, s).now(),  # type: ignore[misc]
                     offered=kept,
+                    parse_kept=lambda body, n=name, s=shown: Parsed(body, n, s),  # type: ignore[misc]
                 )
             except NotFound:
                 continue
             unchanged = fetched.not_modified or (
                 offered is not None and offered.sha256 == fetched.validators.sha256
             )
-            return Metadata(subdir, name, fetched.body, fetched.validators, repodata, unchanged)
+            return Metadata(subdir, name, fetched.body, fetched.validators, parsed, unchanged)
         raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
 
     def _local(self, subdir: str, offered: Metadata | None) -> Metadata:
@@ -143,9 +202,9 @@ class CondaUpstream:
             except NotFound:
                 continue
             validators = body_validators(body, {}, str(path))
-            repodata = parse_body(body, name, str(path))
+            parsed = Parsed(body, name, str(path)).now()
             unchanged = offered is not None and offered.sha256 == validators.sha256
-            return Metadata(subdir, name, body, validators, repodata, unchanged)
+            return Metadata(subdir, name, body, validators, parsed, unchanged)
         raise NotFound(f"{folder / 'repodata.json'}: not found")
 
     def cached(self, subdir: str, sha256: str) -> Metadata | None:
@@ -153,9 +212,8 @@ class CondaUpstream:
         for name in REPODATA_NAMES:
             kept = self.http.kept(f"{subdir}/{name}")
             if kept is not None and kept.validators.sha256 == sha256:
-                shown = self.shown(subdir, name)
-                repodata = parse_body(kept.body, name, shown)
-                return Metadata(subdir, name, kept.body, kept.validators, repodata, True)
+                parsed = Parsed(kept.body, name, self.shown(subdir, name))
+                return Metadata(subdir, name, kept.body, kept.validators, parsed, True)
         return None
 
     def fetcher(
@@ -197,11 +255,9 @@ def read_snapshot(store: Store, mirror: str, subdir: str) -> Metadata | None:
             continue
         if validators is None or hashlib.sha256(body).hexdigest() != validators.sha256:
             continue  # torn or edited: as if none were kept
-        try:
-            repodata = parse_body(body, name, store.describe(body_key))
-        except ReconcileError:
-            continue
-        return Metadata(subdir, name, body, validators, repodata, True)
+        # Its digest is the one recorded when it was read and kept: it reads the same.
+        parsed = Parsed(body, name, store.describe(body_key))
+        return Metadata(subdir, name, body, validators, parsed, True)
     return None
 
 

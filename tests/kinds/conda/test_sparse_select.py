@@ -1,0 +1,176 @@
+"""Selecting from repodata read sparsely gives what selecting from it read in full gives."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from reconciler.conda.sparse import SparseRepodata
+from reconciler.config.models import FilterBlock
+from reconciler.errors import ReconcileError
+from reconciler.filters import FilterEngine
+from reconciler.kinds.conda.mirrors import unverifiable
+from reconciler.kinds.conda.select import Selection, UpstreamRecords, safe_records, select
+
+SOURCE = "https://example.invalid/forge"
+NAMES = [f"pkg{i}" for i in range(12)] + ["Mixed", "mixed"]
+LICENCES = ["MIT", "GPL-3.0-only", "LGPL-2.1-or-later", "BSD-3-Clause", "GPL-2.0-or-later"]
+
+
+def repodata(subdir: str, seed: int) -> dict[str, Any]:
+    """A subdir with realistic records and a few broken ones of every kind."""
+    rng = random.Random(seed)
+    sections: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
+    for i in range(300):
+        name = rng.choice(NAMES)
+        version = f"{rng.randrange(4)}.{rng.randrange(3)}"
+        build = f"h{i:04d}_0"
+        suffix = rng.choice([".conda", ".conda", ".tar.bz2"])
+        record: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "build": build,
+            "build_number": rng.randrange(3),
+            "depends": [f"{rng.choice(NAMES).lower()} >={rng.randrange(3)}"],
+            "license": rng.choice(LICENCES),
+            "sha256": f"{rng.getrandbits(256):064x}",
+            "size": rng.randrange(1, 10_000),
+            "subdir": subdir,
+            "timestamp": 1_600_000_000_000 + i,
+        }
+        section = "packages.conda" if suffix == ".conda" else "packages"
+        sections[section][f"{name.lower()}-{version}-{build}{suffix}"] = record
+    broken = sections["packages.conda"]
+    broken["pkg1-9.9-bad_0.conda"] = {"name": ["pkg1"], "version": "9.9", "build": "bad_0"}
+    broken["pkg1-9.8-bad_0.conda"] = {"name": "pkg1", "version": "9.8", "subdir": "win-64"}
+    broken["pkg2-9.9-nosha_0.conda"] = {"name": "pkg2", "version": "9.9", "size": 1}
+    broken["pkg2-9.7-wrong_0.tar.bz2"] = {"name": "pkg2", "version": "9.7", "size": 1}
+    broken["pkg3-9.9-named_0.conda"] = {
+        "name": "pkg4",
+        "version": "9.9",
+        "sha256": "0" * 64,
+        "size": 1,
+    }
+    broken["../pkg5-1-0.conda"] = {"name": "pkg5", "version": "1"}
+    return {
+        "info": {"subdir": subdir},
+        **sections,
+        "removed": ["pkg0-0.0-gone_0.conda"],
+        "repodata_version": 1,
+    }
+
+
+def engines(mirror: dict[str, Any], channel: dict[str, Any]) -> tuple[FilterEngine, FilterEngine]:
+    return (
+        FilterEngine(FilterBlock.model_validate(channel), "channels[0].filters"),
+        FilterEngine(FilterBlock.model_validate(mirror), "channels[0].mirrors[0].filters"),
+    )
+
+
+def full_way(
+    docs: dict[str, dict[str, Any]], mirror: dict[str, Any], channel: dict[str, Any]
+) -> tuple[Selection, list[str]]:
+    upstream: dict[str, dict[str, dict[str, Any]]] = {}
+    warnings: list[str] = []
+    for subdir, doc in docs.items():
+        safe, refused = safe_records(subdir, doc, SOURCE)
+        warnings += refused
+        for filename, record in list(safe.items()):
+            problem = unverifiable(record, 1 << 40)
+            if problem is not None:
+                del safe[filename]
+                warnings.append(f"{SOURCE}/{subdir}: refusing {filename!r}: {problem}")
+        upstream[subdir] = safe
+    selection = select(
+        upstream, *engines(mirror, channel), dependencies=bool(mirror.get("dependencies"))
+    )
+    return selection, warnings
+
+
+def sparse_way(
+    docs: dict[str, dict[str, Any]], mirror: dict[str, Any], channel: dict[str, Any]
+) -> tuple[Selection, list[UpstreamRecords]]:
+    upstream = {}
+    for subdir, doc in docs.items():
+        body = orjson.dumps(doc)
+        sparse = SparseRepodata(body, subdir, lambda body=body: body)  # type: ignore[misc]
+        upstream[subdir] = UpstreamRecords(
+            subdir, sparse, SOURCE, lambda record: unverifiable(record, 1 << 40)
+        )
+    selection = select(
+        upstream,  # type: ignore[arg-type]
+        *engines(mirror, channel),
+        dependencies=bool(mirror.get("dependencies")),
+    )
+    for records in upstream.values():
+        records.sparse.release()  # what is asked for later is read again
+    return selection, list(upstream.values())
+
+
+CASES = [
+    (
+        {"include": [{"name": "pkg1"}, {"name": "pkg2"}, {"name": "pkg3"}], "latest": 2},
+        {"exclude": [{"license": "GPL"}]},
+    ),
+    (
+        {"include": [{"name": "pkg1*"}, {"name": "Mixed"}]},
+        {"exclude": [{"license": "GPL"}], "latest": 1},
+    ),
+    ({"include": [{"name": "pkg4"}], "dependencies": True}, {"exclude": [{"license": "GPL"}]}),
+    ({"include": [{"spec": "pkg6 >=1"}]}, {}),
+    ({}, {"include": [{"name": "pkg7"}], "latest": 3}),
+    ({"exclude": [{"name": "pkg8"}]}, {}),
+]
+
+
+@pytest.mark.parametrize(("mirror", "channel"), CASES)
+def test_sparse_selection_is_the_full_one(mirror: dict[str, Any], channel: dict[str, Any]) -> None:
+    docs = {subdir: repodata(subdir, seed) for seed, subdir in enumerate(["linux-64", "noarch"])}
+    expected, expected_warnings = full_way(docs, mirror, channel)
+    got, upstream = sparse_way(docs, mirror, channel)
+    assert got.selected == expected.selected
+    assert got.warnings == expected.warnings
+    # Every decision and record, including those of names nobody read at first.
+    for key, decision in expected.decisions.items():
+        assert got.decisions.get(key) == decision, key
+    assert got.records.get(("linux-64", "../pkg5-1-0.conda")) is None
+    assert dict(got.decisions) == dict(expected.decisions)
+    assert dict(got.records) == dict(expected.records)
+    # Refusals of everything read (now: everything), in the order the full read gives.
+    lines = [line for records in upstream for line in records.warnings()]
+    assert lines == expected_warnings
+
+
+def test_refusals_of_selectable_names_are_warned_about_up_front() -> None:
+    docs = {"linux-64": repodata("linux-64", 3)}
+    mirror = {"include": [{"name": "pkg2"}]}
+    _, expected_warnings = full_way(docs, mirror, {})
+    _, upstream = sparse_way(docs, mirror, {})
+    lines = upstream[0].warnings()
+    assert lines and set(lines) <= set(expected_warnings)
+    assert all("pkg2" in line or "['pkg1']" in line or "pkg1-9.9" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'{"packages": []}',
+        b'{"packages.conda": {"a-1-0.conda": 3}}',
+        b'{"info": null}',
+        b'{"removed": [1]}',
+        b'{"packages": {"a-1-0.tar.bz2": {}}',
+        b"\xff",
+    ],
+)
+def test_what_is_not_repodata_fails_as_before(body: bytes) -> None:
+    from reconciler.conda.repodata import load_repodata
+
+    with pytest.raises(ReconcileError) as before:
+        load_repodata(body, "x")
+    with pytest.raises(ReconcileError) as now:
+        SparseRepodata(body, "x", lambda: body)
+    assert now.value.message == before.value.message
