@@ -470,3 +470,38 @@ def test_apply_against_hostile_repodata_keeps_the_published_index(
     assert after == before  # the previous index stays published, byte for byte
     assert not (project.channel / "linux-64" / "alpha-2.0-0.conda").exists()
     project.assert_consistent()
+
+
+def test_watchdog_fires_due_deadlines_in_order_and_never_a_cancelled_one() -> None:
+    watchdog = upstream_module._Watchdog()
+    fired: list[str] = []
+    late = watchdog.arm(0.2, lambda: fired.append("late"))
+    cancelled = watchdog.arm(0.05, lambda: fired.append("cancelled"))
+    watchdog.arm(0.1, lambda: fired.append("early"))
+    watchdog.cancel(cancelled)
+    deadline = time.monotonic() + QUICK
+    while len(fired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fired == ["early", "late"]
+    watchdog.cancel(late)  # already fired: nothing happens
+    many = [watchdog.arm(60, lambda: fired.append("never")) for _ in range(600)]
+    for entry in many:
+        watchdog.cancel(entry)
+    assert len(watchdog._heap) < 300  # cancelled entries do not pile up until their time
+    time.sleep(0.05)
+    assert fired == ["early", "late"]
+
+
+def test_session_reads_proxies_from_the_environment_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "bypassed.example")
+    session = Upstream("http://one.example/channel").session
+    proxied = session.merge_environment_settings("http://one.example/a", {}, True, True, None)
+    assert proxied["proxies"].get("http") == "http://proxy.example:3128"
+    proxied["proxies"].clear()  # callers may change what they are given
+    again = session.merge_environment_settings("http://one.example/b", {}, True, True, None)
+    assert again["proxies"].get("http") == "http://proxy.example:3128"
+    bypassed = session.merge_environment_settings("http://bypassed.example/a", {}, True, True, None)
+    assert "http" not in bypassed["proxies"]
