@@ -218,6 +218,18 @@ def _relative(root: str | None, path: Path) -> str:
     return _below(root, path) if root is not None else path.as_posix()
 
 
+_STAMP: list[Any] = [-1, ""]  # (second, its access log time stamp)
+
+
+def _log_stamp() -> str:
+    """The access log's time stamp, formatted once per second."""
+    now = int(time.time())
+    if _STAMP[0] != now:
+        _STAMP[:] = [now, time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))]
+    stamp: str = _STAMP[1]
+    return stamp
+
+
 _DATES: dict[int, str] = {}
 
 
@@ -414,8 +426,7 @@ class ServeApp:
         )
         self._recent.append(entry)
         if self.access_log is not None:
-            stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
-            self.access_log.write(f"{stamp} {_log_line(*entry)}")
+            self.access_log.write(f"{_log_stamp()} {_log_line(*entry)}")
 
     @property
     def recent(self) -> list[str]:
@@ -783,7 +794,7 @@ class ServeApp:
             if found is None:
                 return _plain(404)
             fd, opened = found, os.fstat(found)
-        handle = os.fdopen(fd, "rb")
+        handle = os.fdopen(fd, "rb", buffering=0)  # only sendfile reads it: no buffer needed
         try:
             if not stat.S_ISREG(opened.st_mode):
                 return _plain(404)
