@@ -484,10 +484,15 @@ class _Watchdog:
     """
 
     def __init__(self) -> None:
+        self._numbers = itertools.count()
+        self._reset()
+        # A child of fork has no watchdog thread, and the lock may have been held by it.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._wake = threading.Condition()
         self._heap: list[_Deadline] = []
         self._cancelled = 0
-        self._numbers = itertools.count()
         self._thread: threading.Thread | None = None
 
     def arm(self, delay: float, action: Callable[[], None]) -> _Deadline:

@@ -4,10 +4,13 @@ URL, within a bounded time and memory, and the channel stays consistent."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import textwrap
+import threading
 import time
 import tracemalloc
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -505,3 +508,17 @@ def test_session_reads_proxies_from_the_environment_once_per_host(
     assert again["proxies"].get("http") == "http://proxy.example:3128"
     bypassed = session.merge_environment_settings("http://bypassed.example/a", {}, True, True, None)
     assert "http" not in bypassed["proxies"]
+
+
+def test_watchdog_works_in_a_forked_child() -> None:
+    watchdog = upstream_module._Watchdog()
+    watchdog.cancel(watchdog.arm(60, lambda: None))  # the parent's thread runs
+    with warnings.catch_warnings():  # 3.12+ warns about forking with threads: the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: a fresh watchdog state, its own thread
+        fired = threading.Event()
+        watchdog.arm(0.05, fired.set)
+        os._exit(0 if fired.wait(QUICK) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
