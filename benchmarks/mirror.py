@@ -16,10 +16,13 @@ older ones within a version range, a virtual ``__glibc``) and plans a passive mi
 repeat: with ``dependencies: true`` and without, in fresh processes. Prints both plan
 times and peaks, and the ratio (target: under 2).
 
-(b) builds 2,000 real packages, serves them from 127.0.0.1, and times our parallel,
-verified download of all of them (``download_all``, as apply runs it) next to a plain
-parallel download of the same files with the same concurrency (requests + threads, no
-checks), each into an empty folder. Prints MB/s and the ratio; medians of the repeats.
+(b) builds 2,000 real packages, serves them with nginx (Debian's) on 127.0.0.1, and
+times, at each level of parallel downloads (4, 8, 16, 32 by default), our verified
+download of all of them (``run_downloads`` into a local store, as apply runs it: size
+and sha256 checked, fsynced, renamed into place) next to a plain parallel download of
+the same files (requests + a thread pool, no checks) and ``curl --parallel``, each
+into an empty folder. Prints MB/s and our ratio to the plain download; medians of the
+repeats.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -305,82 +309,125 @@ def bench_plan(records: int, repeats: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench_download(count: int, concurrency: int, repeats: int) -> None:
-    import requests
-
-    from reconciler.engine.downloads import download_all
+def _build_upstream(upstream: Path, count: int) -> dict[str, dict[str, object]]:
     from reconciler.kinds.conda.indexer import index_channel
-    from reconciler.kinds.conda.mirrors import Download
-    from reconciler.transport.http import Upstream
-    from tests.http_server import serve_directory
     from tests.packages import PackageSpec, build_package
 
+    for i in range(count):
+        # 64 kB of incompressible bytes per package, so the transfer is what is timed.
+        payload = random.Random(i).randbytes(64 * 1024)
+        spec = PackageSpec(f"p{i:05d}", "1.0", subdir="linux-64", files={"lib/data.bin": payload})
+        build_package(upstream, spec, ".conda")
+    index_channel(upstream)
+    repodata = json.loads((upstream / "linux-64" / "repodata.json").read_text())
+    records: dict[str, dict[str, object]] = repodata["packages.conda"]
+    return records
+
+
+def _ours(url: str, target: Path, records: dict[str, dict[str, object]], parallel: int) -> float:
+    """Seconds for ``run_downloads`` into a local store, as apply runs it (verified, atomic)."""
+    from reconciler.engine.downloads import DownloadJob, run_downloads
+    from reconciler.store.local import LocalStore
+    from reconciler.transport.http import Upstream
+
+    store = LocalStore(target)
+    client = Upstream(url, target.parent / "state")
+
+    def job(filename: str, record: dict[str, object]) -> DownloadJob:
+        size, sha256 = int(record["size"]), str(record["sha256"])  # type: ignore[call-overload]
+        key = f"linux-64/{filename}"
+
+        def fetch(out: Any) -> int:
+            return client.download(key, out, size, sha256)
+
+        return DownloadJob(key=key, source="up", size=size, fetch=fetch)
+
+    jobs = [job(fn, r) for fn, r in records.items()]
+    start = time.perf_counter()
+    result = run_downloads(store, jobs, parallel=parallel, check_room=store.check_room)
+    elapsed = time.perf_counter() - start
+    assert not result.failed, result.failed[:3]
+    client.close()
+    return elapsed
+
+
+def _plain(url: str, target: Path, records: dict[str, dict[str, object]], parallel: int) -> float:
+    """Seconds for requests + a thread pool writing the files, no checks."""
+    import requests
+
+    (target / "linux-64").mkdir(parents=True)
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=parallel))
+
+    def fetch(filename: str) -> None:
+        with (
+            session.get(f"{url}/linux-64/{filename}", stream=True) as response,
+            (target / "linux-64" / filename).open("wb") as out,
+        ):
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(fetch, records))
+    elapsed = time.perf_counter() - start
+    session.close()
+    return elapsed
+
+
+def _curl(url: str, target: Path, records: dict[str, dict[str, object]], parallel: int) -> float:
+    """Seconds for ``curl --parallel`` (one process, keep-alive connections), no checks."""
+    (target / "linux-64").mkdir(parents=True)
+    listing = target.parent / f"{target.name}.curl"
+    listing.write_text(
+        "".join(
+            f'url = "{url}/linux-64/{fn}"\noutput = "{target}/linux-64/{fn}"\n' for fn in records
+        )
+    )
+    command = ["curl", "-sS", "--no-progress-meter", "--fail", "--parallel"]
+    command += ["--parallel-max", str(parallel)]
+    start = time.perf_counter()
+    subprocess.run([*command, "--config", str(listing)], check=True)
+    elapsed = time.perf_counter() - start
+    listing.unlink()
+    return elapsed
+
+
+def bench_download(count: int, levels: list[int], repeats: int) -> None:
+    from tests.serve.nginx import NGINX, direct_config, free_port, nginx
+
+    if NGINX is None or shutil.which("curl") is None:
+        raise SystemExit("needs nginx and curl: apt-get install nginx curl")
     work = Path(tempfile.mkdtemp(prefix="reconcile-mirror-dl-"))
     try:
-        upstream = work / "upstream"
-        for i in range(count):
-            # 64 kB of incompressible bytes per package, so the transfer is what is timed.
-            payload = random.Random(i).randbytes(64 * 1024)
-            spec = PackageSpec(
-                f"p{i:05d}", "1.0", subdir="linux-64", files={"lib/data.bin": payload}
-            )
-            build_package(upstream, spec, ".conda")
-        index_channel(upstream)
-        repodata = json.loads((upstream / "linux-64" / "repodata.json").read_text())
-        records = repodata["packages.conda"]
-        total = sum(r["size"] for r in records.values())
-        print(f"(b) {count} packages, {total / 1e6:.0f} MB, concurrency {concurrency}", flush=True)
-        ours, plain = [], []
-        with serve_directory(upstream) as (url, _):
-            for repeat in range(repeats):
-                target = work / f"ours-{repeat}"
-                downloads = [
-                    Download("up", "linux-64", fn, r["size"], r["sha256"])
-                    for fn, r in records.items()
-                ]
-                client = Upstream(url, work / "state")
-                start = time.perf_counter()
-                result = download_all(
-                    target, downloads, {"up": client}, parallel={"up": concurrency}
-                )
-                elapsed = time.perf_counter() - start
-                assert not result.failed, result.failed[:3]
-                ours.append(total / elapsed / 1e6)
-                client.close()
-                shutil.rmtree(target)
-
-                target = work / f"plain-{repeat}"
-                (target / "linux-64").mkdir(parents=True)
-                session = requests.Session()
-                adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
-                session.mount("http://", adapter)
-
-                def fetch(
-                    filename: str, target: Path = target, session: requests.Session = session
-                ) -> None:
-                    with (
-                        session.get(f"{url}/linux-64/{filename}", stream=True) as response,
-                        (target / "linux-64" / filename).open("wb") as out,
-                    ):
-                        for chunk in response.iter_content(1 << 20):
-                            out.write(chunk)
-
-                start = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    list(pool.map(fetch, records))
-                elapsed = time.perf_counter() - start
-                plain.append(total / elapsed / 1e6)
-                session.close()
-                shutil.rmtree(target)
-                print(
-                    f"  repeat {repeat + 1}: ours {ours[-1]:.1f} MB/s, plain {plain[-1]:.1f} MB/s",
-                    flush=True,
-                )
-        o, p = statistics.median(ours), statistics.median(plain)
+        upstream = work / "srv" / "upstream"
+        records = _build_upstream(upstream, count)
+        total = sum(int(r["size"]) for r in records.values())  # type: ignore[call-overload]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/upstream"
+        tools = {"ours": _ours, "plain": _plain, "curl": _curl}
         print(
-            f"(b) download, median of {repeats}: ours {o:.1f} MB/s, plain {p:.1f} MB/s, "
-            f"ratio {o / p:.2f} (target: 0.8)"
+            f"(b) {count} packages, {total / 1e6:.0f} MB from nginx on 127.0.0.1; "
+            f"parallel downloads {', '.join(map(str, levels))}; median of {repeats}",
+            flush=True,
         )
+        rates: dict[tuple[str, int], list[float]] = {}
+        with nginx(work / "nginx", direct_config(work / "srv", port), port):
+            for repeat in range(repeats):
+                for level in levels:
+                    line = []
+                    for name, run in tools.items():
+                        target = work / f"{name}-{level}-{repeat}"
+                        rate = total / run(url, target, records, level) / 1e6
+                        rates.setdefault((name, level), []).append(rate)
+                        shutil.rmtree(target)
+                        line.append(f"{name} {rate:.1f}")
+                    print(f"  repeat {repeat + 1}, parallel {level}: {', '.join(line)} MB/s",
+                          flush=True)  # fmt: skip
+        print(f"{'parallel':>8}{'ours MB/s':>12}{'plain MB/s':>12}{'ratio':>8}{'curl MB/s':>12}")
+        for level in levels:
+            ours, plain, curl = (statistics.median(rates[(n, level)]) for n in tools)
+            print(f"{level:>8}{ours:>12.1f}{plain:>12.1f}{ours / plain:>8.2f}{curl:>12.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -392,7 +439,11 @@ def main() -> None:
     )
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--packages", type=int, default=2_000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--parallel",
+        default="4,8,16,32",
+        help="parallel downloads to measure, comma-separated (default: 4,8,16,32)",
+    )
     parser.add_argument("-r", "--repeats", type=int, default=3)
     parser.add_argument("--plan-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config", default="channels.yaml", help=argparse.SUPPRESS)
@@ -403,7 +454,7 @@ def main() -> None:
     if args.which in ("plan", "all"):
         bench_plan(args.records, args.repeats)
     if args.which in ("download", "all"):
-        bench_download(args.packages, args.concurrency, args.repeats)
+        bench_download(args.packages, [int(n) for n in args.parallel.split(",")], args.repeats)
     if args.which in ("closure", "all"):
         bench_closure(args.records, args.repeats)
 

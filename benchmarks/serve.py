@@ -13,7 +13,8 @@ repodata.json of 2,000 records and a 1 MB package. Three servers run on 127.0.0.
 wrk (2 threads, 32 keep-alive connections) GETs one URL for the duration: repodata.json,
 the 1 MB package, a revalidation of repodata.json (If-None-Match: 304), and repodata.json
 of a private channel with a Bearer token (through reconcile in both deployments). Prints
-requests/s and p99 latency (medians of the repeats) and our ratio to nginx.
+requests/s and p99 latency (medians of the repeats), our ratio to nginx, and the
+servers' CPU time per request (less sensitive to other load on the machine than rates).
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ THREADS = 2
 TOKEN = "benchmark-token-2f9c61d0a7e4b3"
 WRK = shutil.which("wrk")
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> tuple[float, float]:
@@ -126,8 +136,17 @@ def main() -> None:
         wait_for_port(ours)
         servers = direct_config(root, plain) + sample_config(root, front, ours)
         # The sample lists its private channels by name; ours is called "internal" too.
-        with nginx(work / "nginx", servers, plain):
+        with nginx(work / "nginx", servers, plain) as master:
             wait_for_port(front)
+            workers = subprocess.run(
+                ["pgrep", "-P", str(master.pid)], capture_output=True, text=True, check=True
+            ).stdout.split()
+            # CPU time of the processes that answer each deployment's requests.
+            serving = {
+                "nginx": [int(w) for w in workers],
+                "reconcile serve": [processes[0].pid],
+                "nginx -> reconcile": [*map(int, workers), processes[0].pid],
+            }
             repodata = "/chan/linux-64/repodata.json"
             size = (channel / "linux-64" / "repodata.json").stat().st_size
             package_size = (channel / "linux-64" / package).stat().st_size
@@ -148,23 +167,37 @@ def main() -> None:
                     ["reconcile serve", "nginx -> reconcile"],  # nginx alone has no tokens
                 ),
             ]
-            print(f"{'request':20}{'server':22}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}")
+            print(
+                f"{'request':20}{'server':22}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}"
+                f"{'CPU us/req':>12}"
+            )
             for label, path, headers, names in cases:
+                urls = {name: f"http://127.0.0.1:{ports[name]}{path}" for name in names}
+                sent = {name: dict(headers) for name in names}
+                for name in names:
+                    if "If-None-Match" in headers:  # each server's own validator
+                        etag = requests.head(urls[name], timeout=30).headers["ETag"]
+                        sent[name]["If-None-Match"] = etag
+                runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+                # Servers take turns within each repeat: load from elsewhere hits them alike.
+                for _ in range(args.repeats):
+                    for name in names:
+                        used = cpu_seconds(serving[name])
+                        rate, p99 = wrk(urls[name], args.connections, args.seconds, sent[name])
+                        used = cpu_seconds(serving[name]) - used
+                        runs[name].append((rate, p99, used / (rate * args.seconds) * 1e6))
                 baseline = None
                 for name in names:
-                    url = f"http://127.0.0.1:{ports[name]}{path}"
-                    sent = dict(headers)
-                    if "If-None-Match" in sent:  # each server's own validator
-                        sent["If-None-Match"] = requests.head(url, timeout=30).headers["ETag"]
-                    runs = [
-                        wrk(url, args.connections, args.seconds, sent) for _ in range(args.repeats)
-                    ]
-                    rate = statistics.median(r[0] for r in runs)
-                    p99 = statistics.median(r[1] for r in runs)
+                    rate, p99, cost = (
+                        statistics.median(run[i] for run in runs[name]) for i in (0, 1, 2)
+                    )
                     if name == "nginx":
                         baseline = rate
                     ratio = f"{rate / baseline:.2f}x" if baseline and name != "nginx" else ""
-                    print(f"{label:20}{name:22}{rate:10.0f}{p99:10.1f}{ratio:>10}", flush=True)
+                    print(
+                        f"{label:20}{name:22}{rate:10.0f}{p99:10.1f}{ratio:>10}{cost:12.1f}",
+                        flush=True,
+                    )
     finally:
         for process in processes:
             process.terminate()

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reconciler.config.models import Channel, LoadedConfig
@@ -145,23 +145,40 @@ class _MirrorCollector(Collector):
         yield from (success, last_run, state, packages, published, info)
 
 
+class _ServedCollector(Collector):
+    """Requests and bytes by channel, kind and code, as counters, from plain numbers."""
+
+    def __init__(self, served: dict[tuple[str, str, int], list[float]]) -> None:
+        self._served = served
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "reconcile_serve_requests",
+            "Requests answered, by channel, kind and status code",
+            labels=["channel", "kind", "code"],
+        )
+        sent = CounterMetricFamily(
+            "reconcile_serve_response_bytes",
+            "Body bytes sent, by channel and kind",
+            labels=["channel", "kind"],
+        )
+        by_kind: dict[tuple[str, str], list[float]] = {}
+        # A copy: the event loop goes on counting while this runs in a worker thread.
+        for (channel, kind, code), (count, size, created) in sorted(dict(self._served).items()):
+            requests.add_metric([channel, kind, str(code)], count, created=created)
+            total = by_kind.setdefault((channel, kind), [0, created])
+            total[0] += size
+            total[1] = min(total[1], created)
+        for (channel, kind), (size, created) in by_kind.items():
+            sent.add_metric([channel, kind], size, created=created)
+        yield from (requests, sent)
+
+
 class ServeMetrics:
     """The server's metrics; also the passive fetcher's observer."""
 
     def __init__(self, loaded: Callable[[], LoadedConfig]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "reconcile_serve_requests",
-            "Requests answered, by channel, kind and status code",
-            ["channel", "kind", "code"],
-            registry=self.registry,
-        )
-        self.sent = Counter(
-            "reconcile_serve_response_bytes",
-            "Body bytes sent, by channel and kind",
-            ["channel", "kind"],
-            registry=self.registry,
-        )
         self.fetches = Counter(
             "reconcile_serve_passive_fetches",
             "Passive files fetched from upstream",
@@ -200,20 +217,18 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.registry.register(_MirrorCollector(loaded))
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # (channel, kind, code) -> [requests, bytes, created]: plain numbers, counted on
+        # the event loop (one thread) and turned into counters when scraped.
+        self._served: dict[tuple[str, str, int], list[float]] = {}
+        self.registry.register(_ServedCollector(self._served))
 
     def request(self, channel: str, kind: str, code: int, size: int) -> None:
-        key = (channel, kind, code)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(channel, kind, str(code)),
-                self.sent.labels(channel, kind),
-            )
-            self._children[key] = children
-        children[0].inc()
-        if size:
-            children[1].inc(size)
+        """Count one answered request (on the event loop: no lock, no label look-up)."""
+        counts = self._served.get((channel, kind, code))
+        if counts is None:
+            counts = self._served[(channel, kind, code)] = [0, 0, time.time()]
+        counts[0] += 1
+        counts[1] += size
 
     # FetchObserver
     def fetched(self, channel: str, seconds: float, size: int) -> None:

@@ -46,7 +46,8 @@ from reconciler.kinds.conda.upstream import CondaUpstream
 from reconciler.kinds.pypi.client import SimpleIndexClient
 from reconciler.kinds.pypi.simple_index import PACKAGES
 from reconciler.store import channel_store
-from reconciler.store.base import StorageError, Store
+from reconciler.store.base import StorageError, Store, check_key
+from reconciler.store.local import LocalStore
 from reconciler.transport.http import redact
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ class FetchObserver(Protocol):
     def failed(self, channel: str, seconds: float) -> None: ...
     def hits(self, channel: str, count: int) -> None: ...
     def refused(self, channel: str) -> None: ...
+
+
+def _local_path(store: Store, key: str) -> str | None:
+    """``store.local_path(key)`` as text. Joined as a string for a folder: pathlib's
+    joins were most of the time a package request took to check its inventory."""
+    if isinstance(store, LocalStore):
+        return f"{store.location}/{check_key(key)}"
+    path = store.local_path(key)
+    return None if path is None else os.fspath(path)
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ class PassiveFetcher:
 
     def _fingerprint(self, store: Store, key: str) -> tuple[int, str] | None:
         """(size, tag) of ``key``: an ``os.stat`` on disk, a ``HEAD`` in a bucket."""
-        path = store.local_path(key)
+        path = _local_path(store, key)
         if path is not None:
             try:
                 st = os.stat(path)
@@ -157,7 +167,7 @@ class PassiveFetcher:
 
     def _fresh(self, store: Store, when: float) -> bool:
         """Whether a copy read at ``when`` is used without looking (a bucket, briefly)."""
-        return store.local_path(layout.STATE) is None and time.monotonic() - when < REMOTE_TTL
+        return not isinstance(store, LocalStore) and time.monotonic() - when < REMOTE_TTL
 
     def _state(self, channel: AnyChannel) -> ChannelState:
         store = self.store(channel)

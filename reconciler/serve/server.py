@@ -101,6 +101,8 @@ SUBDIR_FILES = frozenset(
         "index.html",
     }
 )
+# URL paths whose parsed segments are kept (the set is emptied when full).
+SEGMENTS_KEPT = 4096
 KEEPALIVE_TIMEOUT = 120  # an idle keep-alive connection is dropped after this many seconds
 
 
@@ -142,7 +144,7 @@ class _Snapshot:
         return [c.name for c in self.channels.values() if c.access == "private"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Exchange:
     """What one request was, for the metrics and the access log."""
 
@@ -216,6 +218,18 @@ def _relative(root: str | None, path: Path) -> str:
     return _below(root, path) if root is not None else path.as_posix()
 
 
+_STAMP: list[Any] = [-1, ""]  # (second, its access log time stamp)
+
+
+def _log_stamp() -> str:
+    """The access log's time stamp, formatted once per second."""
+    now = int(time.time())
+    if _STAMP[0] != now:
+        _STAMP[:] = [now, time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))]
+    stamp: str = _STAMP[1]
+    return stamp
+
+
 _DATES: dict[int, str] = {}
 
 
@@ -232,6 +246,8 @@ def _http_date(mtime: float) -> str:
 def _not_modified(request: web.BaseRequest, etag: str, mtime: float) -> bool:
     match = request.headers.get("If-None-Match")
     if match is not None:
+        if match == etag:  # what clients send back: the one tag they were given
+            return True
         return match.strip() == "*" or etag in [tag.strip() for tag in match.split(",")]
     since = request.headers.get("If-Modified-Since")
     if since:
@@ -277,6 +293,7 @@ class ServeApp:
         # Requests to buckets block on the network: a pool of their own.
         self.object_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile-s3")
         self._flights: dict[tuple[str, ...], tuple[asyncio.Future[Any], list[int]]] = {}
+        self._segments: dict[str, tuple[str, ...]] = {}  # URL path -> its checked segments
         self._config_key = self._stat_config()
 
     # -- configuration -------------------------------------------------------------------
@@ -409,8 +426,7 @@ class ServeApp:
         )
         self._recent.append(entry)
         if self.access_log is not None:
-            stamp = time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
-            self.access_log.write(f"{stamp} {_log_line(*entry)}")
+            self.access_log.write(f"{_log_stamp()} {_log_line(*entry)}")
 
     @property
     def recent(self) -> list[str]:
@@ -421,10 +437,20 @@ class ServeApp:
         if request.method not in ("GET", "HEAD"):
             return _plain(405, headers={"Allow": "GET, HEAD"})
         head = request.method == "HEAD"
-        try:
-            segments = split_url_path(request.raw_path)
-        except Refused:
-            return _plain(404)
+        raw = request.raw_path
+        known = self._segments.get(raw)
+        if known is not None:
+            segments = list(known)
+        else:
+            try:
+                segments = split_url_path(raw)
+            except Refused:
+                return _plain(404)
+            # Parsed once per URL; never one with a token in it (no secrets kept around).
+            if not raw.startswith(f"/{auth.TOKEN_PREFIX}/"):
+                if len(self._segments) >= SEGMENTS_KEPT:
+                    self._segments.clear()
+                self._segments[raw] = tuple(segments)
         snapshot = self.snapshot
         token, segments = auth.split_token(segments)
         presented = token if token is not None else auth.header_token(
@@ -768,7 +794,7 @@ class ServeApp:
             if found is None:
                 return _plain(404)
             fd, opened = found, os.fstat(found)
-        handle = os.fdopen(fd, "rb")
+        handle = os.fdopen(fd, "rb", buffering=0)  # only sendfile reads it: no buffer needed
         try:
             if not stat.S_ISREG(opened.st_mode):
                 return _plain(404)

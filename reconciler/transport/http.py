@@ -20,6 +20,8 @@ and sizes are capped before anything is decoded into memory.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -29,10 +31,10 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
-from urllib.parse import unquote, urljoin, urlparse
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urljoin, urlparse, urlsplit
 
 import orjson
 import requests
@@ -45,6 +47,9 @@ from urllib3.response import BaseHTTPResponse
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.store.local import write_atomic
+
+if TYPE_CHECKING:
+    from requests.sessions import _Settings
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +188,7 @@ class Upstream:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            session = requests.Session()
+            session = _Session()
             adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -472,6 +477,81 @@ class _HeadersStalled(Exception):
     """
 
 
+class _Watchdog:
+    """One thread that fires every connection's header deadline.
+
+    A ``threading.Timer`` per request started a thread each time, which cost about a
+    millisecond per download (more than the rest of a small file's CPU time).
+    :meth:`cancel` returns only when the action can no longer run: actions run with
+    the lock held.
+    """
+
+    def __init__(self) -> None:
+        self._numbers = itertools.count()
+        self._reset()
+        # A child of fork has no watchdog thread, and the lock may have been held by it.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._wake = threading.Condition()
+        self._heap: list[_Deadline] = []
+        self._cancelled = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, delay: float, action: Callable[[], None]) -> _Deadline:
+        deadline = _Deadline(time.monotonic() + delay, next(self._numbers), action)
+        with self._wake:
+            heapq.heappush(self._heap, deadline)
+            if self._thread is None or not self._thread.is_alive():  # first use, or a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="reconcile-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0] is deadline:
+                self._wake.notify()
+        return deadline
+
+    def cancel(self, deadline: _Deadline) -> None:
+        with self._wake:
+            if deadline.armed:
+                deadline.armed = False
+                self._cancelled += 1
+                # Cancelled entries wait for their time in the heap: drop them in bulk.
+                if self._cancelled > 256 and self._cancelled * 2 > len(self._heap):
+                    self._heap = [d for d in self._heap if d.armed]
+                    heapq.heapify(self._heap)
+                    self._cancelled = 0
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._heap and not self._heap[0].armed:
+                    heapq.heappop(self._heap)
+                    self._cancelled -= 1
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                delay = self._heap[0].when - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                deadline = heapq.heappop(self._heap)
+                deadline.armed = False
+                with suppress(Exception):  # never let one action stop the others
+                    deadline.action()
+
+
+@dataclass(order=True)
+class _Deadline:
+    when: float
+    number: int
+    action: Callable[[], None] = field(compare=False)
+    armed: bool = field(default=True, compare=False)
+
+
+_WATCHDOG = _Watchdog()
+
+
 def _headers_in_time(
     connection: HTTPConnection, getresponse: Callable[[], BaseHTTPResponse]
 ) -> BaseHTTPResponse:
@@ -479,8 +559,8 @@ def _headers_in_time(
 
     ``requests``' timeout bounds each socket read, so a server sending its headers
     a byte at a time never trips it. ``urllib3`` sets the connection's timeout to
-    the read timeout before asking for the response: after that long in all, a
-    timer shuts the socket down, which ends the blocked read at once.
+    the read timeout before asking for the response: after that long in all, the
+    watchdog shuts the socket down, which ends the blocked read at once.
     """
     limit = connection.timeout
     sock = connection.sock
@@ -495,9 +575,7 @@ def _headers_in_time(
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     stalled = f"no complete response headers within {limit:g} s"
-    timer = threading.Timer(limit, cut)
-    timer.daemon = True
-    timer.start()
+    deadline = _WATCHDOG.arm(limit, cut)
     try:
         response = getresponse()
     except Exception:
@@ -505,10 +583,38 @@ def _headers_in_time(
             raise _HeadersStalled(stalled) from None
         raise
     finally:
-        timer.cancel()
+        _WATCHDOG.cancel(deadline)
     if fired.is_set():  # http.client takes the cut for the end of the headers
         raise _HeadersStalled(stalled)
     return response
+
+
+class _Session(requests.Session):
+    """A session that reads its settings from the environment once per scheme and host.
+
+    ``requests`` looks at every variable of ``os.environ`` for proxies (twice) on each
+    request; that cost as much CPU as the rest of a small download. The environment
+    does not change during a run, and the answer depends only on the scheme and host.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], _Settings] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> _Settings:
+        if proxies or not self.trust_env:  # per-request proxies: as requests does it
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.hostname, parts.port, stream, verify, cert)
+        cached = self._environment.get(key)
+        if cached is None:
+            cached = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if len(self._environment) < 64:  # a few hosts (redirects); never unbounded
+                self._environment[key] = cached
+        # Copies: requests may change what it is given.
+        return {**cached, "proxies": dict(cached["proxies"])}
 
 
 class _DeadlineHTTPConnection(HTTPConnection):

@@ -4,10 +4,13 @@ URL, within a bounded time and memory, and the channel stays consistent."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import textwrap
+import threading
 import time
 import tracemalloc
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -470,3 +473,52 @@ def test_apply_against_hostile_repodata_keeps_the_published_index(
     assert after == before  # the previous index stays published, byte for byte
     assert not (project.channel / "linux-64" / "alpha-2.0-0.conda").exists()
     project.assert_consistent()
+
+
+def test_watchdog_fires_due_deadlines_in_order_and_never_a_cancelled_one() -> None:
+    watchdog = upstream_module._Watchdog()
+    fired: list[str] = []
+    late = watchdog.arm(0.2, lambda: fired.append("late"))
+    cancelled = watchdog.arm(0.05, lambda: fired.append("cancelled"))
+    watchdog.arm(0.1, lambda: fired.append("early"))
+    watchdog.cancel(cancelled)
+    deadline = time.monotonic() + QUICK
+    while len(fired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fired == ["early", "late"]
+    watchdog.cancel(late)  # already fired: nothing happens
+    many = [watchdog.arm(60, lambda: fired.append("never")) for _ in range(600)]
+    for entry in many:
+        watchdog.cancel(entry)
+    assert len(watchdog._heap) < 300  # cancelled entries do not pile up until their time
+    time.sleep(0.05)
+    assert fired == ["early", "late"]
+
+
+def test_session_reads_proxies_from_the_environment_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "bypassed.example")
+    session = Upstream("http://one.example/channel").session
+    proxied = session.merge_environment_settings("http://one.example/a", {}, True, True, None)
+    assert proxied["proxies"].get("http") == "http://proxy.example:3128"
+    proxied["proxies"].clear()  # callers may change what they are given
+    again = session.merge_environment_settings("http://one.example/b", {}, True, True, None)
+    assert again["proxies"].get("http") == "http://proxy.example:3128"
+    bypassed = session.merge_environment_settings("http://bypassed.example/a", {}, True, True, None)
+    assert "http" not in bypassed["proxies"]
+
+
+def test_watchdog_works_in_a_forked_child() -> None:
+    watchdog = upstream_module._Watchdog()
+    watchdog.cancel(watchdog.arm(60, lambda: None))  # the parent's thread runs
+    with warnings.catch_warnings():  # 3.12+ warns about forking with threads: the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: a fresh watchdog state, its own thread
+        fired = threading.Event()
+        watchdog.arm(0.05, fired.set)
+        os._exit(0 if fired.wait(QUICK) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -245,6 +245,10 @@ def test_tokens_never_appear_in_logs_status_or_metrics(served: dict[str, Any]) -
             assert secret not in text, where
     assert 'reconcile_serve_requests_total{channel="internal",code="200",kind="conda"}' in metrics
     assert 'code="401"' in metrics and 'code="403"' in metrics
+    # URLs whose parsing is remembered: never one that carries a token.
+    remembered = served["server"].app._segments
+    assert "/internal/noarch/repodata.json" in remembered
+    assert not [path for path in remembered if any(s in path for s in (TOKEN, OTHER, WRONG))]
 
 
 # -- configuration ----------------------------------------------------------------------
