@@ -44,6 +44,9 @@ def hostile(tmp_path: Path) -> Iterator[HostileServer]:
     build_package(root, PackageSpec("beta", "1.0", subdir="linux-64"), ".tar.bz2")
     build_package(root, PackageSpec("gamma", "1.0", noarch="generic"))
     index_channel(root)
+    # Built before serving (once per process): building one inside a request on a loaded
+    # machine could outlast the client's 1 s header deadline.
+    gzip_bomb(), zstd_bomb()
     with hostile_server(root) as server:
         yield server
 
