@@ -522,11 +522,11 @@ class Mirror(MirrorDefaults):
         return value
 
 
-class Channel(_Model):
-    """A conda channel."""
+class _ChannelBase(_Model):
+    """What every kind of channel has: where it lives, who reads it, how it publishes."""
 
     name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
-    kind: Literal["conda"] = Field("conda", description="conda (default) or pypi")
+    kind: str  # each kind narrows it (here for the order of the fields)
     path: ChannelPath = Field(
         description="channel folder (relative paths start at this file's folder), or "
         "s3://bucket/prefix"
@@ -545,20 +545,6 @@ class Channel(_Model):
         description="public: anyone who reaches `reconcile serve` reads it; private: only "
         "with a token of `serve.tokens` that names this channel",
     )
-    subdirs: list[SubdirName] = Field(
-        default_factory=lambda: ["noarch"],
-        min_length=1,
-        description="subdirs served; noarch is always served",
-    )
-    index: IndexOptions = Field(default_factory=IndexOptions)
-    patches: list[Path] = Field(
-        default_factory=list,
-        description="patch files applied in order: .py, .json or a patch package",
-    )
-    filters: FilterBlock = Field(
-        default_factory=FilterBlock, description="applies to every mirror and local package"
-    )
-    mirrors: list[Mirror] = Field(default_factory=list)
     adopt: bool = Field(
         False,
         description="take over a folder that exists and holds files that are not a channel's "
@@ -570,11 +556,6 @@ class Channel(_Model):
         description="same filename with different sha256 from two mirrors: "
         "'error' fails the plan, 'first' keeps the mirror listed first",
     )
-
-    @field_validator("subdirs")
-    @classmethod
-    def _subdirs(cls, value: list[str]) -> list[str]:
-        return _check_subdirs(value)
 
     @model_validator(mode="after")
     def _storage_needs_a_bucket(self) -> Self:
@@ -591,6 +572,31 @@ class Channel(_Model):
     def max_age(self) -> int:
         """Cache-Control max-age of index files (after defaults were applied)."""
         return DEFAULT_INDEX_MAX_AGE if self.index_max_age is None else self.index_max_age
+
+
+class Channel(_ChannelBase):
+    """A conda channel."""
+
+    kind: Literal["conda"] = Field("conda", description="conda (default) or pypi")
+    subdirs: list[SubdirName] = Field(
+        default_factory=lambda: ["noarch"],
+        min_length=1,
+        description="subdirs served; noarch is always served",
+    )
+    index: IndexOptions = Field(default_factory=IndexOptions)
+    patches: list[Path] = Field(
+        default_factory=list,
+        description="patch files applied in order: .py, .json or a patch package",
+    )
+    filters: FilterBlock = Field(
+        default_factory=FilterBlock, description="applies to every mirror and local package"
+    )
+    mirrors: list[Mirror] = Field(default_factory=list)
+
+    @field_validator("subdirs")
+    @classmethod
+    def _subdirs(cls, value: list[str]) -> list[str]:
+        return _check_subdirs(value)
 
     @property
     def served_subdirs(self) -> list[str]:
@@ -732,60 +738,14 @@ class PypiMirror(MirrorDefaults):
         return [PYPI_FILES_HOST] if host == "pypi.org" else []
 
 
-class PypiChannel(_Model):
+class PypiChannel(_ChannelBase):
     """A PyPI simple repository (``simple/`` pages and ``packages/`` files)."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="channel name, used in URLs")
     kind: Literal["pypi"] = Field(description="pypi: a PEP 503/691 simple repository")
-    path: ChannelPath = Field(
-        description="channel folder (relative paths start at this file's folder), or "
-        "s3://bucket/prefix"
-    )
-    storage: StorageOptions | None = Field(
-        None, description="object storage settings (an s3:// path only); never credentials"
-    )
-    deletion_grace: float | None = Field(
-        None, ge=0, le=30 * 24 * 3600, description="overrides defaults.deletion_grace"
-    )
-    index_max_age: int | None = Field(
-        None, ge=0, le=24 * 3600, description="overrides defaults.index_max_age"
-    )
-    access: Literal["public", "private"] = Field(
-        "public",
-        description="public: anyone who reaches `reconcile serve` reads it; private: only "
-        "with a token of `serve.tokens` that names this channel",
-    )
     filters: PypiFilters = Field(
         default_factory=PypiFilters, description="applies to every mirror of the channel"
     )
     mirrors: list[PypiMirror] = Field(default_factory=list)
-    adopt: bool = Field(
-        False,
-        description="take over a folder that exists and holds files that are not a channel's "
-        "(without it such a folder is refused, so a typo never turns a folder of yours into "
-        "a channel)",
-    )
-    on_conflict: Literal["error", "first"] = Field(
-        "error",
-        description="same filename with different sha256 from two mirrors: "
-        "'error' fails the plan, 'first' keeps the mirror listed first",
-    )
-
-    @model_validator(mode="after")
-    def _storage_needs_a_bucket(self) -> Self:
-        if self.storage is not None and not isinstance(self.path, S3Location):
-            raise ValueError("storage: settings apply only to a channel whose path is s3://...")
-        return self
-
-    @property
-    def grace(self) -> float:
-        """Seconds an unpublished file stays (after defaults were applied)."""
-        return DEFAULT_DELETION_GRACE if self.deletion_grace is None else self.deletion_grace
-
-    @property
-    def max_age(self) -> int:
-        """Cache-Control max-age of index files (after defaults were applied)."""
-        return DEFAULT_INDEX_MAX_AGE if self.index_max_age is None else self.index_max_age
 
 
 AnyChannelModel = Channel | PypiChannel
