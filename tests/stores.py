@@ -6,7 +6,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,20 +60,26 @@ class Channel:
         self.put(key, path.read_bytes())
 
 
-def _records(repodata: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
+def index_records(repodata: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
+    """The records of a repodata document or shard, by filename (both sections)."""
+    found: dict[str, Mapping[str, object]] = {}
     for section in ("packages", "packages.conda"):
-        found.update(repodata.get(section) or {})
+        value = repodata.get(section) or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{section} is not a mapping")
+        found.update(value)
     return found
 
 
-def _decode(name: str, data: bytes) -> dict[str, Any]:
+def decode_index(name: str, data: bytes) -> dict[str, object]:
+    """A published JSON index file (plain, ``.zst`` or ``.bz2``) as a mapping."""
     if name.endswith(".zst"):
         data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
     elif name.endswith(".bz2"):
         data = bz2.decompress(data)
     value = orjson.loads(data)
-    assert isinstance(value, dict)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
     return value
 
 
@@ -94,7 +100,7 @@ def conda_problems(
             digests[key] = (len(data), hashlib.sha256(data).hexdigest())
         return digests[key]
 
-    def check(subdir: str, source: str, records: dict[str, dict[str, Any]]) -> None:
+    def check(subdir: str, source: str, records: Mapping[str, Mapping[str, object]]) -> None:
         for filename, record in records.items():
             key = f"{subdir}/{filename}"
             found = digest(key)
@@ -109,7 +115,7 @@ def conda_problems(
         for name in REPODATA_FILES:
             data = store.read(f"{subdir}/{name}")
             if data is not None:
-                check(subdir, name, _records(_decode(name, data)))
+                check(subdir, name, index_records(decode_index(name, data)))
         index = store.read(f"{subdir}/repodata_shards.msgpack.zst")
         if index is not None:
             for package, shard_digest in read_shard_index(index)["shards"].items():
@@ -119,7 +125,7 @@ def conda_problems(
                 elif hashlib.sha256(shard).hexdigest() != shard_digest:
                     problems.append(f"{subdir} shard of {package} does not match its digest")
                 else:
-                    check(subdir, f"shard {package}", _records(read_shard(shard)))
+                    check(subdir, f"shard {package}", index_records(read_shard(shard)))
     return problems
 
 

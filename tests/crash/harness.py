@@ -17,7 +17,6 @@ process per run. ``RECONCILE_CRASH_EXEC_EVERY=1`` makes every run a fresh one.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import os
 import random
@@ -35,7 +34,6 @@ from typing import Any
 
 import orjson
 import requests
-import zstandard
 
 from reconciler.conda.shards import read_shard, read_shard_index
 from reconciler.config.models import S3Location
@@ -48,6 +46,7 @@ from reconciler.store.local import TEMP_PREFIX, LocalStore
 from reconciler.store.s3 import S3Store
 from tests.crash.forkserver import Forked, ForkServer
 from tests.s3_server import copy_prefix, list_keys
+from tests.stores import REPODATA_FILES, decode_index, index_records
 
 # One clock for every run, so outputs can be compared byte for byte. Without it
 # only the CEP-47 ``indexed_timestamp`` of packages indexed by the interrupted run
@@ -60,15 +59,6 @@ RUN_TIMEOUT = 120.0  # a hung run is a failure, not a hung CI
 REPO = Path(__file__).resolve().parents[2]
 
 TALLIES: list[Tally] = []  # every scenario run in this session, for the summary line
-
-# Published files that must parse whenever they exist, and name only usable files.
-REPODATA_FILES = (
-    "repodata.json",
-    "repodata.json.zst",
-    "repodata.json.bz2",
-    "repodata_from_packages.json",
-    "current_repodata.json",
-)
 
 
 # -- running the CLI -------------------------------------------------------------------
@@ -270,27 +260,6 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _records(repodata: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
-    found: dict[str, Mapping[str, object]] = {}
-    for section in ("packages", "packages.conda"):
-        value = repodata.get(section) or {}
-        if not isinstance(value, dict):
-            raise ValueError(f"{section} is not a mapping")
-        found.update(value)
-    return found
-
-
-def _decode(name: str, data: bytes) -> dict[str, object]:
-    if name.endswith(".zst"):
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    elif name.endswith(".bz2"):
-        data = bz2.decompress(data)
-    value = orjson.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
 @dataclass(frozen=True)
 class Expect:
     """What a scenario allows the channel to hold at any instant."""
@@ -342,7 +311,7 @@ def check_channel(channel: Path | Store, expect: Expect, had_noarch: bool) -> li
             if data is None:
                 continue
             try:
-                check_named(subdir, name, _records(_decode(name, data)))
+                check_named(subdir, name, index_records(decode_index(name, data)))
             except Exception as exc:
                 problems.append(f"{subdir}/{name} unreadable: {type(exc).__name__}: {exc}")
         index = store.read(f"{subdir}/repodata_shards.msgpack.zst")
@@ -356,13 +325,13 @@ def check_channel(channel: Path | Store, expect: Expect, had_noarch: bool) -> li
                     elif hashlib.sha256(shard).hexdigest() != digest:
                         problems.append(f"{subdir} shard of {package} does not match its digest")
                     else:
-                        check_named(subdir, f"shard {package}", _records(read_shard(shard)))
+                        check_named(subdir, f"shard {package}", index_records(read_shard(shard)))
             except Exception as exc:
                 problems.append(f"{subdir} shards unreadable: {type(exc).__name__}: {exc}")
         run_exports = store.read(f"{subdir}/run_exports.json")
         if run_exports is not None:
             try:
-                _decode("run_exports.json", run_exports)
+                decode_index("run_exports.json", run_exports)
             except Exception as exc:
                 problems.append(f"{subdir}/run_exports.json unreadable: {exc}")
         # No package file under its final name with other bytes.
@@ -719,7 +688,7 @@ def known_digests(
 def upstream_records(channel: Path) -> list[tuple[str, str, str]]:
     out = []
     for path in channel.glob("*/repodata.json"):
-        for filename, record in _records(orjson.loads(path.read_bytes())).items():
+        for filename, record in index_records(orjson.loads(path.read_bytes())).items():
             out.append((path.parent.name, filename, str(record.get("sha256"))))
     return out
 
