@@ -88,6 +88,16 @@ class Viewer:
     def may_read(self, channel: AnyChannelModel) -> bool:
         return channel.access != "private" or channel.name in self.grant.channels
 
+    def reach(self, name: str) -> AnyChannelModel | Answer:
+        """The channel ``name`` if this client may read it, else the answer: 404 for no
+        such channel, 401/403 for a private one (before anything else is looked up, so
+        the names inside a private channel stay private)."""
+        channel = self.channel(name)
+        if channel is None:
+            return _plain(404, "")
+        refused = self.refusal(channel)
+        return channel if refused is None else refused
+
     def refusal(self, channel: AnyChannelModel) -> Answer | None:
         """The server's answer for a private channel this client may not read (None: may)."""
         if self.may_read(channel):
@@ -242,12 +252,9 @@ def _channel(
     from reconciler.engine.status import channel_status
     from reconciler.kinds import REGISTRY
 
-    channel = viewer.channel(name)
-    if channel is None:
-        return _plain(404, "")
-    refused = viewer.refusal(channel)
-    if refused is not None:
-        return refused
+    channel = viewer.reach(name)
+    if isinstance(channel, Answer):
+        return channel
     position = viewer.loaded.config.channels.index(channel)
     status = channel_status(channel, REGISTRY, position=position, packages=counts(listings))
     packages = packages_page(
@@ -406,12 +413,9 @@ def _runs_table(runs: list[dict[str, Any]], channel: str, root: str, at: datetim
 
 
 def _mirror(viewer: Viewer, name: str, mirror_name: str, as_json: bool) -> Answer:
-    channel = viewer.channel(name)
-    if channel is None:
-        return _plain(404, "")
-    refused = viewer.refusal(channel)  # before the mirror is looked up: names stay private
-    if refused is not None:
-        return refused
+    channel = viewer.reach(name)
+    if isinstance(channel, Answer):
+        return channel
     view = mirror_view(viewer.loaded, name, mirror_name)
     if view is None:
         return _plain(404, "")
@@ -457,12 +461,9 @@ _CATEGORIES = ("added", "updated", "removed", "restored", "reindexed")
 
 
 def _run(viewer: Viewer, name: str, run_id: str, as_json: bool) -> Answer:
-    channel = viewer.channel(name)
-    if channel is None:
-        return _plain(404, "")
-    refused = viewer.refusal(channel)
-    if refused is not None:
-        return refused
+    channel = viewer.reach(name)
+    if isinstance(channel, Answer):
+        return channel
     view = run_view(viewer.loaded, name, run_id)
     if view is None:
         return _plain(404, "")
