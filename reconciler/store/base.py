@@ -188,11 +188,12 @@ class Store(abc.ABC):
         *,
         if_match: str | None = None,
         if_absent: bool = False,
-        durable: bool = False,
+        durable: bool = True,
         step: str | None = None,
     ) -> ObjectInfo:
         """Replace the object atomically. ``if_match``: only if its tag is still that;
-        ``if_absent``: only if there is none (else :class:`PreconditionFailed`)."""
+        ``if_absent``: only if there is none (else :class:`PreconditionFailed`);
+        ``durable``: on disk, fsynced with its folder before it is relied on."""
 
     def write_if_changed(self, key: str, data: bytes, **options: object) -> bool:
         """Write unless the object already holds exactly ``data``; True when written."""
