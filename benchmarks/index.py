@@ -1,8 +1,9 @@
-"""Index benchmark: conda-reconcile against rattler-index on the same synthetic channel.
+r"""Index benchmark: conda-reconcile against rattler-index on the same synthetic channel.
 
     python benchmarks/index.py                 # 10,000 packages over 4 subdirs, 3 repeats
     python benchmarks/index.py -n 2000 -r 5
     python benchmarks/index.py -n 50000 --source /tmp/c50k   # build once, reuse after
+    python benchmarks/index.py --conda-source /tmp/conda-src   # conda-index as well
 
 Builds a channel of real packages (70% ``.conda``), then times, in one run and on
 fresh copies of the same channel:
@@ -15,7 +16,25 @@ for ``reconcile index`` (in-process ``index_channel``), ``rattler.index.index_fs
 (repodata.json + .zst, no shards, as our default writes no shards either) and, when
 ``conda_index`` and ``conda`` can be imported, conda-index's ``ChannelIndex``. Each
 timed run happens in a child process whose memory (the resident size of it and its
-workers, sampled together) is measured per run. Prints medians and the ratio ours/rattler.
+workers, sampled together) is measured per run. Prints medians and the ratios ours/tool.
+
+conda-index needs ``conda`` importable, and current conda is not published on PyPI.
+To measure it, fetch conda's source at a release tag, install conda-index and conda's
+runtime dependencies (the ``dependencies`` of conda's ``pyproject.toml`` at that tag)
+into this environment with pip, and pass the folder that contains the ``conda/``
+package as ``--conda-source``; the timed child processes then import conda from it::
+
+    git clone --depth 1 --branch 26.7.1 https://github.com/conda/conda /tmp/conda-src
+    printf '__version__ = "26.7.1"\n' > /tmp/conda-src/conda/_version.py
+    pip install conda-index archspec boltons charset-normalizer conda-package-handling \
+        distro frozendict msgpack packaging platformdirs pluggy pycosat requests \
+        setuptools tqdm truststore
+    python benchmarks/index.py --conda-source /tmp/conda-src
+
+``conda/_version.py`` is what a pip install of conda would generate; without it conda
+asks setuptools_scm for its version, or calls itself ``0.0.0.dev0+placeholder``.
+``menuinst`` (not on PyPI) and ``conda-libmamba-solver`` can be left out: indexing
+imports neither.
 """
 
 from __future__ import annotations
@@ -77,11 +96,21 @@ def extra_package(root: Path, index: int) -> None:
 # -- child process: one timed run -------------------------------------------------------
 
 
+def use_conda_source(source: Path) -> None:
+    """Import ``conda`` from ``source``, a checkout of conda's source, from now on."""
+    if not (source / "conda" / "__init__.py").is_file():
+        raise SystemExit(f"--conda-source {source}: no conda/__init__.py in it")
+    # After this repository's own folders (a conda checkout has a ``tests`` package of
+    # its own), before site-packages. conda-index's spawned workers inherit sys.path.
+    sys.path.insert(2, str(source))
+
+
 def conda_index_missing() -> str | None:
     """Why conda-index cannot be measured here, or None when it can."""
     try:
+        # current_repodata, which ChannelIndex uses, imports the most of conda (its solver).
         import conda  # noqa: F401
-        import conda_index.index  # noqa: F401
+        import conda_index.index.current_repodata  # noqa: F401
     except ImportError as exc:
         return f"{exc.name} is not importable"
     return None
@@ -122,8 +151,10 @@ def run_child(tool: str, channel: Path) -> None:
     print(json.dumps({"seconds": elapsed, "peak_mb": peak.mb}))
 
 
-def timed(tool: str, channel: Path) -> dict[str, float]:
+def timed(tool: str, channel: Path, conda_source: Path | None) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", tool, str(channel)]
+    if conda_source is not None:
+        command += ["--conda-source", str(conda_source)]
     for _attempt in range(3):
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode == 0:
@@ -144,8 +175,18 @@ def main() -> None:
     parser.add_argument(
         "--source", type=Path, help="build the channel here once and reuse it (kept)"
     )
+    parser.add_argument(
+        "--conda-source",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of conda's source (holding conda/) to import conda from, "
+        "so that conda-index can be measured",
+    )
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.conda_source is not None:
+        args.conda_source = args.conda_source.resolve()
+        use_conda_source(args.conda_source)
     if args.child:
         run_child(args.child[0], Path(args.child[1]))
         return
@@ -153,8 +194,18 @@ def main() -> None:
     tools = ["ours", "rattler"]
     missing = conda_index_missing()
     if missing:
-        print(f"conda-index skipped: {missing} (it needs conda itself)", flush=True)
+        hint = "" if args.conda_source else "; see --conda-source"
+        print(f"conda-index skipped: {missing} (it needs conda itself{hint})", flush=True)
     else:
+        from importlib.metadata import version
+
+        import conda
+
+        print(
+            f"conda-index {version('conda-index')} with conda {conda.__version__} "
+            f"from {Path(conda.__file__).parent.parent}",
+            flush=True,
+        )
         tools.append("conda-index")
     work = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     try:
@@ -180,10 +231,10 @@ def main() -> None:
                 for phase in ("cold", "no-op", "add-one"):
                     if phase == "add-one":
                         extra_package(channel, repeat)
-                    result = timed(tool, channel)
+                    result = timed(tool, channel, args.conda_source)
                     results.setdefault((tool, phase), []).append(result)
                     print(
-                        f"  repeat {repeat + 1}: {tool:8} {phase:8} "
+                        f"  repeat {repeat + 1}: {tool:11} {phase:8} "
                         f"{result['seconds']:7.3f} s  {result['peak_mb']:6.0f} MB",
                         flush=True,
                     )

@@ -105,6 +105,10 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _by_key(info: ObjectInfo) -> str:
+    return info.key
+
+
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(key, st.st_size, str(st.st_mtime_ns), stat.S_ISREG(st.st_mode), st.st_mtime)
 
@@ -211,34 +215,7 @@ class LocalStore(Store):
         return self.root.is_dir()
 
     def list_files(self, prefix: str = "") -> list[ObjectInfo]:
-        if prefix:
-            check_key(prefix)
-        try:
-            fd = self._folder_fd(prefix, create=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return []  # a planted link: nothing in there is the channel's
-            raise storage_error("list", self.describe(prefix), exc) from exc
-        found = []
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.name.startswith(TEMP_PREFIX):
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # deleted while listing
-                    if stat.S_ISDIR(st.st_mode):
-                        continue
-                    key = f"{prefix}/{entry.name}" if prefix else entry.name
-                    found.append(_info(key, st))
-        finally:
-            os.close(fd)
-        found.sort(key=lambda info: info.key)
-        return found
+        return self.listing(prefix)[0]
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         if prefix:
@@ -256,6 +233,48 @@ class LocalStore(Store):
                 return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
         finally:
             os.close(fd)
+
+    def listing(self, prefix: str = "") -> tuple[list[ObjectInfo], list[str]]:
+        # One pass over the folder: a re-index stats every package file of every subdir,
+        # so this loop is most of what re-indexing an unchanged subdir costs.
+        if prefix:
+            check_key(prefix)
+        try:
+            fd = self._folder_fd(prefix, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return [], []  # a planted link: nothing in there is the channel's
+            raise storage_error("list", self.describe(prefix), exc) from exc
+        found = []
+        folders = []
+        base = f"{prefix}/" if prefix else ""
+        is_dir, is_reg = stat.S_ISDIR, stat.S_ISREG
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(TEMP_PREFIX):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+                    mode = st.st_mode
+                    if is_dir(mode):
+                        folders.append(name)
+                        continue
+                    found.append(
+                        ObjectInfo(
+                            base + name, st.st_size, str(st.st_mtime_ns), is_reg(mode), st.st_mtime
+                        )
+                    )
+        finally:
+            os.close(fd)
+        found.sort(key=_by_key)
+        folders.sort()
+        return found, folders
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

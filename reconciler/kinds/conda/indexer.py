@@ -387,16 +387,19 @@ class ChannelIndexer:
         """
         files: dict[str, FileStat] = {}
         entries, folders = self.store.listing(subdir)
-        self._listed[subdir] = {info.name: info for info in entries}
+        listed: dict[str, ObjectInfo] = {}
+        self._listed[subdir] = listed
         result.has_shards = "shards" in folders
         if not entries and not folders:
             result.scan_digest = result.observed = "absent"
             return files
-        # One digest update per subdir, not per file: the lines are joined first.
+        # One digest update per subdir, not per file: the lines are joined first. This
+        # loop runs for every file of every subdir on each re-index: kept lean.
         package_lines: list[str] = []
         visible_lines: list[str] = []
         for info in entries:
             name = info.key.rpartition("/")[2]
+            listed[name] = info
             if name[:1] == ".":
                 continue
             line = f"{name}\0{info.size}\0{info.tag}\n"
