@@ -5,7 +5,8 @@
 Needs Debian's nginx and wrk (`apt-get install nginx wrk`). A channel holds a
 repodata.json of 2,000 records and a 1 MB package. Three servers run on 127.0.0.1:
 
-- `reconcile serve` alone;
+- `reconcile serve` alone, with one process and with ``--workers`` processes (by default
+  as many as there are cores);
 - nginx (1 worker, sendfile) serving the same folder as static files;
 - the documented deployment (docs/serve.md): nginx in front, serving what is on disk
   and passing the rest to `reconcile serve`.
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import requests
@@ -57,6 +59,12 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the worker processes of ``serve --workers``)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *map(int, children.split())]
 
 
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> tuple[float, float]:
@@ -90,6 +98,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("-r", "--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=sorted({1, os.cpu_count() or 1}),
+        help="reconcile serve --workers values to measure (default: 1 and the core count)",
+    )
     args = parser.parse_args()
     global THREADS
     THREADS = args.threads
@@ -115,26 +130,38 @@ def main() -> None:
             "channels:\n  - {name: chan, path: ./chan, subdirs: [linux-64]}\n"
             "  - {name: internal, access: private, path: ./internal, subdirs: [linux-64]}\n"
         )
-        ours, plain, front = free_port(), free_port(), free_port()
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "reconciler",
-                    "-q",
-                    "serve",
-                    "-c",
-                    str(root / "channels.yaml"),
-                    "--port",
-                    str(ours),
-                ],
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "BENCH_TOKEN": TOKEN},
+        plain, front = free_port(), free_port()
+        ours: dict[str, int] = {}  # our server's name in the table -> its port
+        for count in args.workers:
+            name = "reconcile serve" if count == 1 else f"reconcile serve -w{count}"
+            ours[name] = free_port()
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "reconciler",
+                        "-q",
+                        "serve",
+                        "-c",
+                        str(root / "channels.yaml"),
+                        "--port",
+                        str(ours[name]),
+                        "--workers",
+                        str(count),
+                    ],
+                    stderr=subprocess.DEVNULL,
+                    env={**os.environ, "BENCH_TOKEN": TOKEN},
+                )
             )
-        )
-        wait_for_port(ours)
-        servers = direct_config(root, plain) + sample_config(root, front, ours)
+        for port in ours.values():
+            wait_for_port(port)
+        time.sleep(1)  # every worker process up
+        ours_pids = {
+            name: process_tree(process.pid) for name, process in zip(ours, processes, strict=True)
+        }
+        first = next(iter(ours))
+        servers = direct_config(root, plain) + sample_config(root, front, ours[first])
         # The sample lists its private channels by name; ours is called "internal" too.
         with nginx(work / "nginx", servers, plain) as master:
             wait_for_port(front)
@@ -144,8 +171,8 @@ def main() -> None:
             # CPU time of the processes that answer each deployment's requests.
             serving = {
                 "nginx": [int(w) for w in workers],
-                "reconcile serve": [processes[0].pid],
-                "nginx -> reconcile": [*map(int, workers), processes[0].pid],
+                **ours_pids,
+                "nginx -> reconcile": [*map(int, workers), *ours_pids[first]],
             }
             repodata = "/chan/linux-64/repodata.json"
             size = (channel / "linux-64" / "repodata.json").stat().st_size
@@ -155,7 +182,7 @@ def main() -> None:
                 f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, "
                 f"median of {args.repeats}"
             )
-            ports = {"nginx": plain, "reconcile serve": ours, "nginx -> reconcile": front}
+            ports = {"nginx": plain, **ours, "nginx -> reconcile": front}
             cases: list[tuple[str, str, dict[str, str], list[str]]] = [
                 ("repodata.json", repodata, {}, list(ports)),
                 ("1 MB package", f"/chan/linux-64/{package}", {}, list(ports)),
@@ -164,7 +191,7 @@ def main() -> None:
                     "private repodata",
                     "/internal/linux-64/repodata.json",
                     {"Authorization": f"Bearer {TOKEN}"},
-                    ["reconcile serve", "nginx -> reconcile"],  # nginx alone has no tokens
+                    [*ours, "nginx -> reconcile"],  # nginx alone has no tokens
                 ),
             ]
             print(

@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a failed passive fetch from memory for this long "
         "(default: serve.failed_fetch_ttl, 60)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (default: 1; the number of cores serves most)",
+    )
 
     p = add(
         "watch",

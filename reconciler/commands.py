@@ -227,6 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         behind_proxy=args.behind_proxy,
         watch_config=args.watch_config,
         failed_fetch_ttl=args.failed_fetch_ttl,
+        workers=args.workers,
     )
     serve(loaded, args.host, args.port, options)
     return ExitCode.OK

@@ -13,6 +13,7 @@ grow the series without bound, and no token or path ever becomes a label.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -29,6 +30,7 @@ from reconciler.engine import layout
 from reconciler.engine.history import History
 from reconciler.engine.state import ChannelState, read_state
 from reconciler.kinds import REGISTRY
+from reconciler.serve.shared import Shared
 from reconciler.store import channel_store
 from reconciler.store.base import Store
 
@@ -145,6 +147,16 @@ class _MirrorCollector(Collector):
         yield from (success, last_run, state, packages, published, info)
 
 
+class _Counted(Collector):
+    """The counted metrics of the only process of the server, as they are."""
+
+    def __init__(self, counted: CollectorRegistry) -> None:
+        self._counted = counted
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._counted.collect()
+
+
 class _ServedCollector(Collector):
     """Requests and bytes by channel, kind and code, as counters, from plain numbers."""
 
@@ -174,53 +186,111 @@ class _ServedCollector(Collector):
         yield from (requests, sent)
 
 
-class ServeMetrics:
-    """The server's metrics; also the passive fetcher's observer."""
+class _Merged(Collector):
+    """What this process counted, added to what the server's other processes counted."""
 
-    def __init__(self, loaded: Callable[[], LoadedConfig]) -> None:
+    def __init__(self, counted: CollectorRegistry, shared: Shared) -> None:
+        self._counted = counted
+        self._shared = shared
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        for dump in [dump_families(self._counted), *self._shared.other_metrics()]:
+            for entry in dump:
+                with contextlib.suppress(ValueError, TypeError):  # a foreign file
+                    name, kind, documentation, samples = entry
+                    if name not in families:
+                        families[name] = Metric(str(name), str(documentation), str(kind))
+                    for sample, labels, value in samples:
+                        key = (str(name), str(sample), tuple(sorted(labels.items())))
+                        seen = totals.get(key)
+                        if seen is None:
+                            totals[key] = float(value)
+                        elif str(sample).endswith("_created"):  # the first start counts
+                            totals[key] = min(seen, float(value))
+                        else:
+                            totals[key] = seen + float(value)
+        for (name, sample, labels), value in totals.items():
+            families[name].add_sample(sample, dict(labels), value)
+        yield from families.values()
+
+
+def dump_families(registry: CollectorRegistry) -> list[Any]:
+    """The registry's samples as plain JSON data: [name, type, help, samples] per family."""
+    return [
+        [
+            family.name,
+            family.type,
+            family.documentation,
+            [[s.name, s.labels, s.value] for s in family.samples],
+        ]
+        for family in registry.collect()
+    ]
+
+
+class ServeMetrics:
+    """The server's metrics; also the passive fetcher's observer.
+
+    With several server processes (``shared``), each publishes what it counted and a
+    scrape adds them up; the figures read from disk are read once.
+    """
+
+    def __init__(self, loaded: Callable[[], LoadedConfig], shared: Shared | None = None) -> None:
+        self.shared = shared
+        # What is counted as requests are answered; the registry scraped adds the rest.
+        self.counted = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry(auto_describe=True)
         self.fetches = Counter(
             "reconcile_serve_passive_fetches",
             "Passive files fetched from upstream",
             ["channel"],
-            registry=self.registry,
+            registry=self.counted,
         )
         self.fetched_bytes = Counter(
             "reconcile_serve_passive_fetched_bytes",
             "Bytes of passive files fetched from upstream",
             ["channel"],
-            registry=self.registry,
+            registry=self.counted,
         )
         self.passive_hits = Counter(
             "reconcile_serve_passive_hits",
             "Requests that waited on another request's fetch and got its file",
             ["channel"],
-            registry=self.registry,
+            registry=self.counted,
         )
         self.failures = Counter(
             "reconcile_serve_passive_failures",
             "Passive fetches that failed (the upstream, or our disk)",
             ["channel"],
-            registry=self.registry,
+            registry=self.counted,
         )
         self.negative_hits = Counter(
             "reconcile_serve_passive_negative_cache_hits",
             "Requests answered 502 from the negative cache, without asking the upstream",
             ["channel"],
-            registry=self.registry,
+            registry=self.counted,
         )
         self.latency = Histogram(
             "reconcile_serve_upstream_fetch_seconds",
             "Time to fetch and verify a passive file from upstream",
             ["channel"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=self.registry,
+            registry=self.counted,
         )
         self.registry.register(_MirrorCollector(loaded))
         # (channel, kind, code) -> [requests, bytes, created]: plain numbers, counted on
         # the event loop (one thread) and turned into counters when scraped.
         self._served: dict[tuple[str, str, int], list[float]] = {}
-        self.registry.register(_ServedCollector(self._served))
+        self.counted.register(_ServedCollector(self._served))
+        self.registry.register(
+            _Merged(self.counted, shared) if shared is not None else _Counted(self.counted)
+        )
+
+    def publish(self) -> None:
+        """Let the server's other processes see what this one counted."""
+        if self.shared is not None:
+            self.shared.publish_metrics(dump_families(self.counted))
 
     def request(self, channel: str, kind: str, code: int, size: int) -> None:
         """Count one answered request (on the event loop: no lock, no label look-up)."""

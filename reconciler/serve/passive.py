@@ -23,6 +23,7 @@ a client retrying in a loop cannot turn the server into an amplifier.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ from reconciler.faults import checkpoint
 from reconciler.kinds.conda.upstream import CondaUpstream
 from reconciler.kinds.pypi.client import SimpleIndexClient
 from reconciler.kinds.pypi.simple_index import PACKAGES
+from reconciler.serve.shared import Shared
 from reconciler.store import channel_store
 from reconciler.store.base import StorageError, Store, check_key
 from reconciler.store.local import LocalStore
@@ -102,8 +104,10 @@ class PassiveFetcher:
         failed_fetch_ttl: float | None = None,
         observer: FetchObserver | None = None,
         clean: bool = True,
+        shared: Shared | None = None,
     ) -> None:
         self.loaded = loaded
+        self.shared = shared  # the other processes of the server, if any
         self.cache_dir = default_cache_dir()
         self.failed_fetch_ttl = failed_fetch_ttl
         self.observer = observer
@@ -324,7 +328,9 @@ class PassiveFetcher:
     ) -> str | None:
         with self._lock:
             file_lock = self._inflight.setdefault((channel.name, stored), threading.Lock())
-        with file_lock:  # one download per file; the others wait and then find it there
+        # One download per file; the others wait and then find it there (the other
+        # processes of the server too).
+        with file_lock, self._shared_lock("fetch", channel.name, stored):
             entry = self.entry(channel, key)
             if entry is None:
                 return None
@@ -354,6 +360,8 @@ class PassiveFetcher:
                 self._record_verified(channel, key, found, entry.sha256)
             with self._lock:
                 self._failures.pop((channel.name, key), None)
+            if self.shared is not None:
+                self.shared.forget_failure(channel.name, key)
             if self.observer is not None:
                 self.observer.fetched(channel.name, time.monotonic() - started, written)
             self.count(channel, fetches=1, bytes=written)
@@ -405,15 +413,21 @@ class PassiveFetcher:
         ttl = self.ttl
         with self._lock:
             failure = self._failures.get((channel.name, key))
-        if failure is None or ttl <= 0:
+        if ttl <= 0:
             return None
-        left = ttl - (time.monotonic() - failure[0])
+        if failure is not None:
+            age, wall, message = time.monotonic() - failure[0], failure[1], failure[2]
+        elif self.shared is not None and (seen := self.shared.failure(channel.name, key)):
+            age, wall, message = seen
+        else:
+            return None
+        left = ttl - age
         if left <= 0:
             return None
         if self.observer is not None:
             self.observer.refused(channel.name)
         return FetchFailed(
-            f"{failure[2]} (failed at {failure[1]}; not asked again for {left:.0f} s)",
+            f"{message} (failed at {wall}; not asked again for {left:.0f} s)",
             retry_after=left,
         )
 
@@ -421,6 +435,8 @@ class PassiveFetcher:
         wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._lock:
             self._failures[(channel.name, key)] = (time.monotonic(), wall, message)
+        if self.shared is not None:
+            self.shared.record_failure(channel.name, key, wall, message)
         if self.observer is not None:
             self.observer.failed(channel.name, time.monotonic() - started)
         self.count(channel, failures=1, failure={"file": key, "time": wall, "error": message})
@@ -457,15 +473,22 @@ class PassiveFetcher:
         self._saved_at[channel.name] = time.monotonic()
         if not pending and not failures:
             return
-        stats = read_passive_stats(store)
-        for key, value in pending.items():
-            setattr(stats, key, getattr(stats, key) + value)
-        if failures:
-            stats.recent_failures = [*failures, *stats.recent_failures][:RECENT_FAILURES]
-        try:  # statistics only: a full disk must not fail the request
-            store.write(layout.PASSIVE_STATS, stats.model_dump_json().encode())
-        except StorageError as exc:
-            log.warning("passive fetch counts not saved: %s", exc.message)
+        # Read, add, write: one process of the server at a time, or counts get lost.
+        with self._shared_lock("stats", channel.name):
+            stats = read_passive_stats(store)
+            for key, value in pending.items():
+                setattr(stats, key, getattr(stats, key) + value)
+            if failures:
+                stats.recent_failures = [*failures, *stats.recent_failures][:RECENT_FAILURES]
+            try:  # statistics only: a full disk must not fail the request
+                store.write(layout.PASSIVE_STATS, stats.model_dump_json().encode())
+            except StorageError as exc:
+                log.warning("passive fetch counts not saved: %s", exc.message)
+
+    def _shared_lock(self, *name: str) -> contextlib.AbstractContextManager[None]:
+        if self.shared is None:
+            return contextlib.nullcontext()
+        return self.shared.lock(*name)
 
 
 def read_stats(channel_dir: Path) -> PassiveStats:

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -75,6 +75,7 @@ from reconciler.serve.listing import (
 from reconciler.serve.metrics import ServeMetrics
 from reconciler.serve.packages import PackageListings
 from reconciler.serve.passive import FetchFailed, PassiveFetcher
+from reconciler.serve.shared import Shared
 from reconciler.serve.status import redact_status, render_status_html, status_data
 from reconciler.store import channel_store
 from reconciler.store.base import PreconditionFailed, StorageError, Store
@@ -118,6 +119,7 @@ class ServeOptions:
     shutdown_timeout: float = 60.0
     watch_interval: float = 1.0
     fetch_workers: int = 16
+    workers: int = 1  # server processes sharing the listening socket
 
 
 @dataclass
@@ -156,27 +158,47 @@ class _Exchange:
 
 
 class AccessLog:
-    """Buffered access log lines (no tokens: ``/t/<token>/`` is redacted, headers never)."""
+    """Buffered access log lines (no tokens: ``/t/<token>/`` is redacted, headers never).
+
+    Lines are written whole, a batch per ``write`` on a file opened for appending, so
+    the processes of one server can share the file without tearing each other's lines.
+    """
+
+    FLUSH_AT = 1 << 16  # characters buffered before a flush (also every second)
 
     def __init__(self, target: str) -> None:
         self._own = target != "-"
-        self._handle: IO[str] = (
-            open(target, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        self._fd = (
+            os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             if self._own
-            else sys.stderr
+            else sys.stderr.fileno()
         )
+        self._lines: list[str] = []
+        self._size = 0
 
     def write(self, line: str) -> None:
-        self._handle.write(line + "\n")
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._handle.flush()
+        if not self._lines:
+            return
+        data = ("\n".join(self._lines) + "\n").encode("utf-8", "backslashreplace")
+        self._lines.clear()
+        self._size = 0
+        with contextlib.suppress(OSError):  # a full disk must not stop the server
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
 
     def close(self) -> None:
         self.flush()
         if self._own:
-            self._handle.close()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._own = False
 
 
 def _plain(
@@ -274,12 +296,21 @@ def _if_range_holds(value: str | None, etag: str, mtime: float) -> bool:
 class ServeApp:
     """Routing, access control, files and pages; shared by every connection."""
 
-    def __init__(self, loaded: LoadedConfig, options: ServeOptions | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        options: ServeOptions | None = None,
+        shared: Shared | None = None,
+    ) -> None:
         self.options = options or ServeOptions()
+        self.shared = shared  # None: the only process of this server
         self.snapshot = _Snapshot(loaded)
-        self.metrics = ServeMetrics(lambda: self.snapshot.loaded)
+        self.metrics = ServeMetrics(lambda: self.snapshot.loaded, shared)
         self.passive = PassiveFetcher(
-            loaded, failed_fetch_ttl=self.options.failed_fetch_ttl, observer=self.metrics
+            loaded,
+            failed_fetch_ttl=self.options.failed_fetch_ttl,
+            observer=self.metrics,
+            shared=shared,
         )
         self.listings = Listings()
         self.object_listings = StoreListings()
@@ -847,6 +878,7 @@ class ServeApp:
         self.work_pool.shutdown(wait=True)
         self.object_pool.shutdown(wait=True)
         self.passive.flush()
+        self.metrics.publish()
         if self.access_log is not None:
             self.access_log.close()
 
@@ -883,14 +915,13 @@ class ChannelServer:
         address: tuple[str, int],
         loaded: LoadedConfig,
         options: ServeOptions | None = None,
+        *,
+        listening: socket.socket | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.options = options or ServeOptions()
-        self.app = ServeApp(loaded, self.options)
-        host, port = address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.create_server(
-            (host, port), family=family, backlog=self.options.backlog
-        )
+        self.app = ServeApp(loaded, self.options, shared)
+        self.socket = listening or listen(address, self.options.backlog)
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -955,6 +986,8 @@ class ChannelServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signum)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        # A worker process starts with SIGHUP blocked: one sent meanwhile arrives now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     async def reload(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -969,10 +1002,12 @@ class ChannelServer:
             await asyncio.sleep(self.options.watch_interval)
             if self.app.access_log is not None:
                 self.app.access_log.flush()
+            self.app.metrics.publish()
             if self.options.watch_config and self.app.config_changed():
                 await self.reload()
             interval = self.app.snapshot.loaded.config.serve.sweep_interval
-            if interval > 0 and time.monotonic() >= next_sweep:
+            sweeps = self.app.shared is None or self.app.shared.worker == 0  # one sweeper
+            if sweeps and interval > 0 and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + interval
                 await loop.run_in_executor(self.app.work_pool, self.app.sweep)
 
@@ -989,13 +1024,23 @@ class ChannelServer:
         self.app.close()
 
 
+def listen(address: tuple[str, int], backlog: int) -> socket.socket:
+    """A listening TCP socket on ``address`` (IPv6 when the host is)."""
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
 def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | None = None) -> None:
     """Serve until SIGTERM or SIGINT; requests in flight finish first; SIGHUP reloads."""
     options = options or ServeOptions()
-    server = ChannelServer((host, port), loaded, options)
-    warning = tls_warning(host, server.app.snapshot.private, options.behind_proxy)
+    warning = tls_warning(host, _Snapshot(loaded).private, options.behind_proxy)
     if warning:
         log.warning("%s", warning)
+    if options.workers > 1:
+        _serve_in_workers(loaded, (host, port), options)
+        return
+    server = ChannelServer((host, port), loaded, options)
     server.install_signals = True
     print(
         f"serving {len(server.channels)} channel(s) on {server.url}/", file=sys.stderr, flush=True
@@ -1005,6 +1050,39 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
     finally:
         server.server_close()
         _clean_partial_downloads(server.app.snapshot.loaded)
+
+
+def _serve_in_workers(
+    loaded: LoadedConfig, address: tuple[str, int], options: ServeOptions
+) -> None:
+    from reconciler.serve.workers import Supervisor, runtime_folder
+
+    listening = listen(address, options.backlog)
+    listening.set_inheritable(True)
+    runtime = runtime_folder()
+
+    def work(index: int) -> None:
+        shared = Shared(runtime, index)
+        server = ChannelServer(address, loaded, options, listening=listening, shared=shared)
+        server.install_signals = True
+        try:
+            server.serve_forever()
+        finally:
+            server.app.close()
+
+    host, port = listening.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    print(
+        f"serving {len(loaded.config.channels)} channel(s) on {url}/ "
+        f"with {options.workers} processes",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        Supervisor(options.workers, work, runtime).run()
+    finally:
+        listening.close()
+        _clean_partial_downloads(loaded)
 
 
 def _clean_partial_downloads(loaded: LoadedConfig) -> None:
