@@ -46,7 +46,7 @@ from urllib3.response import BaseHTTPResponse
 
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
-from reconciler.store.local import write_atomic
+from reconciler.store.local import LocalStore, write_atomic
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings
@@ -136,6 +136,64 @@ def body_validators(body: bytes, headers: dict[str, str], url: str) -> Validator
         content_type=headers.get("content-type", ""),
         url=url,
     )
+
+
+class _Keeping:
+    """A fetched body hashed, and written to a temporary file in the cache, on a thread
+    of its own; :meth:`commit` puts the copy in place, :meth:`discard` drops it."""
+
+    def __init__(
+        self, paths: tuple[Path, Path] | None, body: bytes, headers: dict[str, str], shown: str
+    ) -> None:
+        self._paths = paths
+        self._body = body
+        self._headers = headers
+        self._shown = shown
+        self._validators: Validators | None = None
+        self._writer: Any = None
+        self._problem: str | None = None
+        self._thread = threading.Thread(target=self._run, name="reconcile-keep", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._validators = body_validators(self._body, self._headers, self._shown)
+        if self._paths is None:
+            return
+        try:
+            self._writer = LocalStore(self._paths[0].parent).writer(self._paths[0].name)
+            self._writer.handle.write(self._body)
+            self._writer.handle.flush()
+            os.fsync(self._writer.handle.fileno())  # the commit's own fsync is then quick
+        except (OSError, ReconcileError) as exc:
+            self._problem = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            self.discard_writer()
+
+    def discard_writer(self) -> None:
+        if self._writer is not None:
+            with suppress(OSError, ReconcileError):
+                self._writer.abort()
+            self._writer = None
+
+    def discard(self) -> None:
+        self._thread.join()
+        self.discard_writer()
+
+    def commit(self) -> Validators:
+        self._thread.join()
+        assert self._validators is not None
+        if self._paths is None:
+            return self._validators
+        try:  # a cache only saves work: never fail a run for it
+            if self._writer is None:
+                raise ReconcileError(self._problem or "not written")
+            self._writer.commit()
+            self._writer = None
+            write_atomic(self._paths[1], orjson.dumps(self._validators.to_json()))
+        except (OSError, ReconcileError) as exc:
+            self.discard_writer()
+            reason = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            log.warning("not caching %s: %s", redact(self._validators.url), reason)
+        return self._validators
 
 
 class Upstream:
@@ -353,10 +411,15 @@ class Upstream:
             assert kept is not None
             self._keep(name, kept.body, kept.validators)
             return (parse_kept or parse)(kept.body), CachedBody(kept.body, kept.validators, True)
-        parsed = parse(body)
-        validators = body_validators(body, headers, shown)
-        self._keep(name, body, validators)
-        return parsed, CachedBody(body, validators, False)
+        # Hashing and writing the copy to the cache let go of the GIL: they run on another
+        # thread while ``parse`` reads the body, and the copy is put in place once it parsed.
+        keeping = _Keeping(self._cache_paths(name), body, headers, shown)
+        try:
+            parsed = parse(body)
+        except BaseException:
+            keeping.discard()
+            raise
+        return parsed, CachedBody(body, keeping.commit(), False)
 
     def read_local(self, path: Path, shown: str, limit: int) -> bytes:
         """A file of a folder source: a regular file only (a FIFO or a device would hang),

@@ -140,3 +140,20 @@ def test_token_goes_into_the_url_but_never_into_messages(tmp_path: Path) -> None
     assert "s3cret" not in up.shown("noarch", "x.conda")
     assert redact("https://h/t/abc/c/noarch") == "https://h/t/***/c/noarch"
     assert redact("https://user:pw@h/c") == "https://***@h/c"
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_fetch(
+    upstream_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with faulty_server(upstream_dir) as (url, state):
+        up = client(url, tmp_path)
+        assert up.http.cache_dir is not None
+        up.http.cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        up.http.cache_dir.parent.joinpath(up.http.cache_dir.name).write_text("a file, not a folder")
+        first = up.fetch("linux-64", None)
+        assert "a-1.0-0.conda" in first.repodata["packages.conda"]
+        assert first.sha256 == hashlib.sha256(first.body).hexdigest()
+        assert "not caching" in caplog.text
+        again = up.fetch("linux-64", None)  # nothing kept: asked in full again
+        assert not again.not_modified and again.sha256 == first.sha256
+    assert state["not_modified"] == []
