@@ -928,6 +928,7 @@ class ChannelServer:
         self._started = threading.Event()
         self._finished = threading.Event()
         self.install_signals = False
+        self.on_started: Callable[[], None] | None = None  # called once it accepts
 
     @property
     def url(self) -> str:
@@ -969,6 +970,8 @@ class ChannelServer:
         if self.install_signals:
             self._install_signals(loop)
         self._started.set()
+        if self.on_started is not None:
+            self.on_started()
         try:
             await self._stop.wait()
         finally:
@@ -1055,33 +1058,35 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
 def _serve_in_workers(
     loaded: LoadedConfig, address: tuple[str, int], options: ServeOptions
 ) -> None:
-    from reconciler.serve.workers import Supervisor, runtime_folder
+    from reconciler.serve.workers import Port, Supervisor, runtime_folder
 
-    listening = listen(address, options.backlog)
-    listening.set_inheritable(True)
+    port = Port(address, options.backlog)
     runtime = runtime_folder()
 
-    def work(index: int) -> None:
+    def work(index: int, ready: Callable[[], None]) -> None:
         shared = Shared(runtime, index)
-        server = ChannelServer(address, loaded, options, listening=listening, shared=shared)
+        server = ChannelServer(
+            port.address, loaded, options, listening=port.listening(), shared=shared
+        )
         server.install_signals = True
+        server.on_started = ready
         try:
             server.serve_forever()
         finally:
-            server.app.close()
+            server.server_close()
 
-    host, port = listening.getsockname()[:2]
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    print(
-        f"serving {len(loaded.config.channels)} channel(s) on {url}/ "
-        f"with {options.workers} processes",
-        file=sys.stderr,
-        flush=True,
-    )
+    def announce() -> None:
+        print(
+            f"serving {len(loaded.config.channels)} channel(s) on {port.url}/ "
+            f"with {options.workers} processes",
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
-        Supervisor(options.workers, work, runtime).run()
+        Supervisor(options.workers, work, runtime, announce).run()
     finally:
-        listening.close()
+        port.close()
         _clean_partial_downloads(loaded)
 
 

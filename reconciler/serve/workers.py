@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 # a configuration that crashes every worker must not become a fork loop.
 QUICK_DEATH = 5.0
 RESTART_PAUSE = 1.0
+POLL = 0.2  # seconds between the supervisor's looks at ended workers
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -39,27 +42,89 @@ def runtime_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="reconcile-serve-"))
 
 
-class Supervisor:
-    """Fork ``count`` processes running ``work(index)``, keep them running until stopped."""
+class Port:
+    """The address the workers answer on.
 
-    def __init__(self, count: int, work: Callable[[int], None], runtime: Path) -> None:
+    Where the system has ``SO_REUSEPORT`` (Linux, the BSDs), each worker listens on a
+    socket of its own and the kernel spreads new connections evenly between them: on
+    one shared socket, the worker that wakes first accepts a whole burst of connections
+    (keep-alive clients then stay with it) while the others idle. The supervisor only
+    holds the port (bound, not listening, so it is never handed a connection).
+    Elsewhere the workers share one listening socket.
+    """
+
+    def __init__(self, address: tuple[str, int], backlog: int) -> None:
+        host, _ = address
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.backlog = backlog
+        self.reuse_port = hasattr(socket, "SO_REUSEPORT")
+        if self.reuse_port:
+            self._held = socket.socket(self.family, socket.SOCK_STREAM)
+            try:
+                self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                self._held.bind(address)
+            except OSError:
+                self._held.close()
+                raise
+        else:
+            self._held = socket.create_server(address, family=self.family, backlog=backlog)
+            self._held.set_inheritable(True)
+        self.address: tuple[str, int] = self._held.getsockname()[:2]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def listening(self) -> socket.socket:
+        """The listening socket of one worker (call it in the worker)."""
+        if not self.reuse_port:
+            return self._held
+        return socket.create_server(
+            self.address, family=self.family, backlog=self.backlog, reuse_port=True
+        )
+
+    def close(self) -> None:
+        self._held.close()
+
+
+class Supervisor:
+    """Fork ``count`` processes running ``work(index, ready)``, keep them running until
+    stopped. ``ready()``, called by a worker once it accepts connections, tells the
+    supervisor; ``announce()`` runs once every first worker is ready."""
+
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[int, Callable[[], None]], None],
+        runtime: Path,
+        announce: Callable[[], None],
+    ) -> None:
         self.count = count
         self.work = work
         self.runtime = runtime
+        self.announce = announce
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
         self.stopping = False
+        self._ready_read, self._ready_write = os.pipe()
+
+    def _ready(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._ready_write, b"!")
 
     def _start(self, index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
+                os.close(self._ready_read)
                 for signum in _FORWARDED:
                     signal.signal(signum, signal.SIG_DFL)
                 # A reload asked for while this process starts waits until its server
                 # listens for it (the server unblocks SIGHUP then), instead of killing it.
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-                self.work(index)
+                self.work(index, self._ready)
             except BaseException:  # a worker reports whatever ended it, and exits
                 traceback.print_exc()
                 code = 1
@@ -77,30 +142,48 @@ class Supervisor:
 
     def run(self) -> None:
         previous = {signum: signal.signal(signum, self._forward) for signum in _FORWARDED}
+        ready = 0
         try:
             for index in range(self.count):
                 self._start(index)
+            # One thread only (a thread in the supervisor would make every later fork
+            # risky): wait for readiness and for ended workers in turns.
             while self.children:
-                try:
-                    pid, status = os.wait()
-                except ChildProcessError:
-                    break
-                entry = self.children.pop(pid, None)
-                if entry is None or self.stopping:
-                    continue
-                index, started = entry
-                how = (
-                    f"exit code {os.waitstatus_to_exitcode(status)}"
-                    if os.WIFEXITED(status)
-                    else f"signal {os.WTERMSIG(status)}"
-                )
-                log.error("server process %d (pid %d) ended (%s): starting another", index,
-                          pid, how)  # fmt: skip
-                if time.monotonic() - started < QUICK_DEATH:
-                    time.sleep(RESTART_PAUSE)
-                if not self.stopping:
-                    self._start(index)
+                if select.select([self._ready_read], [], [], POLL)[0]:
+                    ready += len(os.read(self._ready_read, 64))
+                    if ready >= self.count:
+                        self.announce()
+                        ready = -(1 << 30)  # announced: later workers are replacements
+                self._reap()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            os.close(self._ready_read)
+            os.close(self._ready_write)
             shutil.rmtree(self.runtime, ignore_errors=True)
+
+    def _reap(self) -> None:
+        """Note the workers that ended; start others in their place unless stopping."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is None or self.stopping:
+                continue
+            index, started = entry
+            how = (
+                f"exit code {os.waitstatus_to_exitcode(status)}"
+                if os.WIFEXITED(status)
+                else f"signal {os.WTERMSIG(status)}"
+            )
+            log.error("server process %d (pid %d) ended (%s): starting another", index, pid,
+                      how)  # fmt: skip
+            if time.monotonic() - started < QUICK_DEATH:
+                time.sleep(RESTART_PAUSE)
+            if not self.stopping:
+                self._start(index)

@@ -8,13 +8,15 @@ signals reach every process, and a worker that dies is replaced.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +69,50 @@ def _workers(pid: int, count: int, timeout: float = 15) -> list[int]:
         time.sleep(0.05)
 
 
-@contextmanager
-def _only(answering: int, workers: list[int]) -> Iterator[None]:
-    """Only the worker ``answering`` takes connections: the others are stopped (SIGSTOP),
-    so a test knows which process answers, and continued afterwards."""
-    stopped = [pid for pid in workers if pid != answering]
-    for pid in stopped:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+def _owner(connection: http.client.HTTPConnection, server_port: int, workers: list[int]) -> int:
+    """Which worker process holds the server side of ``connection`` (from /proc)."""
+    assert connection.sock is not None
+    client_port = connection.sock.getsockname()[1]
+    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            inode = fields[9]
+    assert inode is not None, "the server side of the connection is not listed"
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError("no worker holds the connection")
+
+
+def _connections(url: str, workers: list[int]) -> dict[int, http.client.HTTPConnection]:
+    """A kept-alive connection to each worker: requests on it are answered by that one."""
+    host, port = url.removeprefix("http://").split(":")
+    found: dict[int, http.client.HTTPConnection] = {}
+    spare = []
+    for _ in range(64):  # the kernel spreads connections by a hash of their addresses
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        _get(connection, "/api/status")
+        owner = _owner(connection, int(port), workers)
+        if owner in found:
+            spare.append(connection)
+        else:
+            found[owner] = connection
+        if len(found) == len(workers):
+            break
+    for connection in spare:
+        connection.close()
+    assert sorted(found) == sorted(workers), "connections did not reach every worker"
+    return found
+
+
+def _get(connection: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str]:
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, response.read(), response.getheader("Retry-After") or ""
 
 
 def _asked(state: dict[str, Any], path: str) -> int:
@@ -102,21 +136,29 @@ def test_the_processes_answer_on_one_port_and_their_metrics_add_up(
     server: ServeProcess = setup["server"]
     assert "with 2 processes" in server.text()
     workers = _workers(server.process.pid, 2)
-    url = f"{server.url}/chan/linux-64/repodata.json"
-    for answering, count in zip(workers, (7, 13), strict=True):
-        with _only(answering, workers), ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: _fresh_get(url), range(count)))
-        assert [a.status_code for a in answers] == [200] * count
+    connections = _connections(server.url, workers)
+    for pid, count in zip(workers, (7, 13), strict=True):
+        for _ in range(count):
+            assert _get(connections[pid], "/chan/linux-64/repodata.json")[0] == 200
     time.sleep(2.5)  # every process publishes what it counted each second
     counted = 'reconcile_serve_requests_total{channel="chan",code="200",kind="conda"}'
     published = {
         int(p.stem): p.read_text() for p in setup["runtime"].glob("reconcile-serve-*/metrics/*")
     }
     assert sorted(published) == workers
-    assert [f'"{counted.split("{")[0]}"' in text for text in published.values()] == [True] * 2
-    for answering in workers:  # whichever process answers the scrape, the sums are the same
-        with _only(answering, workers):
-            text = _fresh_get(f"{server.url}/metrics").text
+    for pid, count in zip(workers, (7, 13), strict=True):  # each counted its own
+        samples = [
+            value
+            for _name, _kind, _help, family in json.loads(published[pid])
+            for sample, labels, value in family
+            if sample == "reconcile_serve_requests_total"
+            and labels == {"channel": "chan", "code": "200", "kind": "conda"}
+        ]
+        assert samples == [count]
+    for pid in workers:  # whichever process answers the scrape, the sums are the same
+        status, body, _ = _get(connections[pid], "/metrics")
+        assert status == 200
+        text = body.decode()
         assert _metric(text, counted) == 20
         # The figures read from disk are not added up once per process.
         assert _metric(text, 'reconcile_mirror_packages{channel="chan",mirror="up"}') == 2
@@ -126,31 +168,23 @@ def test_a_passive_file_is_fetched_once_whichever_process_is_asked(
     setup: dict[str, Any],
 ) -> None:
     server: ServeProcess = setup["server"]
-    first, second = workers = _workers(server.process.pid, 2)
+    first, second = _workers(server.process.pid, 2)
+    connections = _connections(server.url, [first, second])
     state = setup["state"]
     state["faults"][PACKAGE] = ["delay"]  # the first fetch takes a while
-    url = f"{server.url}/chan{PACKAGE}"
-    with ThreadPoolExecutor(2) as pool:
-        os.kill(second, signal.SIGSTOP)
-        early = pool.submit(_fresh_get, url)  # taken by the first process, which fetches
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(_get, connections[first], f"/chan{PACKAGE}")
         deadline = time.monotonic() + 15
         while _asked(state, PACKAGE) == 0:
             assert time.monotonic() < deadline
-            time.sleep(0.01)
-        # The fetch is under way: now only the second process takes connections.
-        os.kill(second, signal.SIGCONT)
-        os.kill(first, signal.SIGSTOP)
-        try:
-            late = pool.submit(_fresh_get, url)
-            time.sleep(1.0)  # time enough for the second process to fetch, if it would
-        finally:
-            os.kill(first, signal.SIGCONT)
-        answers = [early.result(), late.result()]
+            time.sleep(0.005)
+        # The first process's fetch is under way: ask the second one now.
+        late = _get(connections[second], f"/chan{PACKAGE}")
+        answers = [early.result(), late]
     expected = (setup["upstream"] / PACKAGE.lstrip("/")).read_bytes()
-    assert [a.status_code for a in answers] == [200, 200]
-    assert all(a.content == expected for a in answers)
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert all(body == expected for _, body, _ in answers)
     assert _asked(state, PACKAGE) == 1
-    assert sorted(workers) == _workers(server.process.pid, 2)
 
 
 def test_a_failed_fetch_is_answered_from_the_negative_cache_by_every_process(
@@ -158,14 +192,13 @@ def test_a_failed_fetch_is_answered_from_the_negative_cache_by_every_process(
 ) -> None:
     server: ServeProcess = setup["server"]
     workers = _workers(server.process.pid, 2)
+    connections = _connections(server.url, workers)
     setup["state"]["faults"][PACKAGE] = ["500"] * 20
-    with _only(workers[0], workers):
-        assert _fresh_get(f"{server.url}/chan{PACKAGE}").status_code == 502
-    for answering in (workers[1], workers[0]):
-        with _only(answering, workers):
-            again = _fresh_get(f"{server.url}/chan{PACKAGE}")
-        assert again.status_code == 502 and "not asked again for" in again.text
-        assert 1 <= int(again.headers["Retry-After"]) <= 60
+    assert _get(connections[workers[0]], f"/chan{PACKAGE}")[0] == 502
+    for pid in (workers[1], workers[0]):
+        status, body, retry_after = _get(connections[pid], f"/chan{PACKAGE}")
+        assert status == 502 and b"not asked again for" in body
+        assert 1 <= int(retry_after) <= 60
     assert _asked(setup["state"], PACKAGE) == 1
 
 
