@@ -119,7 +119,7 @@ class ServeOptions:
     shutdown_timeout: float = 60.0
     watch_interval: float = 1.0
     fetch_workers: int = 16
-    workers: int = 1  # server processes sharing the listening socket
+    workers: int = 1  # server processes answering on the one port
 
 
 @dataclass

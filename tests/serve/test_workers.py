@@ -227,3 +227,13 @@ def test_signals_reach_every_process_and_a_dead_one_is_replaced(
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
     assert list(setup["runtime"].iterdir()) == []  # the shared folder is gone
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_worker_count_below_one_is_refused(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "-c", "channels.yaml", "--workers", value])
+    assert exit_info.value.code == 2
+    assert "--workers" in capsys.readouterr().err
