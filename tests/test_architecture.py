@@ -52,6 +52,11 @@ ALLOWED = {
     ),
     "reconciler/watch.py": "creates a channel's folder so that it can be watched",
     "reconciler/serve/server.py": "appends to the access log file given with --access-log",
+    "reconciler/serve/shared.py": (
+        "the private folder the processes of one server share: locks, failed fetches,"
+        " metrics (not in a channel)"
+    ),
+    "reconciler/serve/workers.py": "removes that shared folder when the server stops",
 }
 
 
