@@ -77,6 +77,12 @@ def strip_suffix(filename: str) -> str:
     return filename[: -len(suffix)] if suffix else filename
 
 
+def filename_name(filename: str) -> str:
+    """The package name a filename gives: ``python-dateutil-2.9.0-py_0.conda`` →
+    ``python-dateutil`` (versions and builds hold no dash, names may)."""
+    return filename.rsplit("-", 2)[0]
+
+
 # The characters package filenames are made of, and the line break that joins them.
 _ALLOWED_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.+-!\n"
 

@@ -39,7 +39,7 @@ from typing import Any
 import rattler
 
 from reconciler.conda.matching import DependencySpec, RecordView, parse_spec
-from reconciler.conda.names import filename_problem, suspect_filenames
+from reconciler.conda.names import filename_name, filename_problem, suspect_filenames
 from reconciler.conda.records import record_problem
 from reconciler.conda.sparse import SparseRepodata
 from reconciler.filters import Candidate, Decision, FilterEngine
@@ -153,8 +153,8 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
     def named(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
         """Filenames listed under each name that ``wanted`` accepts (records not read).
 
-        A record whose name is not a string cannot be used: it is read now, so that it is
-        refused with a warning as before.
+        Names are the filenames' (a record whose own ``name`` differs is refused when it
+        is read).
         """
         memo = self.sparse.memo.get(wanted) if isinstance(wanted, NameGate) else None
         if memo is not None:
@@ -162,21 +162,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         found: dict[str, list[str]] = {}
         for index in range(len(_SECTIONS)):
             names = self.sparse.names(index)
-            try:
-                distinct = {named.name for named in names.values()}
-            except TypeError:  # a name that is a list or a mapping
-                distinct = {n.name for n in names.values() if isinstance(n.name, str)}
-                distinct.add(None)
-            if any(not isinstance(n, str) for n in distinct):
-                for filename, named in names.items():
-                    if not isinstance(named.name, str):
-                        self.get(filename)
-            passing = {n for n in distinct if isinstance(n, str) and wanted(n)}
+            passing = {n for n in set(names.values()) if wanted(n)}
             if not passing:
                 continue
-            for filename, named in names.items():
-                name = named.name
-                if name.__class__ is str and name in passing:
+            for filename, name in names.items():
+                if name in passing:
                     listed = found.setdefault(name, [])
                     # Keys are unique within a section: only one in both can repeat.
                     if not index or filename not in self.sparse.names(0) or filename not in listed:
@@ -192,14 +182,8 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         return self._groups
 
     def names_of(self, filename: str) -> list[str]:
-        """The names the document gives ``filename``'s record (one, unless it is garbage)."""
-        found: list[str] = []
-        for index in range(len(_SECTIONS)):
-            named = self.sparse.names(index).get(filename)
-            name = None if named is None else named.name
-            if isinstance(name, str) and name not in found:
-                found.append(name)
-        return found
+        """The name ``filename`` gives, if the document lists it."""
+        return [filename_name(filename)] if self.sparse.listed(filename) else []
 
     def warnings(self) -> list[str]:
         """Why records read so far were refused, in document order (unsafe ones first)."""
@@ -234,16 +218,15 @@ class _Plain:
     def groups(self) -> dict[str, list[str]]:
         if self._groups is None:
             self._groups = {}
-            for filename, record in self.records.items():
-                self._groups.setdefault(str(record.get("name", "")), []).append(filename)
+            for filename in self.records:
+                self._groups.setdefault(filename_name(filename), []).append(filename)
         return self._groups
 
     def named(self, wanted: Callable[[str], bool]) -> dict[str, list[str]]:
         return {name: files for name, files in self.groups().items() if wanted(name)}
 
     def names_of(self, filename: str) -> list[str]:
-        record = self.records.get(filename)
-        return [] if record is None else [str(record.get("name", ""))]
+        return [filename_name(filename)] if filename in self.records else []
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.records)
@@ -386,15 +369,20 @@ class Selection:
 _SECTIONS = (("packages", ".tar.bz2"), ("packages.conda", ".conda"))
 
 
-def _problem(
-    subdir: str, section: str, suffix: str, filename: str, record: Mapping[str, Any]
-) -> str | None:
+def _problem(subdir: str, section: str, suffix: str, filename: str, record: Any) -> str | None:
     """Why one listed record cannot be used, or None."""
+    if not isinstance(record, dict):
+        kind = "null" if record is None else type(record).__name__
+        return f"the record is {kind}, not a JSON object"
     problem = filename_problem(str(filename))
     if problem is None and not str(filename).endswith(suffix):
         problem = f"listed under {section!r} with the wrong suffix"
     if problem is None:
         problem = record_problem(record)
+    if problem is None and record["name"] != filename_name(str(filename)):
+        # Records are found by their filename's name (as a sparse reader finds them); one
+        # that says it is another package is an upstream error, or a spoof.
+        problem = f"the record's name {record['name']!r} is not its filename's"
     declared = record.get("subdir")
     if problem is None and declared is not None and declared != subdir:
         problem = f"record says subdir {declared!r} but is listed in {subdir}"

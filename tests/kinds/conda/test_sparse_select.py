@@ -42,7 +42,7 @@ def repodata(subdir: str, seed: int) -> dict[str, Any]:
             "timestamp": 1_600_000_000_000 + i,
         }
         section = "packages.conda" if suffix == ".conda" else "packages"
-        sections[section][f"{name.lower()}-{version}-{build}{suffix}"] = record
+        sections[section][f"{name}-{version}-{build}{suffix}"] = record
     broken = sections["packages.conda"]
     broken["pkg1-9.9-bad_0.conda"] = {"name": ["pkg1"], "version": "9.9", "build": "bad_0"}
     broken["pkg1-9.8-bad_0.conda"] = {"name": "pkg1", "version": "9.8", "subdir": "win-64"}
@@ -159,7 +159,6 @@ def test_refusals_of_selectable_names_are_warned_about_up_front() -> None:
     [
         b"[]",
         b'{"packages": []}',
-        b'{"packages.conda": {"a-1-0.conda": 3}}',
         b'{"info": null}',
         b'{"removed": [1]}',
         b'{"packages": {"a-1-0.tar.bz2": {}}',
@@ -174,3 +173,48 @@ def test_what_is_not_repodata_fails_as_before(body: bytes) -> None:
     with pytest.raises(ReconcileError) as now:
         SparseRepodata(body, "x", lambda: body)
     assert now.value.message == before.value.message
+
+
+@pytest.mark.parametrize("value", [b"3", b"null", b'"a"', b"[1]"])
+def test_a_record_that_is_not_an_object_is_refused_when_read(value: bytes) -> None:
+    body = b'{"packages.conda": {"a-1-0.conda": %s, "b-1-0.conda": {"name": "b"}}}' % value
+    sparse = SparseRepodata(body, "x", lambda: body)
+    records = UpstreamRecords("linux-64", sparse, SOURCE)
+    assert records.named(lambda name: True) == {"a": ["a-1-0.conda"], "b": ["b-1-0.conda"]}
+    assert records.get("a-1-0.conda") is None
+    (line,) = records.warnings()
+    assert line.startswith(f"{SOURCE}/linux-64: refusing 'a-1-0.conda': the record is ")
+    assert line.endswith(", not a JSON object")
+
+
+def test_a_record_whose_name_is_not_its_filenames_is_refused() -> None:
+    """Records are found by their filename's name, as rattler's sparse reader finds them:
+    one that says it is another package is refused, whichever way it is read."""
+    doc = {
+        "packages.conda": {
+            "numpy-1.0-0.conda": {"name": "evil", "version": "1.0", "build": "0"},
+            "Mixed-1.0-0.conda": {"name": "mixed", "version": "1.0", "build": "0"},
+            "ok-1.0-0.conda": {"name": "ok", "version": "1.0", "build": "0"},
+        }
+    }
+    _, refused = safe_records("linux-64", doc, SOURCE)
+    body = orjson.dumps(doc)
+    records = UpstreamRecords("linux-64", SparseRepodata(body, "x", lambda: body), SOURCE)
+    assert [f for f in records] == ["ok-1.0-0.conda"]
+    assert records.warnings() == refused
+    assert refused == [
+        f"{SOURCE}/linux-64: refusing 'numpy-1.0-0.conda': the record's name 'evil' is not "
+        "its filename's",
+        f"{SOURCE}/linux-64: refusing 'Mixed-1.0-0.conda': the record's name 'mixed' is not "
+        "its filename's",
+    ]
+
+
+def test_names_are_the_filenames_names() -> None:
+    from reconciler.conda.names import filename_name
+
+    filenames = ["python-dateutil-2.9.0-pyhd8ed1ab_0.conda", "a-1-0.tar.bz2", "_x-1.0-h1_0.conda"]
+    body = orjson.dumps({"packages.conda": {f: {} for f in filenames}})
+    sparse = SparseRepodata(body, "x", lambda: body)
+    assert sparse.names(1) == {f: filename_name(f) for f in filenames}
+    assert list(sparse.names(1).values()) == ["python-dateutil", "a", "_x"]
