@@ -196,7 +196,11 @@ class _Merged(Collector):
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
-        for dump in [dump_families(self._counted), *self._shared.other_metrics()]:
+        own = dump_families(self._counted)
+        # Published before it is shown: a later scrape answered by another process then
+        # adds at least these counts, so no counter is ever seen going down.
+        self._shared.publish_metrics(own)
+        for dump in [own, *self._shared.other_metrics()]:
             for entry in dump:
                 with contextlib.suppress(ValueError, TypeError):  # a foreign file
                     name, kind, documentation, samples = entry

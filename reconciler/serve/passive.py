@@ -131,6 +131,8 @@ class PassiveFetcher:
     def reconfigure(self, loaded: LoadedConfig) -> None:
         """Use a re-read configuration: later fetches use its mirrors' sources."""
         self.flush()
+        if self.shared is not None:
+            self.shared.forget_failures()
         with self._lock:
             self.loaded = loaded
             self._upstreams.clear()
@@ -220,7 +222,10 @@ class PassiveFetcher:
         self, channel: AnyChannel, key: str, stored: tuple[int, str], sha256: str
     ) -> None:
         store = self.store(channel)
-        with self._lock:
+        # Read, add, write: one process of the server at a time, from the file as it is.
+        with self._lock, self._shared_lock("verified", channel.name):
+            if self.shared is not None:
+                self._verified.pop(channel.name, None)
             records = dict(self._verified_records(channel))
             records[key] = _Verified(stored[0], stored[1], sha256)
             data = {k: [v.size, v.tag, v.sha256] for k, v in sorted(records.items())}

@@ -50,7 +50,7 @@ from aiohttp import web
 
 from reconciler.conda.names import package_suffix
 from reconciler.config.models import Channel, LoadedConfig, PypiChannel, load_config
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, ReconcileError
 from reconciler.kinds.pypi import routes as pypi_routes
 from reconciler.kinds.pypi.simple_index import SIMPLE
 from reconciler.serve import auth, views
@@ -985,6 +985,12 @@ class ChannelServer:
             if not self._stop.is_set():
                 log.info("stopping (signal %d): finishing requests in flight", signum)
                 self._stop.set()
+                # A second stop signal (Ctrl-C reaches a worker from the terminal and from
+                # its supervisor) is ignored, also once the loop is gone: the stop under
+                # way finishes, access log and counts included.
+                for other in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(other)
+                    signal.signal(other, signal.SIG_IGN)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signum)
@@ -1040,10 +1046,20 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
     warning = tls_warning(host, _Snapshot(loaded).private, options.behind_proxy)
     if warning:
         log.warning("%s", warning)
+    if options.access_log and options.access_log != "-":
+        try:  # said once, here, not by every worker
+            AccessLog(options.access_log).close()
+        except OSError as exc:
+            raise ReconcileError(
+                f"cannot open the access log {options.access_log}: {exc.strerror or exc}"
+            ) from None
     if options.workers > 1:
         _serve_in_workers(loaded, (host, port), options)
         return
-    server = ChannelServer((host, port), loaded, options)
+    try:
+        server = ChannelServer((host, port), loaded, options)
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from None
     server.install_signals = True
     print(
         f"serving {len(server.channels)} channel(s) on {server.url}/", file=sys.stderr, flush=True
@@ -1055,18 +1071,36 @@ def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | No
         _clean_partial_downloads(server.app.snapshot.loaded)
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> ReconcileError:
+    return ReconcileError(
+        f"cannot listen on {host} port {port}: {exc.strerror or exc}",
+        hint="another server may hold the port; choose another with --port",
+    )
+
+
 def _serve_in_workers(
     loaded: LoadedConfig, address: tuple[str, int], options: ServeOptions
 ) -> None:
-    from reconciler.serve.workers import Port, Supervisor, runtime_folder
+    from reconciler.serve.workers import Port, Supervisor, WorkerFailed, runtime_folder
 
-    port = Port(address, options.backlog)
+    try:
+        port = Port(address, options.backlog)
+    except OSError as exc:
+        raise _cannot_listen(*address, exc) from None
     runtime = runtime_folder()
 
     def work(index: int, ready: Callable[[], None]) -> None:
+        # The file as it is now: a worker started after a reload serves what the others
+        # reloaded (the supervisor's copy when the file no longer reads).
+        try:
+            current = load_config(loaded.path, serving=True)
+        except ConfigError as exc:
+            log.error("%s does not read now; serving the configuration the server started "
+                      "with:\n%s", loaded.path, exc.message)  # fmt: skip
+            current = loaded
         shared = Shared(runtime, index)
         server = ChannelServer(
-            port.address, loaded, options, listening=port.listening(), shared=shared
+            port.address, current, options, listening=port.listening(), shared=shared
         )
         server.install_signals = True
         server.on_started = ready
@@ -1085,6 +1119,8 @@ def _serve_in_workers(
 
     try:
         Supervisor(options.workers, work, runtime, announce).run()
+    except WorkerFailed as exc:
+        raise ReconcileError(f"{exc}: the server did not start (see above)") from None
     finally:
         port.close()
         _clean_partial_downloads(loaded)

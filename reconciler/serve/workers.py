@@ -1,13 +1,15 @@
-"""Several server processes answering on one listening socket.
+"""Several server processes answering on one port.
 
 One Python process answers a few thousand file requests a second; a machine with
-more cores serves more with more processes. The supervisor binds the socket, forks
-``workers`` server processes that all accept on it (the kernel hands each new
-connection to one of them), forwards SIGTERM, SIGINT and SIGHUP to them, and starts
-a new process in place of one that died. What the processes must agree on lives in
-a folder they share (:class:`~reconciler.serve.shared.Shared`): the metrics each has
-counted, failed passive fetches, and one lock per passive file so that it is fetched
-once however many processes are asked for it.
+more cores serves more with more processes. The supervisor holds the port, forks
+``workers`` server processes that accept on it (the kernel hands each new connection
+to one of them), forwards SIGTERM, SIGINT and SIGHUP to them, and starts a new process
+in place of one that died once the server is up (one that dies before that stops the
+server with an error). Workers end when the supervisor does, however it ends. What
+the processes must agree on lives in a folder they share
+(:class:`~reconciler.serve.shared.Shared`): the metrics each has counted, failed
+passive fetches, and one lock per passive file so that it is fetched once however
+many processes are asked for it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+from reconciler.errors import ReconcileError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,12 @@ class Port:
         self.backlog = backlog
         self.reuse_port = hasattr(socket, "SO_REUSEPORT")
         if self.reuse_port:
+            # First a plain bind: it fails on a port any other server holds, which a
+            # SO_REUSEPORT bind of the same user would join instead.
+            with socket.socket(self.family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+                address = (address[0], probe.getsockname()[1])
             self._held = socket.socket(self.family, socket.SOCK_STREAM)
             try:
                 self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,6 +99,22 @@ class Port:
         self._held.close()
 
 
+class WorkerFailed(Exception):
+    """A worker ended before the server was up: the server cannot start."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel end this process when ``parent`` ends (Linux), so workers never
+    outlive a supervisor that was killed; elsewhere, their housekeeping notices."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before the request took effect
+        os._exit(0)
+
+
 class Supervisor:
     """Fork ``count`` processes running ``work(index, ready)``, keep them running until
     stopped. ``ready()``, called by a worker once it accepts connections, tells the
@@ -106,7 +132,9 @@ class Supervisor:
         self.runtime = runtime
         self.announce = announce
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
-        self.stopping = False
+        self.stopping: int | None = None  # the signal that asked to stop
+        self.announced = False
+        self._pid = os.getpid()
         self._ready_read, self._ready_write = os.pipe()
 
     def _ready(self) -> None:
@@ -114,34 +142,53 @@ class Supervisor:
             os.write(self._ready_write, b"!")
 
     def _start(self, index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                os.close(self._ready_read)
-                for signum in _FORWARDED:
-                    signal.signal(signum, signal.SIG_DFL)
-                # A reload asked for while this process starts waits until its server
-                # listens for it (the server unblocks SIGHUP then), instead of killing it.
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-                self.work(index, self._ready)
-            except BaseException:  # a worker reports whatever ended it, and exits
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        self.children[pid] = (index, time.monotonic())
+        if self.stopping is not None:
+            return
+        # Signals wait while forking: a child must never run the supervisor's handler
+        # (it would signal its siblings), and a stop must reach every child registered.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                self._run_worker(index)
+            self.children[pid] = (index, time.monotonic())
+        finally:
+            if os.getpid() == self._pid:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+
+    def _run_worker(self, index: int) -> None:
+        code = 0
+        try:
+            os.close(self._ready_read)
+            for signum in _FORWARDED:
+                signal.signal(signum, signal.SIG_DFL)
+            _die_with_parent(self._pid)
+            # A reload asked for while this process starts waits until its server listens
+            # for it (the server unblocks SIGHUP then), instead of killing it.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+            self.work(index, self._ready)
+        except ReconcileError as exc:  # said as a user error, not a traceback
+            log.error("%s", exc.message)
+            code = 1
+        except BaseException:  # a worker reports whatever ended it, and exits
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.stopping = True
+        if signum in (signal.SIGTERM, signal.SIGINT) and self.stopping is None:
+            self.stopping = signum
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
     def run(self) -> None:
-        previous = {signum: signal.signal(signum, self._forward) for signum in _FORWARDED}
+        """Until every worker ended after a stop; :class:`WorkerFailed` when one ended
+        before the server was up."""
+        for signum in _FORWARDED:
+            signal.signal(signum, self._forward)
         ready = 0
         try:
             for index in range(self.count):
@@ -151,13 +198,11 @@ class Supervisor:
             while self.children:
                 if select.select([self._ready_read], [], [], POLL)[0]:
                     ready += len(os.read(self._ready_read, 64))
-                    if ready >= self.count:
+                    if not self.announced and ready >= self.count:
+                        self.announced = True
                         self.announce()
-                        ready = -(1 << 30)  # announced: later workers are replacements
                 self._reap()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             os.close(self._ready_read)
             os.close(self._ready_write)
             shutil.rmtree(self.runtime, ignore_errors=True)
@@ -173,7 +218,7 @@ class Supervisor:
             if pid == 0:
                 return
             entry = self.children.pop(pid, None)
-            if entry is None or self.stopping:
+            if entry is None or self.stopping is not None:
                 continue
             index, started = entry
             how = (
@@ -181,9 +226,19 @@ class Supervisor:
                 if os.WIFEXITED(status)
                 else f"signal {os.WTERMSIG(status)}"
             )
+            if not self.announced:  # it could not start: neither will the next one
+                self._forward(signal.SIGTERM, None)
+                self._wait_all()
+                raise WorkerFailed(f"server process {index} (pid {pid}) ended ({how}) "
+                                   "while starting")  # fmt: skip
             log.error("server process %d (pid %d) ended (%s): starting another", index, pid,
                       how)  # fmt: skip
             if time.monotonic() - started < QUICK_DEATH:
                 time.sleep(RESTART_PAUSE)
-            if not self.stopping:
-                self._start(index)
+            self._start(index)
+
+    def _wait_all(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,8 +144,9 @@ def test_the_processes_answer_on_one_port_and_their_metrics_add_up(
             assert _get(connections[pid], "/chan/linux-64/repodata.json")[0] == 200
     time.sleep(2.5)  # every process publishes what it counted each second
     counted = 'reconcile_serve_requests_total{channel="chan",code="200",kind="conda"}'
-    published = {
-        int(p.stem): p.read_text() for p in setup["runtime"].glob("reconcile-serve-*/metrics/*")
+    published = {  # named <pid>-<random>.json
+        int(p.name.split("-")[0]): p.read_text()
+        for p in setup["runtime"].glob("reconcile-serve-*/metrics/*")
     }
     assert sorted(published) == workers
     for pid, count in zip(workers, (7, 13), strict=True):  # each counted its own
@@ -202,24 +205,32 @@ def test_a_failed_fetch_is_answered_from_the_negative_cache_by_every_process(
     assert _asked(setup["state"], PACKAGE) == 1
 
 
-def test_signals_reach_every_process_and_a_dead_one_is_replaced(
-    setup: dict[str, Any],
+def test_a_reload_reaches_every_process_and_the_ones_started_after_it(
+    setup: dict[str, Any], tmp_path: Path
 ) -> None:
     server: ServeProcess = setup["server"]
     parent = server.process.pid
     workers = _workers(parent, 2)
+    extra = tmp_path / "extra"
+    build_package(extra, PackageSpec("tool", "1.0", subdir="linux-64"))
+    index_channel(extra)
+    config = tmp_path / "channels.yaml"
+    config.write_text(config.read_text() + "  - {name: extra, path: ./extra}\n")
     os.kill(parent, signal.SIGHUP)
     deadline = time.monotonic() + 15
     while server.text().count("reloaded") < 2:
         assert time.monotonic() < deadline, server.text()
         time.sleep(0.05)
+    for connection in _connections(server.url, workers).values():
+        assert _get(connection, "/extra/linux-64/repodata.json")[0] == 200
 
     os.kill(workers[0], signal.SIGKILL)
     server.wait_for(f"(pid {workers[0]}) ended (signal 9): starting another")
     replaced = _workers(parent, 2)
     assert workers[0] not in replaced and workers[1] in replaced
-    for _ in range(10):
-        assert _fresh_get(f"{server.url}/chan/linux-64/repodata.json").status_code == 200
+    time.sleep(0.5)  # the new one listening
+    for connection in _connections(server.url, replaced).values():  # the new one too
+        assert _get(connection, "/extra/linux-64/repodata.json")[0] == 200
 
     assert server.stop() == 0
     for pid in replaced:
@@ -227,6 +238,88 @@ def test_signals_reach_every_process_and_a_dead_one_is_replaced(
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
     assert list(setup["runtime"].iterdir()) == []  # the shared folder is gone
+
+
+def _start_in_session(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """`reconcile serve` as the leader of a process group of its own (as in a terminal)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "serve", "-c", str(config), "--port", "0", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        cwd=config.parent,
+        start_new_session=True,
+    )
+
+
+def _wait_for_text(log: Path, needle: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while needle not in (text := log.read_text()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    return text
+
+
+def test_ctrl_c_stops_every_process_cleanly_and_keeps_the_access_log(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    setup["server"].stop()
+    log, access = tmp_path / "group.log", tmp_path / "access.log"
+    process = _start_in_session(
+        tmp_path / "channels.yaml", "--workers", "3", "--access-log", str(access), log=log
+    )
+    try:
+        text = _wait_for_text(log, " on http://")
+        url = text.split(" on ", 1)[1].split()[0].rstrip("/")
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda _: _fresh_get(f"{url}/chan/linux-64/repodata.json"), range(120))
+            )
+        assert all(a.status_code == 200 for a in answers)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert process.wait(timeout=60) == 0
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    lines = access.read_text().splitlines()
+    assert sum(" 200 " in line and "repodata.json" in line for line in lines) == 120
+
+
+def test_workers_end_with_a_supervisor_that_was_killed(setup: dict[str, Any]) -> None:
+    server: ServeProcess = setup["server"]
+    workers = _workers(server.process.pid, 2)
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status
+
+
+def test_a_port_in_use_and_an_access_log_that_cannot_be_written_are_clear_errors(
+    setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = int(setup["server"].url.rsplit(":", 1)[1])
+    config = str(tmp_path / "channels.yaml")
+    for workers in ("1", "2"):
+        code = cli.main(["serve", "-c", config, "--port", str(taken), "--workers", workers])
+        assert code == 1
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1 port {taken}" in err and "Traceback" not in err
+        code = cli.main(
+            ["serve", "-c", config, "--workers", workers, "--access-log", "/nonexistent/a.log"]
+        )
+        assert code == 1
+        assert "cannot open the access log /nonexistent/a.log" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
