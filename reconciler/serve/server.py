@@ -848,15 +848,17 @@ class ServeApp:
             length = max(0, end - start + 1)
             response = web.StreamResponse(status=status, headers=headers)
             response.content_length = length
-            await response.prepare(request)
-            if head or not length:
-                await response.write_eof()
-                return response
             transport = request.transport
             try:
+                await response.prepare(request)
+                if head or not length:
+                    await response.write_eof()
+                    return response
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("the client went away")
                 await asyncio.get_running_loop().sendfile(transport, handle, start, length)
+                exchange.sent = length
+                await response.write_eof()  # the client may be gone by now as well
             except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport closing
                 # A client that leaves mid-response is normal (a cancelled download).
                 log.debug("client left during %s: %s", auth.redact_path(request.raw_path), exc)
@@ -864,9 +866,6 @@ class ServeApp:
                 response.force_close()
                 if transport is not None:
                     transport.abort()
-                return response
-            exchange.sent = length
-            await response.write_eof()
             return response
         finally:
             handle.close()
