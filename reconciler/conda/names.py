@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 
 # CEP-26 style platform subdirs: ``noarch`` or ``<platform>-<arch>``.
 _SUBDIR_RE = re.compile(r"^[a-z0-9]+-[a-z0-9]+$")
@@ -81,51 +80,3 @@ def filename_name(filename: str) -> str:
     """The package name a filename gives: ``python-dateutil-2.9.0-py_0.conda`` →
     ``python-dateutil`` (versions and builds hold no dash, names may)."""
     return filename.rsplit("-", 2)[0]
-
-
-# The characters package filenames are made of, and the line break that joins them.
-_ALLOWED_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.+-!\n"
-
-
-def suspect_filenames(filenames: Collection[str], suffix: str) -> list[str]:
-    """Every filename that :func:`filename_problem` refuses or that does not end in
-    ``suffix``, and maybe a few more: for half a million names, a handful of passes in
-    C rather than a pattern match each. Check what it returns one by one."""
-    if not filenames:
-        return []
-    listed = list(filenames)
-    whole = "\n".join(listed).encode("utf-8", "surrogatepass")
-    if whole.translate(None, _ALLOWED_BYTES) or whole.count(b"\n") != len(listed) - 1:
-        # A character no package filename has (or a line break inside one): look at all.
-        return listed
-    found: set[int] = set()  # line numbers
-    text = b"\n" + whole + b"\n"
-    ending = suffix.encode() + b"\n"
-    if text.count(ending) != len(listed):
-        found.update(i for i, f in enumerate(listed) if not f.endswith(suffix))
-    # With those characters and that suffix, what the pattern refuses has one of these:
-    # fewer than two dashes, an empty part, a dot first, "..", "!" (allowed in the
-    # version only), or too many characters.
-    dashes = text.translate(None, _NOT_DASH_OR_BREAK)  # per line, its dashes only
-    for piece in (b"\n\n", b"\n-\n"):
-        found.update(_lines(dashes, piece))
-    for piece in (b"\n.", b"..", b"--", b"\n-", b"-" + ending, b"!"):
-        found.update(_lines(text, piece))
-    if max(map(len, listed)) > NAME_MAX:
-        found.update(i for i, f in enumerate(listed) if len(f) > NAME_MAX)
-    return [listed[i] for i in sorted(found)]
-
-
-_NOT_DASH_OR_BREAK = bytes(b for b in range(256) if b not in b"-\n")
-
-
-def _lines(text: bytes, piece: bytes) -> list[int]:
-    """The line numbers (0: the first after the leading break) where ``piece`` starts or
-    whose break it starts with; every match, overlapping ones included."""
-    found = []
-    start = text.find(piece)
-    while start >= 0:
-        inside = start + 1 if piece[:1] == b"\n" else start  # a character of that line
-        found.append(text.count(b"\n", 0, inside) - 1)
-        start = text.find(piece, start + 1)
-    return found

@@ -245,7 +245,6 @@ def _choose(
             records[subdir] = UpstreamRecords(subdir, EMPTY, "")
             continue
         records[subdir] = _records(subdir, metadata, source, mirror)
-        records[subdir].read_unsafe()
         removed[subdir] = {r for r in metadata.sparse.removed if isinstance(r, str)}
     selection = select(
         records, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies

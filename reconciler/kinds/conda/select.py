@@ -39,7 +39,7 @@ from typing import Any
 import rattler
 
 from reconciler.conda.matching import DependencySpec, RecordView, parse_spec
-from reconciler.conda.names import filename_name, filename_problem, suspect_filenames
+from reconciler.conda.names import filename_name, filename_problem
 from reconciler.conda.records import record_problem
 from reconciler.conda.sparse import SparseRepodata
 from reconciler.filters import Candidate, Decision, FilterEngine
@@ -110,20 +110,12 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
                 return None
         return chosen
 
-    def read_unsafe(self) -> None:
-        """Read every record whose filename is unsafe (or maybe so), so that it is refused
-        with a warning whatever its name: those warn of a hostile or broken upstream."""
-        for index, (_section, suffix) in enumerate(_SECTIONS):
-            for filename in suspect_filenames(self.sparse.names(index).keys(), suffix):
-                self.get(filename)
-
     def prefetch(self, wanted: Callable[[str], bool]) -> None:
         """Read now what a selection with this name gate reads, then let the rest of the
         document go: the next subdir is then read without this one's in memory."""
         for filenames in self.named(wanted).values():
             for filename in filenames:
                 self.get(filename)
-        self.read_unsafe()
         self.sparse.release()
 
     def __getitem__(self, filename: str) -> dict[str, Any]:

@@ -43,6 +43,9 @@ def write_upstream(root: Path, extra: str = "") -> None:
                 packages[f"{name}-{version}-h0_0.conda"] = record(
                     name, version, subdir, "GPL-3.0-only" if name == "gpl" else "MIT"
                 )
+        # An unsafe filename under a name the mirror includes: read, refused, warned about;
+        # under one it does not, never read (it could not be selected).
+        packages["app-9.0-h0/../../evil.conda"] = record("app", "9.0", subdir)
         packages["../evil-1.0-h0_0.conda"] = record("evil", "1.0", subdir)
         packages["nosha-1.0-h0_0.conda"] = {**record("app", "0.1", subdir), "sha256": None}
         body = json.dumps(
@@ -130,7 +133,9 @@ def test_the_reused_selection_is_the_fresh_one(
     first = resolve(chan, cache)
     assert len(entries(cache)) == 1
     fresh = summary(first)
-    assert fresh["selected"] and any("refusing '../evil" in w for w in fresh["warnings"])
+    assert fresh["selected"]
+    assert any("refusing 'app-9.0-h0/../../evil.conda'" in w for w in fresh["warnings"])
+    assert not any("../evil-1.0" in w for w in fresh["warnings"])
 
     # The second plan (a 304) selects nothing anew for what it is asked...
     calls: list[int] = []
