@@ -154,15 +154,14 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         found: dict[str, list[str]] = {}
         for index in range(len(_SECTIONS)):
             names = self.sparse.names(index)
-            passing = {n for n in set(names.values()) if wanted(n)}
+            passing = {n for n in set(names.names) if wanted(n)}
             if not passing:
                 continue
-            for filename, name in names.items():
-                if name in passing:
-                    listed = found.setdefault(name, [])
-                    # Keys are unique within a section: only one in both can repeat.
-                    if not index or filename not in self.sparse.names(0) or filename not in listed:
-                        listed.append(filename)
+            for filename, name in names.of_names(passing):
+                listed = found.setdefault(name, [])
+                # Keys are unique within a section: only one in both can repeat.
+                if not index or filename not in self.sparse.names(0) or filename not in listed:
+                    listed.append(filename)
         if isinstance(wanted, NameGate):
             self.sparse.memo[wanted] = found
         return found

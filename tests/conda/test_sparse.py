@@ -1,0 +1,95 @@
+"""Repodata read sparsely: a section's filenames and the names they give."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from reconciler.conda.names import filename_name
+from reconciler.conda.sparse import Listing, SparseRepodata
+
+# Names that share prefixes with each other ("foo" and "foo-bar"), odd but legal shapes.
+NAMES = ["foo", "foo-bar", "foo-bar-baz", "foo_x", "foo.x", "fo", "a", "zz-top", "x-1"]
+
+
+def filenames(seed: int, count: int) -> list[str]:
+    rng = random.Random(seed)
+    versions, builds = ["1.0", "a1", "2!3", "0"], ["h1_0", "py_0"]
+    found = {
+        f"{rng.choice(NAMES)}-{rng.choice(versions)}-{rng.choice(builds)}{rng.randrange(99)}.conda"
+        for _ in range(count)
+    }
+    found.add("nodash.conda")  # no version or build: the whole filename is its name
+    return list(found)
+
+
+def slow_way(files: list[str], wanted: set[str]) -> list[tuple[str, str]]:
+    return [(f, filename_name(f)) for f in files if filename_name(f) in wanted]
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("seed", range(20))
+def test_of_names_is_every_filename_of_those_names_in_document_order(order: str, seed: int) -> None:
+    files = filenames(seed, 400)
+    if order == "sorted":
+        files.sort()
+    else:
+        random.Random(seed).shuffle(files)
+    listing = Listing(files)
+    rng = random.Random(seed + 100)
+    for size in (1, 2, 3, len(NAMES)):
+        wanted = set(rng.sample([*NAMES, "nodash.conda", "absent"], size))
+        assert list(listing.of_names(wanted)) == slow_way(files, wanted), wanted
+
+
+def test_a_few_names_of_a_big_sorted_section_are_found_by_bisection() -> None:
+    files = sorted(f"pkg{i:05d}-1.0-h{j}_0.conda" for i in range(2000) for j in range(3))
+    listing = Listing(files)
+    wanted = {"pkg00007", "pkg01999", "pkg"}
+
+    class Counting(list[str]):
+        looked = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Counting.looked += 1
+            return super().__iter__()
+
+    listing.names = Counting(listing.names)
+    found = list(listing.of_names(wanted))
+    assert [f for f, _ in found] == [
+        "pkg00007-1.0-h0_0.conda",
+        "pkg00007-1.0-h1_0.conda",
+        "pkg00007-1.0-h2_0.conda",
+        "pkg01999-1.0-h0_0.conda",
+        "pkg01999-1.0-h1_0.conda",
+        "pkg01999-1.0-h2_0.conda",
+    ]
+    assert Counting.looked == 0  # no pass over every name
+
+
+def test_a_listing_answers_lookups_after_its_document_is_let_go() -> None:
+    document = {
+        "packages": {"old-1-0.tar.bz2": {"name": "old", "version": "1", "build": "0"}},
+        "packages.conda": {
+            "zlib-1.3-h0_0.conda": {"name": "zlib", "version": "1.3", "build": "h0_0"},
+            "python-dateutil-2.9.0-py_0.conda": {
+                "name": "python-dateutil",
+                "version": "2.9.0",
+                "build": "py_0",
+            },
+        },
+    }
+    body = orjson.dumps(document)
+    sparse = SparseRepodata(body, "test", lambda: body)
+    sparse.release()
+    conda = sparse.names(1)
+    assert "zlib-1.3-h0_0.conda" in conda
+    assert "old-1-0.tar.bz2" not in conda
+    assert conda["python-dateutil-2.9.0-py_0.conda"] == "python-dateutil"
+    with pytest.raises(KeyError):
+        conda["absent-1-0.conda"]
+    assert list(conda) == ["zlib-1.3-h0_0.conda", "python-dateutil-2.9.0-py_0.conda"]
+    assert sparse.listed("old-1-0.tar.bz2") and not sparse.listed("zlib-1.3-h0_0.tar.bz2")
+    assert sparse.record(1, "zlib-1.3-h0_0.conda")["name"] == "zlib"  # read again
