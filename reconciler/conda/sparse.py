@@ -45,7 +45,8 @@ class Listing(Mapping[str, str]):
     """One section's filenames in document order, each with the name it gives
     (:func:`filename_name`), as two parallel lists: a million-entry mapping costs a
     quarter of a second more to build. Lookups use ``member`` (any container of the
-    filenames), or a set made when first needed."""
+    filenames) while it is there, then bisection when the filenames are sorted (as
+    writers list them), else a set made when first needed."""
 
     def __init__(self, files: list[str], member: Container[str] | None = None) -> None:
         self.files = files
@@ -55,8 +56,17 @@ class Listing(Mapping[str, str]):
 
     def __contains__(self, filename: object) -> bool:
         if self._member is None:
+            if self.is_sorted and isinstance(filename, str):
+                at = bisect.bisect_left(self.files, filename)
+                return at < len(self.files) and self.files[at] == filename
             self._member = set(self.files)
         return filename in self._member
+
+    @property
+    def is_sorted(self) -> bool:
+        if self._sorted is None:
+            self._sorted = self.files == sorted(self.files)
+        return self._sorted
 
     def __getitem__(self, filename: str) -> str:
         if filename not in self:
@@ -81,9 +91,7 @@ class Listing(Mapping[str, str]):
         filenames lie between ``<name>-`` and ``<name>.`` and a few names are found by
         bisection, not by looking at every filename.
         """
-        if self._sorted is None:
-            self._sorted = self.files == sorted(self.files)
-        if not self._sorted or len(names) * 64 > len(self.files):
+        if not self.is_sorted or len(names) * 64 > len(self.files):
             return ((f, n) for f, n in zip(self.files, self.names, strict=True) if n in names)
         found: list[int] = []
         for name in names:

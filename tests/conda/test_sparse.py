@@ -69,27 +69,33 @@ def test_a_few_names_of_a_big_sorted_section_are_found_by_bisection() -> None:
     assert Counting.looked == 0  # no pass over every name
 
 
-def test_a_listing_answers_lookups_after_its_document_is_let_go() -> None:
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_listing_answers_lookups_after_its_document_is_let_go(in_order: bool) -> None:
+    conda_records = {
+        "zlib-1.3-h0_0.conda": {"name": "zlib", "version": "1.3", "build": "h0_0"},
+        "python-dateutil-2.9.0-py_0.conda": {
+            "name": "python-dateutil",
+            "version": "2.9.0",
+            "build": "py_0",
+        },
+        "a-1-0.conda": {"name": "a", "version": "1", "build": "0"},
+    }
+    order = sorted(conda_records, reverse=not in_order)
     document = {
         "packages": {"old-1-0.tar.bz2": {"name": "old", "version": "1", "build": "0"}},
-        "packages.conda": {
-            "zlib-1.3-h0_0.conda": {"name": "zlib", "version": "1.3", "build": "h0_0"},
-            "python-dateutil-2.9.0-py_0.conda": {
-                "name": "python-dateutil",
-                "version": "2.9.0",
-                "build": "py_0",
-            },
-        },
+        "packages.conda": {f: conda_records[f] for f in order},
     }
     body = orjson.dumps(document)
     sparse = SparseRepodata(body, "test", lambda: body)
     sparse.release()
     conda = sparse.names(1)
-    assert "zlib-1.3-h0_0.conda" in conda
-    assert "old-1-0.tar.bz2" not in conda
+    assert conda.is_sorted is in_order
+    assert "zlib-1.3-h0_0.conda" in conda and "a-1-0.conda" in conda
+    assert "old-1-0.tar.bz2" not in conda and "b-1-0.conda" not in conda
+    assert "zzz-1-0.conda" not in conda and "" not in conda
     assert conda["python-dateutil-2.9.0-py_0.conda"] == "python-dateutil"
     with pytest.raises(KeyError):
         conda["absent-1-0.conda"]
-    assert list(conda) == ["zlib-1.3-h0_0.conda", "python-dateutil-2.9.0-py_0.conda"]
+    assert list(conda) == order
     assert sparse.listed("old-1-0.tar.bz2") and not sparse.listed("zlib-1.3-h0_0.tar.bz2")
     assert sparse.record(1, "zlib-1.3-h0_0.conda")["name"] == "zlib"  # read again
