@@ -97,7 +97,7 @@ class Listing(Mapping[str, str]):
         for name in names:
             # A filename without a dash gives itself as its name.
             alone = bisect.bisect_left(self.files, name)
-            if alone < len(self.files) and self.files[alone] == name:
+            if alone < len(self.files) and self.files[alone] == name and self.names[alone] == name:
                 found.append(alone)
             start = bisect.bisect_left(self.files, name + "-", alone)
             end = bisect.bisect_left(self.files, name + ".", start)

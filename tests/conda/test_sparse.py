@@ -22,6 +22,7 @@ def filenames(seed: int, count: int) -> list[str]:
         for _ in range(count)
     }
     found.add("nodash.conda")  # no version or build: the whole filename is its name
+    found.update(["x-1", "foo-bar"])  # equal to a name, but giving another ("x", "foo")
     return list(found)
 
 
