@@ -2,6 +2,7 @@
 
     python benchmarks/plan_upstream.py                      # 100k, 500k and 1.1M records
     python benchmarks/plan_upstream.py --records 100000 --repeats 3
+    python benchmarks/plan_upstream.py --records 1100000 --rate 50m   # a 50 MB/s link
 
 Generates conda-forge-like repodata (linux-64 and noarch; 3-8 depends, constrains,
 realistic licences and name counts, indented JSON, `.zst` beside `.json`) served by nginx
@@ -15,7 +16,8 @@ and times, each in a fresh process with its peak RSS (VmHWM):
   parses only the records of those names);
 - ``orjson`` parsing the whole document (what reading every record costs).
 
-Medians of ``--repeats``; ratios to the sparse floor.
+Medians of ``--repeats``; ratios to the sparse floor. ``--rate`` has nginx send each
+response at most that fast (``limit_rate``), as a link slower than loopback would.
 """
 
 from __future__ import annotations
@@ -121,11 +123,14 @@ def free_port() -> int:
         return port
 
 
-def serve(folder: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(folder: Path, work: Path, rate: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
+    if rate is not None and not nginx:
+        raise SystemExit("--rate needs nginx")
+    limit = f"limit_rate {rate};" if rate else ""
     if nginx:
         conf = work / "nginx.conf"
         conf.write_text(
@@ -139,7 +144,7 @@ http {{
   client_body_temp_path {work}; proxy_temp_path {work}; fastcgi_temp_path {work};
   uwsgi_temp_path {work}; scgi_temp_path {work};
   sendfile on;
-  server {{ listen 127.0.0.1:{port}; root {folder}; etag on; }}
+  server {{ listen 127.0.0.1:{port}; root {folder}; etag on; {limit} }}
 }}
 """
         )
@@ -235,7 +240,7 @@ def run_child(*args: str) -> dict[str, float]:
     return result
 
 
-def bench(records: int, repeats: int) -> list[tuple[str, float, float]]:
+def bench(records: int, repeats: int, rate: str | None = None) -> list[tuple[str, float, float]]:
     work = Path(tempfile.mkdtemp(prefix="plan-upstream-"))
     try:
         upstream = work / "upstream"
@@ -243,7 +248,7 @@ def bench(records: int, repeats: int) -> list[tuple[str, float, float]]:
         names = generate(upstream, records)
         print(f"{records} records generated in {time.perf_counter() - started:.0f} s", flush=True)
         selected = random.Random(1).sample(names, min(SELECTED_NAMES, len(names)))
-        process, url = serve(upstream, work)
+        process, url = serve(upstream, work, rate)
         rows: dict[str, list[dict[str, float]]] = {}
         try:
             config = work / "channels.yaml"
@@ -285,6 +290,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, action="append")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rate", help="nginx limit_rate per connection (e.g. 50m: 50 MB/s), as a slower link"
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
@@ -292,9 +300,10 @@ def main() -> None:
         {"plan": child_plan, "sparse": child_sparse, "orjson": child_orjson}[kind](*rest)
         return
     for records in args.records or [100_000, 500_000, 1_100_000]:
-        table = bench(records, args.repeats)
+        table = bench(records, args.repeats, args.rate)
         floor = next(seconds for label, seconds, _ in table if label == "(floor)")
-        print(f"\n{records} records, median of {args.repeats}:")
+        at = f", served at {args.rate}B/s" if args.rate else ""
+        print(f"\n{records} records, median of {args.repeats}{at}:")
         print(f"{'':40}{'seconds':>10}{'peak MB':>10}{'x floor':>9}")
         for label, seconds, peak in table:
             if label != "(floor)":

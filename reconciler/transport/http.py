@@ -39,7 +39,6 @@ from urllib.parse import unquote, urljoin, urlparse, urlsplit
 import orjson
 import requests
 import urllib3
-import zstandard
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
@@ -47,6 +46,10 @@ from urllib3.response import BaseHTTPResponse
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.store.local import LocalStore, write_atomic
+from reconciler.transport.errors import NotFound as NotFound
+from reconciler.transport.errors import UpstreamError as UpstreamError
+from reconciler.transport.unzstd import Alongside, amount
+from reconciler.transport.unzstd import unzstd as _unzstd_within
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings
@@ -62,14 +65,6 @@ MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024
 
 
 T = TypeVar("T")
-
-
-class UpstreamError(ReconcileError):
-    """An upstream that cannot be reached, or sent something unusable."""
-
-
-class NotFound(UpstreamError):
-    pass
 
 
 def redact(url: str) -> str:
@@ -365,6 +360,8 @@ class Upstream:
         accept: str | None = None,
         offered: Kept | None = None,
         parse_kept: Callable[[bytes], T] | None = None,
+        decoding: Callable[[int | None], Alongside] | None = None,
+        parse_decoded: Callable[[bytes, bytes | bytearray], T] | None = None,
     ) -> tuple[T, CachedBody]:
         """GET ``url`` conditionally: with the validators of the copy cached as ``name``
         in the cache directory, or else of ``offered`` (a copy the caller kept).
@@ -373,11 +370,13 @@ class Upstream:
         accepted it, so a garbled response never replaces a good copy.
         Returns what ``parse`` made of the body, and the body. :class:`NotFound` on 404.
         ``parse_kept`` (default ``parse``) reads a kept copy on a ``304``: that copy was
-        parsed when it was kept, so a caller may defer the work.
+        parsed when it was kept, so a caller may defer the work. With ``decoding``, a
+        ``200`` body is fed to a decompressor as it arrives (given the body's length, if
+        known) and ``parse_decoded`` reads the body and what came out of it.
         """
         kept = self.kept(name) or offered
 
-        def attempt() -> tuple[int, bytes, dict[str, str]]:
+        def attempt() -> tuple[int, bytes, dict[str, str], Alongside | None]:
             headers = {}
             if accept:
                 headers["Accept"] = accept
@@ -393,29 +392,51 @@ class Upstream:
                 if response.status_code == 404:
                     raise NotFound(f"{shown}: not found (404)")
                 if response.status_code == 304 and kept is not None:
-                    return 304, b"", {}
+                    return 304, b"", {}, None
                 if response.status_code >= 500:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise UpstreamError(f"{shown}: HTTP {response.status_code}")
-                body = _read_body(response, limit, self.timeout, shown)
+                unzstd = decoding(_content_length(response)) if decoding is not None else None
+                try:
+                    body = _read_body(
+                        response,
+                        limit,
+                        self.timeout,
+                        shown,
+                        unzstd.feed if unzstd is not None else None,
+                    )
+                except BaseException:
+                    if unzstd is not None:
+                        unzstd.abandon()
+                    raise
                 returned = {
                     k: response.headers[k]
                     for k in ("etag", "last-modified", "content-type")
                     if k in response.headers
                 }
-                return 200, body, returned
+                return 200, body, returned, unzstd
 
-        status, body, headers = self._retrying(shown, attempt)
+        status, body, headers, unzstd = self._retrying(shown, attempt)
         if status == 304:
             assert kept is not None
             self._keep(name, kept.body, kept.validators)
             return (parse_kept or parse)(kept.body), CachedBody(kept.body, kept.validators, True)
         # Hashing and writing the copy to the cache let go of the GIL: they run on another
         # thread while ``parse`` reads the body, and the copy is put in place once it parsed.
-        keeping = _Keeping(self._cache_paths(name), body, headers, shown)
         try:
-            parsed = parse(body)
+            keeping = _Keeping(self._cache_paths(name), body, headers, shown)
+        except BaseException:
+            if unzstd is not None:
+                unzstd.abandon()
+            raise
+        try:
+            if unzstd is not None and parse_decoded is not None:
+                parsed = parse_decoded(body, unzstd.result(body))
+            else:
+                if unzstd is not None:
+                    unzstd.abandon()
+                parsed = parse(body)
         except BaseException:
             keeping.discard()
             raise
@@ -772,15 +793,23 @@ def _describe(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def _amount(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
+def _content_length(response: requests.Response) -> int | None:
+    """The body's length as sent, when the headers say it (and no encoding changes it)."""
+    value = response.headers.get("content-length", "")
+    if response.headers.get("content-encoding") or not value.isdigit():
+        return None
+    return int(value)
 
 
-def _read_body(response: requests.Response, limit: int, timeout: float, shown: str) -> bytes:
-    """The whole body, decoded, refused beyond ``limit`` bytes (counted after decoding).
+def _read_body(
+    response: requests.Response,
+    limit: int,
+    timeout: float,
+    shown: str,
+    sink: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """The whole body, decoded, refused beyond ``limit`` bytes (counted after decoding);
+    each piece also goes to ``sink`` as it arrives.
 
     ``urllib3`` (2.6 and later) decodes at most one chunk per read, so a compression
     bomb costs at most ``limit`` plus a chunk of memory.
@@ -796,11 +825,12 @@ def _read_body(response: requests.Response, limit: int, timeout: float, shown: s
             if total > limit:
                 decoded = f" once decoded (Content-Encoding: {encoding})" if encoding else ""
                 raise UpstreamError(
-                    f"{shown}: response larger than the limit of {_amount(limit)}{decoded}; "
-                    "gave up",
+                    f"{shown}: response larger than the limit of {amount(limit)}{decoded}; gave up",
                     hint="the upstream sent far more than any real index; check the source",
                 )
             body += chunk
+            if sink is not None:
+                sink(chunk)
     except requests.RequestException as exc:
         raise _Retryable(_describe(exc)) from None
     expected = response.headers.get("content-length")
@@ -809,75 +839,15 @@ def _read_body(response: requests.Response, limit: int, timeout: float, shown: s
     return bytes(body)
 
 
-# Compressed input is decompressed this much at a time. A zstd block of 4 bytes can
-# stand for 128 KiB, so one step makes at most 32 MiB: a bomb overshoots the limit by that.
-_ZSTD_STEP = 1024
-
-
-def _unzstd(data: bytes, source: str) -> bytes | bytearray:
-    """Decompress zstd frames, refusing more than :data:`MAX_REPODATA_BYTES` out
-    and a frame cut short (which a stream reader would end silently).
-
-    The output grows in one buffer (no list of chunks joined at the end), and a frame
-    whose header declares a content size beyond the limit is refused before anything
-    is decompressed.
-    """
-    limit = MAX_REPODATA_BYTES
-    with suppress(zstandard.ZstdError):
-        declared = zstandard.frame_content_size(data)
-        if declared > limit:
-            raise UpstreamError(
-                f"{source}: decompressed repodata is larger than the limit of "
-                f"{_amount(limit)} (its frame declares {_amount(declared)}); refused",
-                hint="no real channel comes near it: a compression bomb?",
-            )
-        if 0 <= declared <= limit:
-            # One frame that says how big it is (what every repodata writer makes): one
-            # call, into a buffer of exactly that size, many times faster than the steps
-            # below. Anything else (several frames, a frame cut short, a size that lies)
-            # fails here and goes the careful way.
-            with suppress(TypeError):  # zstandard before allow_extra_data
-                one: bytes = zstandard.ZstdDecompressor().decompress(
-                    data, max_output_size=limit, allow_extra_data=False
-                )
-                return one
-    out = bytearray()
-    total = 0
-    decompressor = zstandard.ZstdDecompressor()
-    frame = decompressor.decompressobj()
-    in_frame = False  # fed bytes of a frame that has not ended yet
-    view = memoryview(data)
-    try:
-        for start in range(0, len(view), _ZSTD_STEP):
-            piece: bytes | memoryview = view[start : start + _ZSTD_STEP]
-            while piece:
-                chunk = frame.decompress(piece)
-                in_frame = True
-                piece = b""
-                total += len(chunk)
-                if total > limit:
-                    raise UpstreamError(
-                        f"{source}: decompressed repodata is larger than the limit of "
-                        f"{_amount(limit)}; gave up",
-                        hint="no real channel comes near it: a compression bomb?",
-                    )
-                out += chunk
-                if frame.eof:  # the rest of this piece starts another frame
-                    piece = frame.unused_data
-                    frame = decompressor.decompressobj()
-                    in_frame = False
-    except zstandard.ZstdError as exc:
-        raise UpstreamError(f"{source}: not valid zstd data ({exc})") from None
-    if not data:
-        raise UpstreamError(f"{source}: empty, not zstd data")
-    if in_frame:
-        raise UpstreamError(f"{source}: zstd data cut short (the last frame does not end)")
-    return out
-
-
 def unzstd(data: bytes, source: str) -> bytes | bytearray:
-    """zstd frames decompressed, capped at :data:`MAX_REPODATA_BYTES` (see ``_unzstd``)."""
-    return _unzstd(data, source)
+    """zstd frames decompressed, capped at :data:`MAX_REPODATA_BYTES`."""
+    return _unzstd_within(data, source, MAX_REPODATA_BYTES)
+
+
+def unzstd_alongside(source: str, expected: int | None) -> Alongside:
+    """What a ``.zst`` body is fed to as it arrives (see :meth:`Upstream.get_cached`): on a
+    slow link it is decompressed meanwhile; capped at :data:`MAX_REPODATA_BYTES`."""
+    return Alongside(source, MAX_REPODATA_BYTES, expected)
 
 
 def _within(timeout: float, shown: str, work: Callable[[], T]) -> T:
@@ -952,6 +922,6 @@ def read_regular_file(path: Path, shown: str, limit: int, timeout: float) -> byt
     for chunk in _local_chunks(path, limit, timeout):
         total += len(chunk)
         if total > limit:
-            raise UpstreamError(f"{shown}: larger than the limit of {_amount(limit)}; gave up")
+            raise UpstreamError(f"{shown}: larger than the limit of {amount(limit)}; gave up")
         chunks.append(chunk)
     return b"".join(chunks)

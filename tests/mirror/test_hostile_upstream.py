@@ -26,6 +26,7 @@ from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, parse_body
 from reconciler.kinds.pypi.client import MAX_PAGE_BYTES
 from reconciler.store.local import TEMP_PREFIX, LocalStore
 from reconciler.transport import http as upstream_module
+from reconciler.transport import unzstd as unzstd_module
 from reconciler.transport.http import Upstream, UpstreamError
 from tests.hostile_server import HostileServer, gzip_bomb, hostile_server, zstd_bomb
 from tests.packages import PackageSpec, build_package
@@ -279,16 +280,23 @@ def test_bad_repodata_is_a_clear_error_and_keeps_the_cached_copy(
         ("linux-64/repodata.json.zst", "endless", "response larger than the limit of 16 MiB;"),
         (
             "linux-64/repodata.json.zst",
+            "gzip-bomb",
+            "larger than the limit of 16 MiB once decoded (Content-Encoding: gzip)",
+        ),
+        # The plain .json (the .zst answers 404): the body's own limit stops these.
+        ("linux-64/repodata.json", "endless", "response larger than the limit of 16 MiB;"),
+        (
+            "linux-64/repodata.json",
             "endless-chunked",
             "response larger than the limit of 16 MiB;",
         ),
         (
-            "linux-64/repodata.json.zst",
+            "linux-64/repodata.json",
             "gzip-bomb",
             "larger than the limit of 16 MiB once decoded (Content-Encoding: gzip)",
         ),
         (
-            "linux-64/repodata.json.zst",
+            "linux-64/repodata.json",
             "zstd-encoded-bomb",
             "larger than the limit of 16 MiB once decoded (Content-Encoding: zstd)",
         ),
@@ -304,8 +312,12 @@ def test_repodata_bombs_and_endless_bodies_stop_at_the_limit(
 ) -> None:
     # A small limit keeps the test light; the cap works the same at 2 GiB.
     monkeypatch.setattr(upstream_module, "MAX_REPODATA_BYTES", 16 * 1024 * 1024)
+    # Judged fast, however busy the machine: decompressed afterwards, in one call.
+    monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", float("inf"))
     gzip_bomb(), zstd_bomb()  # built before measuring
     hostile.behaviours[path] = behaviour
+    if not path.endswith(".zst"):
+        hostile.behaviours[f"{path}.zst"] = "404"
     upstream = _client(hostile, tmp_path)
     started = time.monotonic()
     tracemalloc.start()
@@ -321,7 +333,86 @@ def test_repodata_bombs_and_endless_bodies_stop_at_the_limit(
     assert message in info.value.message, info.value.message
     # The limit and one step of decoding (at most 32 MiB for zstd), not gigabytes.
     assert peak < 16 * 1024 * 1024 + 40 * 1024 * 1024, peak
-    assert not (tmp_path / "state" / "linux-64" / "repodata.json.zst").exists()
+    assert not list((tmp_path / "state").rglob("repodata.json*"))  # nothing kept
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("zstd-bomb", "decompressed repodata is larger than the limit of 16 MiB; gave up"),
+        # Decompressed as it arrives, what is not zstd stops the download at once.
+        ("endless", "not valid zstd data"),
+        ("endless-chunked", "not valid zstd data"),
+        ("gzip-bomb", "not valid zstd data"),
+        ("garbage", "not valid zstd data"),
+        ("short-length", "zstd data cut short"),
+        ("reset", "body cut short"),
+    ],
+)
+def test_a_slow_zst_body_decompressed_alongside_fails_the_same_way(
+    hostile: HostileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    behaviour: str,
+    message: str,
+) -> None:
+    """Judged slow at once (as on a slow link), the body goes to the decompressing thread
+    piece by piece; hostile bodies still end in an error naming the URL, within the limit."""
+    monkeypatch.setattr(upstream_module, "MAX_REPODATA_BYTES", 16 * 1024 * 1024)
+    monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
+    monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
+    started_threads = _count_unzstd_threads(monkeypatch)
+    gzip_bomb(), zstd_bomb()
+    path = "linux-64/repodata.json.zst"
+    hostile.behaviours[path] = behaviour
+    upstream = _client(hostile, tmp_path)
+    started = time.monotonic()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError) as info:
+            upstream.fetch_repodata("linux-64")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        upstream.close()
+    assert started_threads, "the body was not decompressed alongside"
+    assert time.monotonic() - started < QUICK
+    assert info.value.message.startswith(f"{hostile.url}/{path}: ")
+    assert message in info.value.message, info.value.message
+    assert peak < 16 * 1024 * 1024 + 40 * 1024 * 1024, peak
+    assert not list((tmp_path / "state").rglob("repodata.json*"))
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+
+
+def test_a_slow_zst_body_decompressed_alongside_reads_the_same(
+    hostile: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = _client(hostile, tmp_path)
+    try:
+        fast = upstream.fetch_repodata("linux-64")
+        monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
+        monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
+        started_threads = _count_unzstd_threads(monkeypatch)
+        (tmp_path / "state").rename(tmp_path / "state-before")  # no 304 this time
+        slow = upstream.fetch_repodata("linux-64")
+    finally:
+        upstream.close()
+    assert started_threads and not slow.not_modified
+    assert slow.body == fast.body
+    assert slow.repodata == fast.repodata and len(slow.sparse) == len(fast.sparse) > 0
+
+
+def _count_unzstd_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """A list that grows by one each time a decompressing thread starts."""
+    started: list[object] = []
+    real = unzstd_module.UnzstdThread
+
+    def counting(*args: Any) -> object:
+        started.append(None)
+        return real(*args)
+
+    monkeypatch.setattr(unzstd_module, "UnzstdThread", counting)
+    return started
 
 
 def test_a_page_gzip_bomb_stops_at_the_page_limit(hostile: HostileServer, tmp_path: Path) -> None:

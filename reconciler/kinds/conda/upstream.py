@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,7 @@ from reconciler.transport.http import (
     Validators,
     body_validators,
     unzstd,
+    unzstd_alongside,
 )
 
 REPODATA_NAMES = ("repodata.json.zst", "repodata.json")
@@ -48,15 +50,19 @@ class Parsed:
     kept, so its reading waits until something needs it — often nothing does.
     """
 
-    def __init__(self, body: bytes, name: str, shown: str) -> None:
+    def __init__(
+        self, body: bytes, name: str, shown: str, decoded: bytes | bytearray | None = None
+    ) -> None:
         self.body = body
         self.name = name
         self.shown = shown
+        self._decoded = decoded  # the body decompressed already (while it downloaded)
         self._sparse: SparseRepodata | None = None
 
     def get(self) -> SparseRepodata:
         if self._sparse is None:
-            self._sparse = parse_sparse(self.body, self.name, self.shown)
+            self._sparse = parse_sparse(self.body, self.name, self.shown, self._decoded)
+            self._decoded = None
         return self._sparse
 
     def now(self) -> Parsed:
@@ -118,16 +124,28 @@ def parse_body(body: bytes, name: str, shown: str) -> dict[str, Any]:
         raise _not_repodata(exc, body) from None
 
 
-def parse_sparse(body: bytes, name: str, shown: str) -> SparseRepodata:
-    """:func:`parse_body`, read sparsely: the same errors, records parsed when asked for."""
+def parse_sparse(
+    body: bytes, name: str, shown: str, decoded: bytes | bytearray | None = None
+) -> SparseRepodata:
+    """:func:`parse_body`, read sparsely: the same errors, records parsed when asked for.
+    ``decoded`` is the body decompressed already, if it was."""
     try:
         return SparseRepodata(
-            _decoded(body, name, shown), shown, lambda: _decoded(body, name, shown)
+            _decoded(body, name, shown) if decoded is None else decoded,
+            shown,
+            lambda: _decoded(body, name, shown),
         )
     except UpstreamError:
         raise
     except ReconcileError as exc:
         raise _not_repodata(exc, body) from None
+
+
+def _read_now(
+    body: bytes, decoded: bytes | bytearray | None = None, *, name: str, shown: str
+) -> Parsed:
+    """A body just fetched (``decoded``: decompressed already), read at once."""
+    return Parsed(body, name, shown, decoded).now()
 
 
 def cache_folder(cache_dir: Path | None, source: str) -> Path | None:
@@ -174,15 +192,19 @@ class CondaUpstream:
                 else None
             )
             shown = self.shown(subdir, name)
+            zst = name.endswith(".zst")
             try:
                 parsed, fetched = self.http.get_cached(
                     self.http.url(subdir, name),
                     shown,
                     f"{subdir}/{name}",
                     transport.MAX_REPODATA_BYTES,
-                    lambda body, n=name, s=shown: Parsed(body, n, s).now(),  # type: ignore[misc]
+                    partial(_read_now, name=name, shown=shown),
                     offered=kept,
-                    parse_kept=lambda body, n=name, s=shown: Parsed(body, n, s),  # type: ignore[misc]
+                    parse_kept=partial(Parsed, name=name, shown=shown),
+                    # A .zst body arriving slowly is decompressed meanwhile.
+                    decoding=partial(unzstd_alongside, shown) if zst else None,
+                    parse_decoded=partial(_read_now, name=name, shown=shown),
                 )
             except NotFound:
                 continue

@@ -1,0 +1,158 @@
+"""zstd repodata decompressed within a limit: in one call, in pieces, on a thread."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import zstandard
+
+from reconciler.transport import unzstd as unzstd_module
+from reconciler.transport.errors import UpstreamError
+from reconciler.transport.unzstd import Alongside, Unzstd, UnzstdThread, unzstd
+from tests.hostile_server import zstd_bomb
+
+# Random digests compress little: the compressed body spans many pieces.
+DOCUMENT = b'{"packages": {%s}}' % b", ".join(
+    b'"p%d": "%064x"' % (i, random.Random(i).getrandbits(256)) for i in range(3000)
+)
+LIMIT = 1 << 20
+
+
+def frame(data: bytes = DOCUMENT, *, size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(write_content_size=size).compress(data)
+
+
+def pieces(data: bytes, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    found, at = [], 0
+    while at < len(data):
+        step = rng.choice([1, 7, 100, 4096, 70_000])
+        found.append(data[at : at + step])
+        at += step
+    return found
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        frame(),
+        frame(size=False),
+        frame() + frame(b"[]", size=False),
+        frame(b"") + frame(DOCUMENT),
+    ],
+    ids=["one frame", "no size", "two frames", "an empty frame first"],
+)
+def test_every_way_gives_the_same_bytes(body: bytes) -> None:
+    expected = DOCUMENT + b"[]" if body.endswith(frame(b"[]", size=False)) else DOCUMENT
+    assert bytes(unzstd(body, "u", LIMIT)) == expected
+    for seed in range(3):
+        one = Unzstd("u", LIMIT)
+        for piece in pieces(body, seed):
+            one.feed(piece)
+        assert bytes(one.result()) == expected
+        on_thread = UnzstdThread("u", LIMIT)
+        for piece in pieces(body, seed):
+            on_thread.feed(piece)
+        assert bytes(on_thread.result()) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "u: empty, not zstd data"),
+        (b"not zstd at all", "u: not valid zstd data"),
+        (frame()[:-9], "u: zstd data cut short (the last frame does not end)"),
+        (
+            frame(b"x" * (LIMIT + 1)),
+            "u: decompressed repodata is larger than the limit of 1 MiB "
+            "(its frame declares 1 MiB); refused",
+        ),
+        (
+            frame(b"x" * (LIMIT + 1), size=False),
+            "u: decompressed repodata is larger than the limit of 1 MiB; gave up",
+        ),
+    ],
+    ids=["empty", "garbage", "cut short", "declared too big", "too big"],
+)
+def test_bad_bodies_are_refused_every_way(body: bytes, message: str) -> None:
+    with pytest.raises(UpstreamError) as one_call:
+        unzstd(body, "u", LIMIT)
+    assert one_call.value.message.startswith(message), one_call.value.message
+    on_thread = UnzstdThread("u", LIMIT)
+    with pytest.raises(UpstreamError) as threaded:
+        for piece in pieces(body, 1):
+            on_thread.feed(piece)
+        on_thread.result()
+    assert threaded.value.message.startswith(message), threaded.value.message
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+
+
+def test_a_bomb_stops_within_a_step_of_the_limit() -> None:
+    bomb = zstd_bomb()  # 4 GiB of zeros in a frame that does not say so
+    decoding = Unzstd("u", LIMIT)
+    with pytest.raises(UpstreamError, match="larger than the limit of 1 MiB; gave up"):
+        decoding.feed(bomb)
+    assert len(decoding._out) <= LIMIT
+
+
+def test_an_error_on_the_thread_stops_the_feeder() -> None:
+    on_thread = UnzstdThread("u", LIMIT)
+    on_thread.feed(b"garbage, not zstd")
+    with pytest.raises(UpstreamError, match="not valid zstd data"):
+        for _ in range(10_000):  # the thread fails meanwhile: a later piece raises
+            on_thread.feed(b"more")
+            threading.Event().wait(0.001)
+    on_thread.abandon()
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+
+
+def test_a_fast_download_is_decompressed_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = frame()
+    monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
+    monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", float("inf"))
+    fast = Alongside("u", LIMIT, len(body))
+    for piece in pieces(body, 2):
+        fast.feed(piece)
+    assert fast.thread is None
+    assert bytes(fast.result(body)) == DOCUMENT
+
+
+def test_a_slow_download_is_decompressed_alongside(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = frame()
+    monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
+    monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
+    for expected in (len(body), None):
+        slow = Alongside("u", LIMIT, expected)
+        for piece in pieces(body, 3):
+            slow.feed(piece)
+        assert slow.thread is not None
+        assert bytes(slow.result(b"ignored: the thread has it all")) == DOCUMENT
+
+
+def test_the_pieces_of_the_judging_window_go_to_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = frame()
+    assert len(body) > 100_000
+    monkeypatch.setattr(unzstd_module, "JUDGE_BYTES", 50_000)  # judged after some pieces
+    monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 3600.0)
+    monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
+    slow = Alongside("u", LIMIT, len(body))
+    for piece in pieces(body, 4):
+        slow.feed(piece)
+    assert slow.thread is not None
+    assert bytes(slow.result(b"")) == DOCUMENT
+
+
+def test_a_failure_on_the_thread_is_raised_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Unzstd, data: object) -> None:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(Unzstd, "feed", broken)
+    on_thread = UnzstdThread("u", LIMIT)
+    on_thread.feed(b"anything")
+    with pytest.raises(MemoryError, match="no room"):
+        on_thread.result()
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
