@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from reconciler.conda.names import filename_name
 from reconciler.conda.repodata import load_repodata
 from reconciler.errors import ReconcileError
 
@@ -57,10 +58,14 @@ class Listing(Mapping[str, str]):
     def __contains__(self, filename: object) -> bool:
         if self._member is None:
             if self.is_sorted and isinstance(filename, str):
-                at = bisect.bisect_left(self.files, filename)
-                return at < len(self.files) and self.files[at] == filename
+                return self._position(filename) is not None
             self._member = set(self.files)
         return filename in self._member
+
+    def _position(self, filename: str) -> int | None:
+        """Where ``filename`` is in the (sorted) list, if it is."""
+        at = bisect.bisect_left(self.files, filename)
+        return at if at < len(self.files) and self.files[at] == filename else None
 
     @property
     def is_sorted(self) -> bool:
@@ -71,7 +76,7 @@ class Listing(Mapping[str, str]):
     def __getitem__(self, filename: str) -> str:
         if filename not in self:
             raise KeyError(filename)
-        return filename.rsplit("-", 2)[0]
+        return filename_name(filename)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.files)
@@ -96,10 +101,10 @@ class Listing(Mapping[str, str]):
         found: list[int] = []
         for name in names:
             # A filename without a dash gives itself as its name.
-            alone = bisect.bisect_left(self.files, name)
-            if alone < len(self.files) and self.files[alone] == name and self.names[alone] == name:
+            alone = self._position(name)
+            if alone is not None and self.names[alone] == name:
                 found.append(alone)
-            start = bisect.bisect_left(self.files, name + "-", alone)
+            start = bisect.bisect_left(self.files, name + "-")
             end = bisect.bisect_left(self.files, name + ".", start)
             found.extend(i for i in range(start, end) if self.names[i] == name)
         found.sort()

@@ -833,8 +833,8 @@ def _read_body(
                 sink(chunk)
     except requests.RequestException as exc:
         raise _Retryable(_describe(exc)) from None
-    expected = response.headers.get("content-length")
-    if expected and not encoding and expected.isdigit() and int(expected) != total:
+    expected = _content_length(response)
+    if expected is not None and expected != total:
         raise _Retryable(f"truncated body: {total} of {expected} bytes")
     return bytes(body)
 

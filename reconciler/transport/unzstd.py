@@ -113,7 +113,7 @@ def unzstd(data: bytes | bytearray, source: str, limit: int) -> bytes | bytearra
         # One frame that says how big it is (what every repodata writer makes): one call,
         # into a buffer of exactly that size. Anything else (several frames, a frame cut
         # short, a size that lies) fails here and goes the careful way.
-        with suppress(zstandard.ZstdError):
+        with suppress(zstandard.ZstdError, TypeError):  # TypeError: before allow_extra_data
             one: bytes = zstandard.ZstdDecompressor().decompress(
                 data, max_output_size=limit, allow_extra_data=False
             )

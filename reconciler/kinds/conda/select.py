@@ -153,11 +153,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
             return {name: list(files) for name, files in memo.items()}
         found: dict[str, list[str]] = {}
         for index in range(len(_SECTIONS)):
-            names = self.sparse.names(index)
-            passing = {n for n in set(names.names) if wanted(n)}
+            listing = self.sparse.names(index)
+            passing = {n for n in set(listing.names) if wanted(n)}
             if not passing:
                 continue
-            for filename, name in names.of_names(passing):
+            for filename, name in listing.of_names(passing):
                 listed = found.setdefault(name, [])
                 # Keys are unique within a section: only one in both can repeat.
                 if not index or filename not in self.sparse.names(0) or filename not in listed:
