@@ -22,6 +22,7 @@ Behaviours:
 ``long-length``    ``Content-Length`` larger than the body, then the connection closes
 ``short-length``   ``Content-Length`` half the body, then the whole body (keep-alive: the
                    rest arrives where the next response should start)
+``odd-length``     ``Content-Length: ²`` (no number), the whole body, then the connection closes
 ``gzip-bomb``      ``Content-Encoding: gzip``, ~4 MB that inflate to ``BOMB_BYTES``
                    (sent whatever ``Accept-Encoding`` says)
 ``zstd-bomb``      a 128 kB zstd frame that decompresses to ``BOMB_BYTES`` of zeros
@@ -213,6 +214,11 @@ class HostileServer:
         if behaviour == "short-length":
             conn.sendall(head("200 OK", length=len(body) // 2) + body)
             return True
+        if behaviour == "odd-length":
+            # "²" is a digit to str.isdigit but no number to int(): a length that is
+            # none, and the body runs to the close.
+            conn.sendall(head("200 OK", "Content-Length: \u00b2") + body)
+            return False
         if behaviour == "gzip-bomb":
             bomb = gzip_bomb()
             conn.sendall(head("200 OK", "Content-Encoding: gzip", length=len(bomb)) + bomb)

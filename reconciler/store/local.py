@@ -80,7 +80,7 @@ def temp_writer_alive(name: str) -> bool:
     """
     rest = name[len(TEMP_PREFIX) :]
     text = rest.partition("-")[0]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit to isdigit, not to int
         return False
     try:
         os.kill(int(text), 0)

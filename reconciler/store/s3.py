@@ -1122,7 +1122,7 @@ def _parse_holder(data: Any) -> LockHolder | None:
 
 def _writer_alive(name: str) -> bool:
     text = name[len(TEMP_PREFIX) :].partition("-")[0]
-    return text.isdigit() and _alive(int(text))
+    return text.isascii() and text.isdigit() and _alive(int(text))
 
 
 def _clean_local_temporaries() -> int:

@@ -372,7 +372,8 @@ class Upstream:
         ``parse_kept`` (default ``parse``) reads a kept copy on a ``304``: that copy was
         parsed when it was kept, so a caller may defer the work. With ``decoding``, a
         ``200`` body is fed to a decompressor as it arrives (given the body's length, if
-        known) and ``parse_decoded`` reads the body and what came out of it.
+        known); when it judged the link slow enough to decompress meanwhile,
+        ``parse_decoded`` reads the body and what came out of it (else ``parse`` does).
         """
         kept = self.kept(name) or offered
 
@@ -431,7 +432,7 @@ class Upstream:
                 unzstd.abandon()
             raise
         try:
-            if unzstd is not None and parse_decoded is not None:
+            if unzstd is not None and unzstd.thread is not None and parse_decoded is not None:
                 parsed = parse_decoded(body, unzstd.result(body))
             else:
                 if unzstd is not None:
@@ -753,7 +754,7 @@ def _check_file_headers(response: requests.Response, shown: str, size: int | Non
     is the recorded size; without a recorded size the sha256 check decides.
     """
     length = response.headers.get("content-length", "")
-    declared = int(length) if length.isdigit() else None
+    declared = _length(length)
     if size is not None and _is_html(response.headers.get("content-type", "")) and declared != size:
         raise UpstreamError(
             f"{shown}: the upstream answered with an HTML page ({length or 'unknown'} bytes), "
@@ -795,10 +796,14 @@ def _describe(exc: requests.RequestException) -> str:
 
 def _content_length(response: requests.Response) -> int | None:
     """The body's length as sent, when the headers say it (and no encoding changes it)."""
-    value = response.headers.get("content-length", "")
-    if response.headers.get("content-encoding") or not value.isdigit():
+    if response.headers.get("content-encoding"):
         return None
-    return int(value)
+    return _length(response.headers.get("content-length", ""))
+
+
+def _length(value: str) -> int | None:
+    """A Content-Length value as a number; None when it is not one ("²" passes isdigit)."""
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _read_body(

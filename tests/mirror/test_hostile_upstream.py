@@ -378,6 +378,25 @@ def test_a_slow_zst_body_decompressed_alongside_fails_the_same_way(
     assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
 
 
+def test_a_content_length_that_is_no_number_counts_as_none(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    upstream = _client(hostile, tmp_path)
+    try:
+        expected = upstream.fetch_repodata("linux-64")
+        (tmp_path / "state").rename(tmp_path / "state-before")  # no 304 this time
+        hostile.behaviours["linux-64/repodata.json.zst"] = "odd-length"
+        hostile.behaviours[BETA] = "odd-length"
+        again = upstream.fetch_repodata("linux-64")
+        written = _download(upstream, hostile.root, BETA, tmp_path / "out")
+    finally:
+        upstream.close()
+    assert again.body == expected.body and again.repodata == expected.repodata
+    data = (tmp_path / "out" / "beta-1.0-0.tar.bz2").read_bytes()
+    assert written == len(data)
+    assert hashlib.sha256(data).hexdigest() == _record(hostile.root, BETA)["sha256"]
+
+
 def test_a_slow_zst_body_decompressed_alongside_reads_the_same(
     hostile: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

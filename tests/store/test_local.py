@@ -139,8 +139,9 @@ def test_temp_names_carry_the_writers_pid_and_live_writers_are_left_alone(
         (tmp_path / name).write_bytes(b"partial")
         (tmp_path / "sub" / name).write_bytes(b"partial")
     (tmp_path / f"{TEMP_PREFIX}no-pid").write_bytes(b"partial")
+    (tmp_path / f"{TEMP_PREFIX}\u00b2-abcd1234").write_bytes(b"partial")  # a digit, no pid
     assert temp_writer_alive(names[0]) and not temp_writer_alive(names[1])
-    assert LocalStore(tmp_path).clean_temporaries() == 3
+    assert LocalStore(tmp_path).clean_temporaries() == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], "sub"])
     assert [p.name for p in (tmp_path / "sub").iterdir()] == [names[0]]
     assert LocalStore(tmp_path / "missing").clean_temporaries() == 0
