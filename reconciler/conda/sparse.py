@@ -25,9 +25,18 @@ import orjson
 
 from reconciler.conda.names import filename_name
 from reconciler.conda.repodata import load_repodata
+from reconciler.conda.window_scan import Scanned
 from reconciler.errors import ReconcileError
 
 SECTIONS = ("packages", "packages.conda")
+
+
+class UnreadableRecord(ReconcileError):
+    """One record that is not valid JSON (``why`` says where); the others are fine."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class _Document(msgspec.Struct):
@@ -49,11 +58,20 @@ class Listing(Mapping[str, str]):
     filenames) while it is there, then bisection when the filenames are sorted (as
     writers list them), else a set made when first needed."""
 
-    def __init__(self, files: list[str], member: Container[str] | None = None) -> None:
+    def __init__(
+        self,
+        files: list[str],
+        member: Container[str] | None = None,
+        *,
+        names: list[str] | None = None,
+        ordered: bool = False,
+    ) -> None:
+        """``names``: the name each filename gives, if worked out already; ``ordered``:
+        the filenames are known to be sorted."""
         self.files = files
-        self.names = [f.rsplit("-", 2)[0] for f in files]  # filename_name, inlined
+        self.names = [f.rsplit("-", 2)[0] for f in files] if names is None else names
         self._member = member
-        self._sorted: bool | None = None
+        self._sorted: bool | None = True if ordered else None
 
     def __contains__(self, filename: object) -> bool:
         if self._member is None:
@@ -125,6 +143,8 @@ class SparseRepodata:
         self._load = load
         self._full: dict[str, Any] | None = None
         self._raw: list[dict[str, Any]] | None = None
+        # Read through a window: only the records of wanted names, as bytes (see from_scan).
+        self._kept: list[dict[str, bytes]] | None = None
         self._parsed: dict[tuple[int, str], Any] = {}
         # What readers worked out from the names (they depend on nothing else), by question.
         self.memo: dict[Any, Any] = {}
@@ -133,7 +153,7 @@ class SparseRepodata:
         try:
             try:
                 document = _DOCUMENT.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 # Not repodata as msgspec reads it: load_repodata says why, in its own
                 # words, or reads what msgspec was stricter about.
                 self._read_full(load_repodata(data, source))
@@ -147,6 +167,23 @@ class SparseRepodata:
         finally:
             if gc_was:
                 gc.enable()
+
+    @classmethod
+    def from_scan(
+        cls, scanned: Scanned, source: str, load: Callable[[], bytes | bytearray]
+    ) -> SparseRepodata:
+        """A document :func:`window_scan.scan` read: every name, the wanted records; any
+        other record asked for costs one more (whole) scan, as after :meth:`release`."""
+        sparse = cls(b"{}", source, load)
+        sparse.info = scanned.info
+        sparse.removed = scanned.removed
+        sparse._raw = None
+        sparse._kept = [section.kept for section in scanned.sections]
+        sparse._names = [
+            Listing(section.files, names=section.names, ordered=section.ordered)
+            for section in scanned.sections
+        ]
+        return sparse
 
     def _read_full(self, repodata: dict[str, Any]) -> None:
         self._full = repodata
@@ -178,18 +215,36 @@ class SparseRepodata:
         key = (section, filename)
         if key in self._parsed:
             return self._parsed[key]
-        raw = self._raw_sections()[section][filename]
+        kept = self._kept[section] if self._kept is not None and self._raw is None else {}
+        if filename in kept:
+            raw = kept[filename]
+        else:
+            sections = self._raw_sections()
+            if sections is None:  # read whole this time: every record is parsed
+                return self._parsed[key]
+            raw = sections[section][filename]
         try:
             found = orjson.loads(memoryview(raw))
         except orjson.JSONDecodeError as exc:
-            raise ReconcileError(f"{self.source}: not valid JSON repodata ({exc})") from None
+            # msgspec's scan does not look inside a record (invalid UTF-8, 1e999 pass it):
+            # the record is refused, not the document.
+            raise UnreadableRecord(
+                f"{self.source}: the record of {filename!r} is not valid JSON ({exc})", str(exc)
+            ) from None
         self._parsed[key] = found
         return found
 
-    def _raw_sections(self) -> list[dict[str, Any]]:
-        if self._raw is None:
+    def _raw_sections(self) -> list[dict[str, Any]] | None:
+        """The unparsed records, from the document read again if they were dropped; None
+        when msgspec could not read it whole (nesting deeper than it goes, which pieces
+        of it did not reach) and it was read in full instead."""
+        if self._raw is None and self._full is None:
             again = SparseRepodata(self._load(), self.source, self._load)
-            assert again._raw is not None  # the same bytes parsed the same way before
+            if again._raw is None:
+                self._full = again._full
+                self._parsed.update(again._parsed)
+                self._kept = None
+                return None
             self._raw = again._raw
         return self._raw
 
@@ -199,6 +254,7 @@ class SparseRepodata:
             for listing in self._names:
                 listing.forget_member()
             self._raw = None
+            self._kept = None
 
     def full(self) -> dict[str, Any]:
         """The whole document as :func:`load_repodata` reads it."""

@@ -24,7 +24,13 @@ from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda import selection_cache
 from reconciler.kinds.conda.records import MirroredRecord
-from reconciler.kinds.conda.select import Selection, UpstreamRecords, name_gate, select
+from reconciler.kinds.conda.select import (
+    NameGate,
+    Selection,
+    UpstreamRecords,
+    name_gate,
+    select,
+)
 from reconciler.kinds.conda.selection_cache import selection_key
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
 from reconciler.store.base import Store
@@ -175,7 +181,12 @@ def resolve_mirrors(
             mirror,
             {s: f"{m.sha256} {source}" if m else "absent" for s, (m, source) in upstream.items()},
         )
-        chosen = selection_cache.load(cache_dir, key, fresh) or fresh()
+        try:
+            chosen = selection_cache.load(cache_dir, key, fresh) or fresh()
+        except ReconcileError as exc:  # this mirror fails; the others go on
+            state.error = exc.message
+            log.error("channel %s, mirror %s: %s", channel.name, mirror.name, exc.message)
+            continue
         # Written on every plan, found or not: a run writes the same files whatever the
         # cache held (the crash harness counts every write).
         selection_cache.save(cache_dir, key, chosen)
@@ -268,6 +279,8 @@ def _upstream_metadata(
     """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
     records: dict[str, _Source] = {}
+    # A gate that names what it lets in: a big upstream is read keeping only those records.
+    reading = wanted if isinstance(wanted, NameGate) and wanted.selective else None
     for subdir in channel.mirror_subdirs(mirror):
         if subdir not in served:
             continue
@@ -284,7 +297,7 @@ def _upstream_metadata(
                 metadata = state.upstream.cached(subdir, want)
         if metadata is None and state.refreshed:
             try:
-                metadata = state.upstream.fetch(subdir, previous)
+                metadata = state.upstream.fetch(subdir, previous, reading)
             except NotFound as exc:
                 if subdir == "noarch":
                     raise ReconcileError(
@@ -314,6 +327,7 @@ def _upstream_metadata(
             )
             state.selection = None
             return None
+        metadata.parsed.expect(reading)
         state.metadata[subdir] = metadata
         source = state.upstream.shown(subdir, metadata.name).rpartition("/")[0]
         records[subdir] = (metadata, source)

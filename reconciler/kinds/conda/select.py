@@ -41,7 +41,7 @@ import rattler
 from reconciler.conda.matching import DependencySpec, RecordView, parse_spec
 from reconciler.conda.names import filename_name, filename_problem
 from reconciler.conda.records import record_problem
-from reconciler.conda.sparse import SparseRepodata
+from reconciler.conda.sparse import SparseRepodata, UnreadableRecord
 from reconciler.filters import Candidate, Decision, FilterEngine
 
 # (subdir, filename)
@@ -97,7 +97,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
         for index, (section, suffix) in enumerate(_SECTIONS):
             if filename not in self.sparse.names(index):
                 continue
-            record = self.sparse.record(index, filename)
+            try:
+                record = self.sparse.record(index, filename)
+            except UnreadableRecord as exc:
+                self._refused[(index, filename)] = f"the record is not valid JSON ({exc.why})"
+                continue
             problem = _problem(self.subdir, section, suffix, filename, record)
             if problem is None:
                 chosen = record
@@ -403,6 +407,11 @@ class NameGate:
 
     # Per block that names what it includes: its literal names and its patterns.
     blocks: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
+
+    @property
+    def selective(self) -> bool:
+        """Whether it names what it lets in (else it lets every name in)."""
+        return bool(self.blocks)
 
     def __call__(self, name: str) -> bool:
         for literal, globs in self.blocks:

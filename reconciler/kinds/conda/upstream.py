@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from reconciler.conda import window_scan
 from reconciler.conda.repodata import load_repodata
 from reconciler.conda.sparse import SparseRepodata
 from reconciler.config.models import Mirror
@@ -51,19 +52,33 @@ class Parsed:
     """
 
     def __init__(
-        self, body: bytes, name: str, shown: str, decoded: bytes | bytearray | None = None
+        self,
+        body: bytes,
+        name: str,
+        shown: str,
+        decoded: bytes | bytearray | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         self.body = body
         self.name = name
         self.shown = shown
         self._decoded = decoded  # the body decompressed already (while it downloaded)
+        self.wanted = wanted  # the names whose records will be asked for (None: any)
         self._sparse: SparseRepodata | None = None
 
     def get(self) -> SparseRepodata:
         if self._sparse is None:
-            self._sparse = parse_sparse(self.body, self.name, self.shown, self._decoded)
+            self._sparse = parse_sparse(
+                self.body, self.name, self.shown, self._decoded, self.wanted
+            )
             self._decoded = None
         return self._sparse
+
+    def expect(self, wanted: Callable[[str], bool] | None) -> None:
+        """Only records of names ``wanted`` accepts are likely to be asked for (others
+        cost one more scan): a big body not yet read keeps only those."""
+        if self._sparse is None:
+            self.wanted = wanted
 
     def now(self) -> Parsed:
         self.get()
@@ -125,16 +140,26 @@ def parse_body(body: bytes, name: str, shown: str) -> dict[str, Any]:
 
 
 def parse_sparse(
-    body: bytes, name: str, shown: str, decoded: bytes | bytearray | None = None
+    body: bytes,
+    name: str,
+    shown: str,
+    decoded: bytes | bytearray | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> SparseRepodata:
     """:func:`parse_body`, read sparsely: the same errors, records parsed when asked for.
-    ``decoded`` is the body decompressed already, if it was."""
+    ``decoded`` is the body decompressed already, if it was. With ``wanted``, a ``.zst``
+    body is read through a window keeping only the records of the names it accepts
+    (:mod:`~reconciler.conda.window_scan`), when the document allows."""
+
+    def load() -> bytes | bytearray:
+        return _decoded(body, name, shown)
+
+    if decoded is None and wanted is not None and name.endswith(".zst"):
+        scanned = window_scan.scan(body, wanted, transport.MAX_REPODATA_BYTES)
+        if scanned is not None:
+            return SparseRepodata.from_scan(scanned, shown, load)
     try:
-        return SparseRepodata(
-            _decoded(body, name, shown) if decoded is None else decoded,
-            shown,
-            lambda: _decoded(body, name, shown),
-        )
+        return SparseRepodata(load() if decoded is None else decoded, shown, load)
     except UpstreamError:
         raise
     except ReconcileError as exc:
@@ -142,10 +167,15 @@ def parse_sparse(
 
 
 def _read_now(
-    body: bytes, decoded: bytes | bytearray | None = None, *, name: str, shown: str
+    body: bytes,
+    decoded: bytes | bytearray | None = None,
+    *,
+    name: str,
+    shown: str,
+    wanted: Callable[[str], bool] | None = None,
 ) -> Parsed:
     """A body just fetched (``decoded``: decompressed already), read at once."""
-    return Parsed(body, name, shown, decoded).now()
+    return Parsed(body, name, shown, decoded, wanted).now()
 
 
 def cache_folder(cache_dir: Path | None, source: str) -> Path | None:
@@ -181,10 +211,16 @@ class CondaUpstream:
     def shown(self, subdir: str, name: str) -> str:
         return self.http.shown(subdir, name)
 
-    def fetch(self, subdir: str, offered: Metadata | None) -> Metadata:
-        """The subdir's repodata now; :class:`NotFound` when the upstream has no such subdir."""
+    def fetch(
+        self,
+        subdir: str,
+        offered: Metadata | None,
+        wanted: Callable[[str], bool] | None = None,
+    ) -> Metadata:
+        """The subdir's repodata now; :class:`NotFound` when the upstream has no such subdir.
+        ``wanted``: the names whose records will be read (see :class:`Parsed`)."""
         if self.http.local_root is not None:
-            return self._local(subdir, offered)
+            return self._local(subdir, offered, wanted)
         for name in REPODATA_NAMES:
             kept = (
                 Kept(offered.body, offered.validators)
@@ -199,9 +235,9 @@ class CondaUpstream:
                     shown,
                     f"{subdir}/{name}",
                     transport.MAX_REPODATA_BYTES,
-                    partial(_read_now, name=name, shown=shown),
+                    partial(_read_now, name=name, shown=shown, wanted=wanted),
                     offered=kept,
-                    parse_kept=partial(Parsed, name=name, shown=shown),
+                    parse_kept=partial(Parsed, name=name, shown=shown, wanted=wanted),
                     # A .zst body arriving slowly is decompressed meanwhile.
                     decoding=partial(unzstd_alongside, shown) if zst else None,
                     parse_decoded=partial(_read_now, name=name, shown=shown),
@@ -214,7 +250,9 @@ class CondaUpstream:
             return Metadata(subdir, name, fetched.body, fetched.validators, parsed, unchanged)
         raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
 
-    def _local(self, subdir: str, offered: Metadata | None) -> Metadata:
+    def _local(
+        self, subdir: str, offered: Metadata | None, wanted: Callable[[str], bool] | None
+    ) -> Metadata:
         assert self.http.local_root is not None
         folder = self.http.local_root / subdir
         for name in REPODATA_NAMES:
@@ -224,7 +262,7 @@ class CondaUpstream:
             except NotFound:
                 continue
             validators = body_validators(body, {}, str(path))
-            parsed = Parsed(body, name, str(path)).now()
+            parsed = Parsed(body, name, str(path), wanted=wanted).now()
             unchanged = offered is not None and offered.sha256 == validators.sha256
             return Metadata(subdir, name, body, validators, parsed, unchanged)
         raise NotFound(f"{folder / 'repodata.json'}: not found")

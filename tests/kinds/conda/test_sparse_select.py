@@ -175,6 +175,34 @@ def test_what_is_not_repodata_fails_as_before(body: bytes) -> None:
     assert now.value.message == before.value.message
 
 
+@pytest.mark.parametrize("depth", [1010, 1100])
+def test_deep_nesting_reads_as_a_whole_read_does(depth: int) -> None:
+    """msgspec gives up (RecursionError) from about 1000 levels, orjson past 1023."""
+    from reconciler.conda.repodata import load_repodata
+
+    deep = b"[" * depth + b"]" * depth
+    body = b'{"info": {"x": %s}, "packages.conda": {"a-1-0.conda": {"name": "a"}}}' % deep
+    try:
+        expected: Any = load_repodata(body, "x")["info"]
+    except ReconcileError as exc:
+        expected = exc.message
+    try:
+        found: Any = SparseRepodata(body, "x", lambda: body).info
+    except ReconcileError as exc:
+        found = exc.message
+    if isinstance(expected, str):
+        assert found == expected
+        return
+
+    def levels(value: Any) -> int:  # (== on them would recurse too deep)
+        count = 0
+        while isinstance(value, list):
+            value, count = (value[0] if value else None), count + 1
+        return count
+
+    assert list(found) == ["x"] and levels(found["x"]) == levels(expected["x"]) == depth
+
+
 @pytest.mark.parametrize("value", [b"3", b"null", b'"a"', b"[1]"])
 def test_a_record_that_is_not_an_object_is_refused_when_read(value: bytes) -> None:
     body = b'{"packages.conda": {"a-1-0.conda": %s, "b-1-0.conda": {"name": "b"}}}' % value
@@ -185,6 +213,22 @@ def test_a_record_that_is_not_an_object_is_refused_when_read(value: bytes) -> No
     (line,) = records.warnings()
     assert line.startswith(f"{SOURCE}/linux-64: refusing 'a-1-0.conda': the record is ")
     assert line.endswith(", not a JSON object")
+
+
+@pytest.mark.parametrize("inside", [b'"\xff"', b"1e999"])
+def test_a_record_that_is_not_valid_json_inside_is_refused_when_read(inside: bytes) -> None:
+    """msgspec's scan does not look inside records: one that is not JSON is refused alone."""
+    body = b'{"packages.conda": {"a-1-0.conda": {"name": "a", "x": %s}, "b-1-0.conda": {}}}'
+    body %= inside
+    sparse = SparseRepodata(body, "x", lambda: body)
+    records = UpstreamRecords("linux-64", sparse, SOURCE)
+    assert records.get("a-1-0.conda") is None
+    assert records.get("b-1-0.conda") is None  # not valid repodata, but readable
+    lines = records.warnings()
+    assert lines[0].startswith(
+        f"{SOURCE}/linux-64: refusing 'a-1-0.conda': the record is not valid JSON ("
+    )
+    assert not lines[1].startswith(f"{SOURCE}/linux-64: refusing 'b-1-0.conda': the record is not")
 
 
 def test_a_record_whose_name_is_not_its_filenames_is_refused() -> None:

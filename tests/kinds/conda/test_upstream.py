@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.config.models import Mirror
 from reconciler.kinds.conda.indexer import index_channel
+from reconciler.kinds.conda.select import NameGate
 from reconciler.kinds.conda.upstream import CondaUpstream, read_snapshot, write_snapshot
 from reconciler.store.local import LocalStore
 from reconciler.transport.http import NotFound, Upstream, UpstreamError, redact
@@ -157,3 +159,31 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_fetch(
         again = up.fetch("linux-64", None)  # nothing kept: asked in full again
         assert not again.not_modified and again.sha256 == first.sha256
     assert state["not_modified"] == []
+
+
+def test_a_name_gate_reads_the_zst_body_through_a_window(
+    upstream_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.conda import window_scan
+
+    scanned: list[bool] = []
+    real = window_scan.scan
+
+    def counting(*args: Any) -> Any:
+        found = real(*args)
+        scanned.append(found is not None)
+        return found
+
+    monkeypatch.setattr(window_scan, "scan", counting)
+    gate = NameGate(((frozenset({"a"}), ()),))
+    with faulty_server(upstream_dir) as (url, _state):
+        windowed = client(url, tmp_path / "one").fetch("linux-64", None, gate)
+        whole = client(url, tmp_path / "two").fetch("linux-64", None)
+    assert scanned == [True]  # the gated fetch only, and the document was taken
+    for section in (0, 1):
+        assert list(windowed.sparse.names(section)) == list(whole.sparse.names(section))
+        for filename in whole.sparse.names(section):
+            assert windowed.sparse.record(section, filename) == whole.sparse.record(
+                section, filename
+            )
+    assert windowed.repodata == whole.repodata
