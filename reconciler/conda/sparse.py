@@ -220,8 +220,10 @@ class SparseRepodata:
             raw = kept[filename]
         else:
             sections = self._raw_sections()
-            if sections is None:  # read whole this time: every record is parsed
-                return self._parsed[key]
+            if sections is None:  # the document was read in full: the record is there
+                assert self._full is not None
+                found = self._parsed[key] = self._full[SECTIONS[section]][filename]
+                return found
             raw = sections[section][filename]
         try:
             found = orjson.loads(memoryview(raw))
@@ -242,7 +244,6 @@ class SparseRepodata:
             again = SparseRepodata(self._load(), self.source, self._load)
             if again._raw is None:
                 self._full = again._full
-                self._parsed.update(again._parsed)
                 self._kept = None
                 return None
             self._raw = again._raw

@@ -29,7 +29,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, Protocol, cast
 
 import msgspec
 import zstandard
@@ -81,9 +81,20 @@ class Scanned:
     sections: tuple[Section, Section]  # packages, packages.conda
 
 
-def _declared(body: bytes) -> int | None:
+class Readable(Protocol):
+    """A body read as it arrives (what zstandard's reader reads from)."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+
+# A zstd frame header is at most this long: the declared size is known from these bytes.
+HEADER_BYTES = 18
+
+
+def declared_size(head: bytes) -> int | None:
+    """The content size the first frame of a body starting with ``head`` declares."""
     try:
-        size = zstandard.frame_content_size(body)
+        size = zstandard.frame_content_size(head)
     except zstandard.ZstdError:
         return None
     return size if size > 0 else None
@@ -92,8 +103,10 @@ def _declared(body: bytes) -> int | None:
 class _Reader:
     """The decompressed document a window at a time, checked against its declared size."""
 
-    def __init__(self, body: bytes, declared: int) -> None:
-        self._stream = zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True)
+    def __init__(self, body: bytes | Readable, declared: int) -> None:
+        # (zstandard reads any object with read(); its stubs say IO)
+        source = body if isinstance(body, bytes) else cast(IO[bytes], body)
+        self._stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
         self._declared = declared
         self.total = 0
 
@@ -110,10 +123,13 @@ class _Reader:
 
 
 class _Scan:
-    def __init__(self, wanted: Callable[[str], bool]) -> None:
+    def __init__(self, wanted: Callable[[str], bool], declared: int) -> None:
         self.wanted = wanted
         self.verdicts: dict[str, bool] = {}
-        self.window = bytearray(WINDOW)
+        # A small document is read in one window (it fills less than half of it, so
+        # its end is seen at once), which allocates no more than it needs.
+        self.size = min(WINDOW, 2 * declared + 64)
+        self.window = bytearray(self.size)
         self.view = memoryview(self.window)
         self.have = 0  # bytes in the window
         self.outline = bytearray()  # the document outside the sections, sentinels in them
@@ -132,7 +148,7 @@ class _Scan:
     def run(self, reader: _Reader) -> None:
         while True:
             ended = False
-            while self.have < WINDOW * 3 // 4:
+            while self.have < self.size * 3 // 4:
                 got = reader.fill(self.view[self.have :])
                 if got == 0:
                     ended = True
@@ -141,7 +157,7 @@ class _Scan:
             self._consume(ended)
             if ended:
                 break
-            if self.have >= WINDOW * 3 // 4:
+            if self.have >= self.size * 3 // 4:
                 raise _GiveUp  # nothing could be consumed: a record bigger than the window
 
     def _shift(self, keep_from: int) -> None:
@@ -216,7 +232,7 @@ class _Scan:
         while at < self.have and self.window[at] in b" \t\r\n":
             at += 1
         if at == self.have:
-            if ended or self.have >= WINDOW // 2:
+            if ended or self.have >= self.size // 2:
                 raise _GiveUp
             return False
         if self.window[at] == ord("}"):  # an empty section
@@ -314,10 +330,17 @@ def _dedupe(section: Section) -> None:
 def scan(body: bytes, wanted: Callable[[str], bool], limit: int) -> Scanned | None:
     """The ``.zst`` repodata ``body`` read through a window, the records of names
     ``wanted`` accepts kept; None when it must be read whole (see the module's text)."""
-    declared = _declared(body)
+    return scan_stream(body, declared_size(body[:HEADER_BYTES]), wanted, limit)
+
+
+def scan_stream(
+    body: bytes | Readable, declared: int | None, wanted: Callable[[str], bool], limit: int
+) -> Scanned | None:
+    """:func:`scan` of a body that may still be arriving; ``declared``: the size its
+    first frame declares (:func:`declared_size`)."""
     if declared is None or declared > limit:
         return None
-    walk = _Scan(wanted)
+    walk = _Scan(wanted, declared)
     try:
         walk.run(_Reader(body, declared))
         return walk.result()

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urljoin, urlparse, urlsplit
@@ -48,7 +49,7 @@ from reconciler.faults import checkpoint
 from reconciler.store.local import LocalStore, write_atomic
 from reconciler.transport.errors import NotFound as NotFound
 from reconciler.transport.errors import UpstreamError as UpstreamError
-from reconciler.transport.unzstd import Alongside, amount
+from reconciler.transport.unzstd import Alongside, UnzstdThread, amount
 from reconciler.transport.unzstd import unzstd as _unzstd_within
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ MAX_REPODATA_BYTES = 2 * 1024 * 1024 * 1024
 
 
 T = TypeVar("T")
+R = TypeVar("R")  # what a body read alongside its download gives
 
 
 def redact(url: str) -> str:
@@ -360,8 +362,8 @@ class Upstream:
         accept: str | None = None,
         offered: Kept | None = None,
         parse_kept: Callable[[bytes], T] | None = None,
-        decoding: Callable[[int | None], Alongside] | None = None,
-        parse_decoded: Callable[[bytes, bytes | bytearray], T] | None = None,
+        decoding: Callable[[int | None], Alongside[R]] | None = None,
+        parse_decoded: Callable[[bytes, R], T] | None = None,
     ) -> tuple[T, CachedBody]:
         """GET ``url`` conditionally: with the validators of the copy cached as ``name``
         in the cache directory, or else of ``offered`` (a copy the caller kept).
@@ -377,7 +379,7 @@ class Upstream:
         """
         kept = self.kept(name) or offered
 
-        def attempt() -> tuple[int, bytes, dict[str, str], Alongside | None]:
+        def attempt() -> tuple[int, bytes, dict[str, str], Alongside[R] | None]:
             headers = {}
             if accept:
                 headers["Accept"] = accept
@@ -433,7 +435,7 @@ class Upstream:
             raise
         try:
             if unzstd is not None and unzstd.thread is not None and parse_decoded is not None:
-                parsed = parse_decoded(body, unzstd.result(body))
+                parsed = parse_decoded(body, unzstd.result())
             else:
                 if unzstd is not None:
                     unzstd.abandon()
@@ -849,10 +851,10 @@ def unzstd(data: bytes, source: str) -> bytes | bytearray:
     return _unzstd_within(data, source, MAX_REPODATA_BYTES)
 
 
-def unzstd_alongside(source: str, expected: int | None) -> Alongside:
+def unzstd_alongside(source: str, expected: int | None) -> Alongside[bytearray]:
     """What a ``.zst`` body is fed to as it arrives (see :meth:`Upstream.get_cached`): on a
     slow link it is decompressed meanwhile; capped at :data:`MAX_REPODATA_BYTES`."""
-    return Alongside(source, MAX_REPODATA_BYTES, expected)
+    return Alongside(expected, partial(UnzstdThread, source, MAX_REPODATA_BYTES))
 
 
 def _within(timeout: float, shown: str, work: Callable[[], T]) -> T:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
+from typing import Generic, TypeVar
 
 import zstandard
 
 from reconciler.transport.errors import UpstreamError
+
+R = TypeVar("R")
 
 
 class ZstdError(UpstreamError):
@@ -123,47 +127,66 @@ def unzstd(data: bytes | bytearray, source: str, limit: int) -> bytes | bytearra
     return decoding.result()
 
 
-class UnzstdThread:
-    """:class:`Unzstd` on a thread of its own, fed while a body downloads.
-
-    Decompressing lets go of the GIL, and so does waiting for the network: on a slow
-    link the body is decompressed by the time its last byte arrives. An error (garbage,
-    a bomb) is raised at the next :meth:`feed`, which stops the download.
+class PieceThread(Generic[R]):
+    """``work`` on a thread of its own, given a body's pieces as they are fed (while it
+    downloads): decompressing and msgspec let go of the GIL or take little of it, and
+    waiting for the network does, so on a slow link the work is done by the time the last
+    byte arrives. An error of ``work`` (garbage, a bomb) is raised at the next
+    :meth:`feed`, which stops the download.
     """
 
-    def __init__(self, source: str, limit: int) -> None:
-        self._decoding = Unzstd(source, limit)
+    def __init__(self, work: Callable[[Iterator[bytes]], R]) -> None:
+        self._work = work
         self._pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._done: list[R] = []
         self._thread = threading.Thread(target=self._run, name="reconcile-unzstd", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _arriving(self) -> Iterator[bytes]:
         while (piece := self._pieces.get()) is not None:
-            if self._error is not None:
-                continue  # drain: the feeder stops at its next piece
-            try:
-                self._decoding.feed(piece)
-            except BaseException as exc:  # raised again, as it is, to the feeder
-                self._error = exc
+            yield piece
+
+    def _run(self) -> None:
+        pieces = self._arriving()
+        try:
+            self._done.append(self._work(pieces))
+        except BaseException as exc:  # raised again, as it is, to the feeder
+            self._error = exc
+        for _ in pieces:
+            pass  # drain: the feeder stops at its next piece
 
     def feed(self, piece: bytes) -> None:
         if self._error is not None:
             raise self._error
         self._pieces.put(piece)
 
-    def result(self) -> bytearray:
+    def result(self) -> R:
         self._pieces.put(None)
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._decoding.result()
+        return self._done[0]
 
     def abandon(self) -> None:
         """Stop, with nothing more to come (the download failed)."""
         self._error = self._error or ZstdError("abandoned")
         self._pieces.put(None)
         self._thread.join()
+
+
+class UnzstdThread(PieceThread[bytearray]):
+    """:class:`Unzstd` on a thread of its own, fed while a body downloads."""
+
+    def __init__(self, source: str, limit: int) -> None:
+        decoding = Unzstd(source, limit)
+
+        def work(pieces: Iterator[bytes]) -> bytearray:
+            for piece in pieces:
+                decoding.feed(piece)
+            return decoding.result()
+
+        super().__init__(work)
 
 
 # A download is decompressed alongside only when it is slow enough for that to pay:
@@ -177,22 +200,21 @@ ALONGSIDE_IF_LEFT = 0.3
 ASSUMED_LEFT = 32 * 1024 * 1024
 
 
-class Alongside:
+class Alongside(Generic[R]):
     """What a download feeds: nothing happens until the transfer rate is known, then
-    either the pieces go on to an :class:`UnzstdThread` (a slow link), or not at all (a
-    fast one: the caller decompresses the whole body in one call).
+    either the pieces go on to a thread ``start`` makes (a slow link), or not at all (a
+    fast one: the caller reads the whole body afterwards, in one call).
 
     Only the pieces of the judging window are kept meanwhile.
     """
 
-    def __init__(self, source: str, limit: int, expected: int | None) -> None:
-        self.source = source
-        self.limit = limit
+    def __init__(self, expected: int | None, start: Callable[[], PieceThread[R]]) -> None:
         self.expected = expected  # Content-Length, when given
+        self._start = start
         self._started: float | None = None
         self._received = 0
         self._waiting: list[bytes] | None = []  # None once judged
-        self.thread: UnzstdThread | None = None
+        self.thread: PieceThread[R] | None = None
 
     def feed(self, piece: bytes) -> None:
         now = time.monotonic()
@@ -210,7 +232,7 @@ class Alongside:
             return
         waiting, self._waiting = self._waiting, None
         if self._slow(elapsed):
-            self.thread = UnzstdThread(self.source, self.limit)
+            self.thread = self._start()
             for kept in waiting:
                 self.thread.feed(kept)
 
@@ -220,12 +242,12 @@ class Alongside:
         left = ASSUMED_LEFT if self.expected is None else max(self.expected - self._received, 0)
         return left / rate >= ALONGSIDE_IF_LEFT
 
-    def result(self, body: bytes) -> bytes | bytearray:
-        """``body`` decompressed: by the thread when it ran, else in one call now."""
+    def result(self) -> R:
+        """What the thread made of the body (only when it ran: see :attr:`thread`)."""
         self._waiting = None
-        if self.thread is not None:
-            return self.thread.result()
-        return unzstd(body, self.source, self.limit)
+        if self.thread is None:
+            raise RuntimeError("the body was judged fast: nothing was read alongside")
+        return self.thread.result()
 
     def abandon(self) -> None:
         if self.thread is not None:

@@ -21,7 +21,9 @@ import pytest
 from reconciler import cli
 from reconciler.config.models import Mirror
 from reconciler.errors import ExitCode
+from reconciler.kinds.conda import scan_alongside as scan_alongside_module
 from reconciler.kinds.conda.indexer import index_channel
+from reconciler.kinds.conda.select import NameGate
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, parse_body
 from reconciler.kinds.pypi.client import MAX_PAGE_BYTES
 from reconciler.store.local import TEMP_PREFIX, LocalStore
@@ -55,14 +57,21 @@ def hostile(tmp_path: Path) -> Iterator[HostileServer]:
 class _Client:
     """A mirror's upstream with a test's settings (timeout 1 s, no retries by default)."""
 
-    def __init__(self, server: HostileServer, tmp_path: Path, **options: object) -> None:
+    def __init__(
+        self,
+        server: HostileServer,
+        tmp_path: Path,
+        wanted: NameGate | None = None,
+        **options: object,
+    ) -> None:
+        self.wanted = wanted  # the mirror's include rules by name, if any
         settings: dict[str, object] = {"timeout": 1, "retries": 0, **options}
         self.http = Upstream(server.url, tmp_path / "state", **settings)  # type: ignore[arg-type]
         self.conda = CondaUpstream(Mirror(name="m", source=server.url), None, None)
         self.conda.http = self.http
 
     def fetch_repodata(self, subdir: str) -> Metadata:
-        return self.conda.fetch(subdir, None)
+        return self.conda.fetch(subdir, None, self.wanted)
 
     def cached_repodata(self, subdir: str) -> dict[str, object] | None:
         kept = self.http.kept(f"{subdir}/repodata.json.zst")
@@ -88,8 +97,14 @@ class _Client:
         self.http.close()
 
 
-def _client(server: HostileServer, tmp_path: Path, **options: object) -> _Client:
-    return _Client(server, tmp_path, **options)
+def _client(
+    server: HostileServer, tmp_path: Path, wanted: NameGate | None = None, **options: object
+) -> _Client:
+    return _Client(server, tmp_path, wanted, **options)
+
+
+# A mirror including one name by name: its .zst repodata is read through the window.
+ALPHA_ONLY = NameGate(((frozenset({"alpha"}), ()),))
 
 
 def _record(root: Path, key: str) -> dict[str, object]:
@@ -322,11 +337,15 @@ def test_repodata_bombs_and_endless_bodies_stop_at_the_limit(
 
 
 def _fails_quickly_within_the_limit(
-    hostile: HostileServer, tmp_path: Path, path: str, message: str
+    hostile: HostileServer,
+    tmp_path: Path,
+    path: str,
+    message: str,
+    wanted: NameGate | None = None,
 ) -> None:
     """Fetching linux-64's repodata fails with ``message`` about ``path``, quickly, within
     the limit of 16 MiB and one step of decoding, keeping nothing."""
-    upstream = _client(hostile, tmp_path)
+    upstream = _client(hostile, tmp_path, wanted)
     started = time.monotonic()
     tracemalloc.start()
     try:
@@ -357,23 +376,25 @@ def _fails_quickly_within_the_limit(
         ("reset", "body cut short"),
     ],
 )
+@pytest.mark.parametrize("wanted", [None, ALPHA_ONLY], ids=["whole", "through the window"])
 def test_a_slow_zst_body_decompressed_alongside_fails_the_same_way(
     hostile: HostileServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     behaviour: str,
     message: str,
+    wanted: NameGate | None,
 ) -> None:
     """Judged slow at once (as on a slow link), the body goes to the decompressing thread
     piece by piece; hostile bodies still end in an error naming the URL, within the limit."""
     monkeypatch.setattr(upstream_module, "MAX_REPODATA_BYTES", 16 * 1024 * 1024)
     monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
     monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
-    started_threads = _count_unzstd_threads(monkeypatch)
+    started_threads = _count_unzstd_threads(monkeypatch, windowed=wanted is not None)
     gzip_bomb(), zstd_bomb()
     path = "linux-64/repodata.json.zst"
     hostile.behaviours[path] = behaviour
-    _fails_quickly_within_the_limit(hostile, tmp_path, path, message)
+    _fails_quickly_within_the_limit(hostile, tmp_path, path, message, wanted)
     assert started_threads, "the body was not decompressed alongside"
     assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
 
@@ -397,15 +418,16 @@ def test_a_content_length_that_is_no_number_counts_as_none(
     assert hashlib.sha256(data).hexdigest() == _record(hostile.root, BETA)["sha256"]
 
 
+@pytest.mark.parametrize("wanted", [None, ALPHA_ONLY], ids=["whole", "through the window"])
 def test_a_slow_zst_body_decompressed_alongside_reads_the_same(
-    hostile: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hostile: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wanted: NameGate | None
 ) -> None:
-    upstream = _client(hostile, tmp_path)
+    upstream = _client(hostile, tmp_path, wanted)
     try:
         fast = upstream.fetch_repodata("linux-64")
         monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
         monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
-        started_threads = _count_unzstd_threads(monkeypatch)
+        started_threads = _count_unzstd_threads(monkeypatch, windowed=wanted is not None)
         (tmp_path / "state").rename(tmp_path / "state-before")  # no 304 this time
         slow = upstream.fetch_repodata("linux-64")
     finally:
@@ -413,18 +435,26 @@ def test_a_slow_zst_body_decompressed_alongside_reads_the_same(
     assert started_threads and not slow.not_modified
     assert slow.body == fast.body
     assert slow.repodata == fast.repodata and len(slow.sparse) == len(fast.sparse) > 0
+    for section in (0, 1):
+        names = slow.sparse.names(section)
+        assert list(names) == list(fast.sparse.names(section))
+        for filename in names:
+            assert slow.sparse.record(section, filename) == fast.sparse.record(section, filename)
 
 
-def _count_unzstd_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """A list that grows by one each time a decompressing thread starts."""
+def _count_unzstd_threads(monkeypatch: pytest.MonkeyPatch, windowed: bool = False) -> list[object]:
+    """A list that grows by one each time a decompressing thread starts (``windowed``:
+    one reading through the window)."""
     started: list[object] = []
-    real = unzstd_module.UnzstdThread
+    module: Any = scan_alongside_module if windowed else upstream_module
+    name = "PieceThread" if windowed else "UnzstdThread"
+    real = getattr(module, name)
 
     def counting(*args: Any) -> object:
         started.append(None)
         return real(*args)
 
-    monkeypatch.setattr(unzstd_module, "UnzstdThread", counting)
+    monkeypatch.setattr(module, name, counting)
     return started
 
 

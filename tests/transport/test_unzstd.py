@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from functools import partial
 
 import pytest
 import zstandard
@@ -112,11 +113,12 @@ def test_a_fast_download_is_decompressed_afterwards(monkeypatch: pytest.MonkeyPa
     body = frame()
     monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
     monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", float("inf"))
-    fast = Alongside("u", LIMIT, len(body))
+    fast = Alongside(len(body), partial(UnzstdThread, "u", LIMIT))
     for piece in pieces(body, 2):
         fast.feed(piece)
     assert fast.thread is None
-    assert bytes(fast.result(body)) == DOCUMENT
+    with pytest.raises(RuntimeError, match="judged fast"):
+        fast.result()
 
 
 def test_a_slow_download_is_decompressed_alongside(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,11 +126,11 @@ def test_a_slow_download_is_decompressed_alongside(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 0.0)
     monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
     for expected in (len(body), None):
-        slow = Alongside("u", LIMIT, expected)
+        slow = Alongside(expected, partial(UnzstdThread, "u", LIMIT))
         for piece in pieces(body, 3):
             slow.feed(piece)
         assert slow.thread is not None
-        assert bytes(slow.result(b"ignored: the thread has it all")) == DOCUMENT
+        assert bytes(slow.result()) == DOCUMENT
 
 
 def test_the_pieces_of_the_judging_window_go_to_the_thread(
@@ -139,11 +141,11 @@ def test_the_pieces_of_the_judging_window_go_to_the_thread(
     monkeypatch.setattr(unzstd_module, "JUDGE_BYTES", 50_000)  # judged after some pieces
     monkeypatch.setattr(unzstd_module, "JUDGE_AFTER", 3600.0)
     monkeypatch.setattr(unzstd_module, "ALONGSIDE_IF_LEFT", 0.0)
-    slow = Alongside("u", LIMIT, len(body))
+    slow = Alongside(len(body), partial(UnzstdThread, "u", LIMIT))
     for piece in pieces(body, 4):
         slow.feed(piece)
     assert slow.thread is not None
-    assert bytes(slow.result(b"")) == DOCUMENT
+    assert bytes(slow.result()) == DOCUMENT
 
 
 def test_a_failure_on_the_thread_is_raised_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:

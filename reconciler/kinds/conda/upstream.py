@@ -24,9 +24,11 @@ import orjson
 from reconciler.conda import window_scan
 from reconciler.conda.repodata import load_repodata
 from reconciler.conda.sparse import SparseRepodata
+from reconciler.conda.window_scan import Scanned
 from reconciler.config.models import Mirror
 from reconciler.engine import layout
 from reconciler.errors import ReconcileError
+from reconciler.kinds.conda.scan_alongside import scan_alongside
 from reconciler.store.base import Store
 from reconciler.transport import http as transport
 from reconciler.transport.http import (
@@ -39,6 +41,7 @@ from reconciler.transport.http import (
     unzstd,
     unzstd_alongside,
 )
+from reconciler.transport.unzstd import Alongside
 
 REPODATA_NAMES = ("repodata.json.zst", "repodata.json")
 
@@ -56,13 +59,14 @@ class Parsed:
         body: bytes,
         name: str,
         shown: str,
-        decoded: bytes | bytearray | None = None,
+        decoded: bytes | bytearray | Scanned | None = None,
         wanted: Callable[[str], bool] | None = None,
     ) -> None:
         self.body = body
         self.name = name
         self.shown = shown
-        self._decoded = decoded  # the body decompressed already (while it downloaded)
+        # The body decompressed (or read through the window) already, while it downloaded.
+        self._decoded = decoded
         self.wanted = wanted  # the names whose records will be asked for (None: any)
         self._sparse: SparseRepodata | None = None
 
@@ -143,7 +147,7 @@ def parse_sparse(
     body: bytes,
     name: str,
     shown: str,
-    decoded: bytes | bytearray | None = None,
+    decoded: bytes | bytearray | Scanned | None = None,
     wanted: Callable[[str], bool] | None = None,
 ) -> SparseRepodata:
     """:func:`parse_body`, read sparsely: the same errors, records parsed when asked for.
@@ -154,6 +158,8 @@ def parse_sparse(
     def load() -> bytes | bytearray:
         return _decoded(body, name, shown)
 
+    if isinstance(decoded, Scanned):
+        return SparseRepodata.from_scan(decoded, shown, load)
     if decoded is None and wanted is not None and name.endswith(".zst"):
         scanned = window_scan.scan(body, wanted, transport.MAX_REPODATA_BYTES)
         if scanned is not None:
@@ -168,7 +174,7 @@ def parse_sparse(
 
 def _read_now(
     body: bytes,
-    decoded: bytes | bytearray | None = None,
+    decoded: bytes | bytearray | Scanned | None = None,
     *,
     name: str,
     shown: str,
@@ -176,6 +182,14 @@ def _read_now(
 ) -> Parsed:
     """A body just fetched (``decoded``: decompressed already), read at once."""
     return Parsed(body, name, shown, decoded, wanted).now()
+
+
+def _alongside(
+    shown: str, wanted: Callable[[str], bool] | None
+) -> Callable[[int | None], Alongside[Any]]:
+    if wanted is None:
+        return partial(unzstd_alongside, shown)
+    return partial(scan_alongside, shown, wanted, transport.MAX_REPODATA_BYTES)
 
 
 def cache_folder(cache_dir: Path | None, source: str) -> Path | None:
@@ -238,8 +252,9 @@ class CondaUpstream:
                     partial(_read_now, name=name, shown=shown, wanted=wanted),
                     offered=kept,
                     parse_kept=partial(Parsed, name=name, shown=shown, wanted=wanted),
-                    # A .zst body arriving slowly is decompressed meanwhile.
-                    decoding=partial(unzstd_alongside, shown) if zst else None,
+                    # A .zst body arriving slowly is decompressed (or read through the
+                    # window) meanwhile.
+                    decoding=_alongside(shown, wanted) if zst else None,
                     parse_decoded=partial(_read_now, name=name, shown=shown),
                 )
             except NotFound:

@@ -1,0 +1,71 @@
+"""A ``.zst`` upstream body read through the window while it downloads (a slow link).
+
+The window scan (:mod:`reconciler.conda.window_scan`) reads the pieces as they arrive,
+on the thread :class:`~reconciler.transport.unzstd.Alongside` starts. When it gives up
+(a document it cannot split, or not zstd at all), the pieces so far and the rest are
+decompressed whole on the same thread instead, so garbage or a bomb still stops the
+download at once with the decompressor's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from reconciler.conda.window_scan import HEADER_BYTES, Scanned, declared_size, scan_stream
+from reconciler.transport.unzstd import Alongside, PieceThread, Unzstd
+
+
+class _Arriving:
+    """The pieces of a body read as a file, each piece kept as it is taken."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self.taken: list[bytes] = []
+        self._pending = b""
+        self._at = 0
+
+    def _more(self) -> bool:
+        piece = next(self._pieces, None)
+        if piece is None:
+            return False
+        self.taken.append(piece)
+        self._pending = self._pending[self._at :] + piece
+        self._at = 0
+        return True
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end), left to be read."""
+        while len(self._pending) - self._at < size and self._more():
+            pass
+        return self._pending[self._at : self._at + size]
+
+    def read(self, size: int = -1) -> bytes:
+        while self._at == len(self._pending) and self._more():
+            pass
+        end = len(self._pending) if size < 0 else self._at + size
+        out = self._pending[self._at : end]
+        self._at += len(out)
+        return out
+
+
+def scan_alongside(
+    source: str, wanted: Callable[[str], bool], limit: int, expected: int | None
+) -> Alongside[Scanned | bytearray]:
+    """What a ``.zst`` body is fed to as it arrives: on a slow link, read through the
+    window (a :class:`Scanned`) or else decompressed whole (the document's bytes)."""
+
+    def work(pieces: Iterator[bytes]) -> Scanned | bytearray:
+        arriving = _Arriving(pieces)
+        declared = declared_size(arriving.peek(HEADER_BYTES))
+        scanned = scan_stream(arriving, declared, wanted, limit)
+        if scanned is not None:
+            return scanned
+        decoding = Unzstd(source, limit)
+        for piece in arriving.taken:
+            decoding.feed(piece)
+        arriving.taken = []
+        for piece in pieces:
+            decoding.feed(piece)
+        return decoding.result()
+
+    return Alongside(expected, lambda: PieceThread(work))
