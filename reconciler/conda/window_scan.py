@@ -91,6 +91,34 @@ class Readable(Protocol):
 HEADER_BYTES = 18
 
 
+_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def one_frame(body: bytes) -> bool:
+    """Whether ``body`` is exactly one whole zstd frame: the window reads nothing else (a
+    frame or a stray byte after it is for the whole read to take or refuse). Walks the
+    block headers (RFC 8878) without decompressing anything."""
+    if not body.startswith(_MAGIC):
+        return False
+    try:
+        at = zstandard.frame_header_size(body)
+    except zstandard.ZstdError:
+        return False
+    checksum = body[4] & 0x04
+    while True:
+        if at + 3 > len(body):
+            return False
+        header = int.from_bytes(body[at : at + 3], "little")
+        at += 3
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:  # reserved
+            return False
+        at += 1 if kind == 1 else size  # an RLE block holds one byte
+        if header & 1:  # the last block
+            break
+    return at + (4 if checksum else 0) == len(body)
+
+
 def declared_size(head: bytes) -> int | None:
     """The content size the first frame of a body starting with ``head`` declares."""
     try:
@@ -330,6 +358,8 @@ def _dedupe(section: Section) -> None:
 def scan(body: bytes, wanted: Callable[[str], bool], limit: int) -> Scanned | None:
     """The ``.zst`` repodata ``body`` read through a window, the records of names
     ``wanted`` accepts kept; None when it must be read whole (see the module's text)."""
+    if not one_frame(body):
+        return None
     return scan_stream(body, declared_size(body[:HEADER_BYTES]), wanted, limit)
 
 
@@ -337,7 +367,8 @@ def scan_stream(
     body: bytes | Readable, declared: int | None, wanted: Callable[[str], bool], limit: int
 ) -> Scanned | None:
     """:func:`scan` of a body that may still be arriving; ``declared``: the size its
-    first frame declares (:func:`declared_size`)."""
+    first frame declares (:func:`declared_size`). Whether the body was :func:`one_frame`
+    is for the caller to check once it has all of it."""
     if declared is None or declared > limit:
         return None
     walk = _Scan(wanted, declared)

@@ -121,6 +121,10 @@ INDENTED = json.dumps(document(11), indent=2)
         pytest.param(zst(INDENTED, write_content_size=False), id="no declared size"),
         pytest.param(zst(INDENTED) + zst("{}"), id="a second frame"),
         pytest.param(zst(INDENTED) + b"garbage", id="garbage after the frame"),
+        pytest.param(zst(INDENTED) + b"\x28", id="a stray byte after the frame"),
+        pytest.param(zst(INDENTED) + zst("x" * 1000)[:12], id="a second frame cut short"),
+        pytest.param(zst(INDENTED) + zst(""), id="an empty frame after it"),
+        pytest.param(zst(INDENTED) + b"\x50\x2a\x4d\x18\x00\x00\x00\x00", id="skippable"),
         pytest.param(zst(INDENTED)[:-40], id="cut short"),
         pytest.param(zst(INDENTED.replace('"name": "foo"', '"name": "foo",', 1)), id="bad JSON"),
         pytest.param(zst(INDENTED.rstrip("}")), id="never closes"),
@@ -137,6 +141,17 @@ def test_compact_json_is_read_as_an_outline_up_to_a_size(monkeypatch: pytest.Mon
     same_as_whole(body, {"foo"})
     monkeypatch.setattr(window_scan, "MAX_OUTLINE", 1000)
     assert scan(body, lambda name: True, LIMIT) is None
+
+
+@pytest.mark.parametrize("options", [{}, {"write_checksum": True}, {"level": 19}])
+def test_one_frame_is_told_from_its_block_headers(options: dict[str, Any]) -> None:
+    body = zst(INDENTED * 3, **options)
+    assert window_scan.one_frame(body)
+    rle = zst("a" * 500_000, **options)  # RLE blocks hold one byte
+    assert window_scan.one_frame(rle)
+    for cut in (1, 3, len(body) // 2, len(body) - 1):
+        assert not window_scan.one_frame(body[:cut])
+    assert not window_scan.one_frame(body + b"\0")
 
 
 def test_a_declared_size_over_the_limit_is_read_whole() -> None:

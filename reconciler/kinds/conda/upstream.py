@@ -159,7 +159,10 @@ def parse_sparse(
         return _decoded(body, name, shown)
 
     if isinstance(decoded, Scanned):
-        return SparseRepodata.from_scan(decoded, shown, load)
+        if window_scan.one_frame(body):
+            return SparseRepodata.from_scan(decoded, shown, load)
+        decoded = None  # something after the frame: the whole read takes it or says why
+        wanted = None
     if decoded is None and wanted is not None and name.endswith(".zst"):
         scanned = window_scan.scan(body, wanted, transport.MAX_REPODATA_BYTES)
         if scanned is not None:

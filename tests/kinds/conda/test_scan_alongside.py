@@ -13,6 +13,7 @@ import zstandard
 from reconciler.conda import window_scan
 from reconciler.conda.window_scan import Scanned, scan
 from reconciler.kinds.conda.scan_alongside import scan_alongside
+from reconciler.kinds.conda.upstream import parse_sparse
 from reconciler.transport import unzstd as unzstd_module
 from reconciler.transport.unzstd import ZstdError
 from tests.hostile_server import zstd_bomb
@@ -111,3 +112,16 @@ def test_a_body_cut_short_is_an_error() -> None:
         alongside.feed(piece)
     with pytest.raises(ZstdError, match="cut short"):
         alongside.result()
+
+
+def test_a_stray_byte_after_the_frame_is_refused_as_the_whole_read_refuses_it() -> None:
+    """The window stops at the frame's end; what follows is for the whole read to judge."""
+    body = zstandard.ZstdCompressor().compress(document()) + b"\x28"
+    found = fed(body)
+    assert isinstance(found, Scanned)
+    with pytest.raises(ZstdError) as whole:
+        parse_sparse(body, "repodata.json.zst", "u")
+    with pytest.raises(ZstdError) as windowed:
+        parse_sparse(body, "repodata.json.zst", "u", found, WANTED.__contains__)
+    assert windowed.value.message == whole.value.message
+    assert "cut short" in whole.value.message
