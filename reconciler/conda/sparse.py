@@ -215,7 +215,7 @@ class SparseRepodata:
         key = (section, filename)
         if key in self._parsed:
             return self._parsed[key]
-        kept = self._kept[section] if self._kept is not None and self._raw is None else {}
+        kept = self._kept[section] if self._kept is not None else {}
         if filename in kept:
             raw = kept[filename]
         else:
@@ -244,7 +244,6 @@ class SparseRepodata:
             again = SparseRepodata(self._load(), self.source, self._load)
             if again._raw is None:
                 self._full = again._full
-                self._kept = None
                 return None
             self._raw = again._raw
         return self._raw

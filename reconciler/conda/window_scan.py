@@ -119,8 +119,9 @@ def one_frame(body: bytes) -> bool:
     return at + (4 if checksum else 0) == len(body)
 
 
-def declared_size(head: bytes) -> int | None:
-    """The content size the first frame of a body starting with ``head`` declares."""
+def declared_size(head: bytes | bytearray | memoryview) -> int | None:
+    """The content size the first frame of a body starting with ``head`` declares (None:
+    not said, said to be 0, or no whole frame header)."""
     try:
         size = zstandard.frame_content_size(head)
     except zstandard.ZstdError:

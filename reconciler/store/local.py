@@ -72,13 +72,13 @@ def temp_name() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
 
 
-def temp_writer_alive(name: str) -> bool:
+def temp_writer_alive(name: str, prefix: str = TEMP_PREFIX) -> bool:
     """Whether the process that is writing the temporary file ``name`` still runs.
 
     Names carry the writer's pid: ``<prefix><pid>-<random>``. Without one, the writer
     counts as gone.
     """
-    rest = name[len(TEMP_PREFIX) :]
+    rest = name[len(prefix) :]
     text = rest.partition("-")[0]
     if not (text.isascii() and text.isdigit()):  # "²" is a digit to isdigit, not to int
         return False

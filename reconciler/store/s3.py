@@ -73,6 +73,7 @@ from reconciler.store.base import (
     Writer,
     check_key,
 )
+from reconciler.store.local import temp_writer_alive
 
 log = logging.getLogger(__name__)
 
@@ -1120,17 +1121,12 @@ def _parse_holder(data: Any) -> LockHolder | None:
         return None
 
 
-def _writer_alive(name: str) -> bool:
-    text = name[len(TEMP_PREFIX) :].partition("-")[0]
-    return text.isascii() and text.isdigit() and _alive(int(text))
-
-
 def _clean_local_temporaries() -> int:
     removed = 0
     folder = Path(tempfile.gettempdir())
     with contextlib.suppress(OSError):
         for path in folder.glob(f"{TEMP_PREFIX}*"):
-            if not _writer_alive(path.name):
+            if not temp_writer_alive(path.name, TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed += 1

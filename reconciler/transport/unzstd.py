@@ -11,12 +11,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
+from functools import partial
 from typing import Generic, TypeVar
 
 import zstandard
 
+from reconciler.conda.window_scan import declared_size
 from reconciler.transport.errors import UpstreamError
 
 R = TypeVar("R")
@@ -47,15 +49,6 @@ def _too_big(source: str, limit: int, declared: int | None = None) -> ZstdError:
     )
 
 
-def _declared(data: bytes | bytearray | memoryview) -> int | None:
-    """The content size the first frame's header declares (None: not said, or no header)."""
-    try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError:
-        return None
-    return size if size >= 0 else None
-
-
 class Unzstd:
     """zstd frames decompressed as their bytes are fed, one output buffer growing."""
 
@@ -82,7 +75,7 @@ class Unzstd:
 
     def _check_header(self, data: bytes) -> None:
         self._head = (self._head + data)[:32]
-        declared = _declared(self._head)
+        declared = declared_size(self._head)
         if declared is not None and declared > self.limit:
             raise _too_big(self.source, self.limit, declared)
 
@@ -110,7 +103,7 @@ class Unzstd:
 
 def unzstd(data: bytes | bytearray, source: str, limit: int) -> bytes | bytearray:
     """``data`` decompressed, at most ``limit`` bytes of it."""
-    declared = _declared(data)
+    declared = declared_size(data)
     # (A frame declaring nothing is read the careful way: the one call would read an
     # empty frame and stop there, ignoring any frame after it.)
     if declared and declared <= limit:
@@ -122,8 +115,14 @@ def unzstd(data: bytes | bytearray, source: str, limit: int) -> bytes | bytearra
                 data, max_output_size=limit, allow_extra_data=False
             )
             return one
+    return unzstd_pieces([data], source, limit)
+
+
+def unzstd_pieces(pieces: Iterable[bytes | bytearray], source: str, limit: int) -> bytearray:
+    """``pieces`` of zstd data decompressed as they come, at most ``limit`` bytes."""
     decoding = Unzstd(source, limit)
-    decoding.feed(data)
+    for piece in pieces:
+        decoding.feed(piece)
     return decoding.result()
 
 
@@ -179,14 +178,7 @@ class UnzstdThread(PieceThread[bytearray]):
     """:class:`Unzstd` on a thread of its own, fed while a body downloads."""
 
     def __init__(self, source: str, limit: int) -> None:
-        decoding = Unzstd(source, limit)
-
-        def work(pieces: Iterator[bytes]) -> bytearray:
-            for piece in pieces:
-                decoding.feed(piece)
-            return decoding.result()
-
-        super().__init__(work)
+        super().__init__(partial(unzstd_pieces, source=source, limit=limit))
 
 
 # A download is decompressed alongside only when it is slow enough for that to pay:

@@ -364,3 +364,57 @@ def test_what_apply_published_solves(world: World, tmp_path: Path) -> None:
     world.run("apply", at=T1)
     solved = solve(world.channel.as_uri(), ["alpha"], "linux-64", tmp_path / "rattler")
     assert solved == {"alpha": "alpha-1.2-0.conda"}
+
+
+def _spy_window_scans(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each window read of upstream repodata took the document, in order."""
+    from reconciler.conda import window_scan
+
+    taken: list[bool] = []
+    real = window_scan.scan
+
+    def spying(*args: Any) -> Any:
+        found = real(*args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(window_scan, "scan", spying)
+    return taken
+
+
+def test_mirrors_naming_their_packages_read_upstream_repodata_through_the_window(
+    world: World,
+) -> None:
+    taken = _spy_window_scans(world.monkeypatch)
+    world.add_upstream(PackageSpec("alpha", "1.3", subdir="linux-64"))
+    actions = world.plan_actions("--run-now", at=T1)
+    assert ("add", "alpha-1.3-0.conda") in {(a["kind"], a["name"]) for a in actions}
+    assert taken and all(taken), taken  # both mirrors name their packages
+    taken.clear()
+    world.config.write_text(
+        world.config.read_text().replace('include: [{name: "beta"}]', "dependencies: true")
+    )
+    world.add_upstream(PackageSpec("beta", "3.0", subdir="linux-64"))
+    world.plan_actions("--run-now", "--mirror", "pas", at=T1)
+    assert taken == []  # the closure may need any record: read whole
+
+
+def test_an_error_while_selecting_fails_that_mirror_only(world: World) -> None:
+    from reconciler.errors import ReconcileError
+    from reconciler.kinds.conda import mirrors
+
+    real = mirrors._choose
+
+    def failing(*args: Any) -> Any:
+        if args[-1].name == "pas":
+            raise ReconcileError("pas: cannot select")
+        return real(*args)
+
+    world.monkeypatch.setattr(mirrors, "_choose", failing)
+    world.add_upstream(PackageSpec("alpha", "1.3", subdir="linux-64"))
+    world.add_upstream(PackageSpec("beta", "3.0", subdir="linux-64"))
+    code, _, err = world.run("apply", "--run-now", at=T1)
+    assert code == ExitCode.ERROR
+    assert "mirror pas: pas: cannot select" in err, err
+    assert "alpha-1.3-0.conda" in world.published()  # the other mirror went on
+    assert "beta-3.0-0.conda" not in world.published()

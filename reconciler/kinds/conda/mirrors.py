@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,13 +274,13 @@ def _upstream_metadata(
     served: set[str],
     resolved: Resolution,
     expected: Mapping[tuple[str, str], str] | None,
-    wanted: Callable[[str], bool] | None = None,
+    wanted: NameGate | None = None,
 ) -> dict[str, _Source] | None:
     """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
     records: dict[str, _Source] = {}
     # A gate that names what it lets in: a big upstream is read keeping only those records.
-    reading = wanted if isinstance(wanted, NameGate) and wanted.selective else None
+    reading = wanted if wanted is not None and wanted.selective else None
     for subdir in channel.mirror_subdirs(mirror):
         if subdir not in served:
             continue

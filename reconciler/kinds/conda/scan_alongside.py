@@ -10,9 +10,10 @@ download at once with the decompressor's error.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import chain
 
 from reconciler.conda.window_scan import HEADER_BYTES, Scanned, declared_size, scan_stream
-from reconciler.transport.unzstd import Alongside, PieceThread, Unzstd
+from reconciler.transport.unzstd import Alongside, PieceThread, unzstd_pieces
 
 
 class _Arriving:
@@ -29,7 +30,9 @@ class _Arriving:
         if piece is None:
             return False
         self.taken.append(piece)
-        self._pending = self._pending[self._at :] + piece
+        # (Only a peek leaves bytes pending when more come: no copy of every piece.)
+        rest = self._pending[self._at :]
+        self._pending = rest + piece if rest else piece
         self._at = 0
         return True
 
@@ -60,12 +63,7 @@ def scan_alongside(
         scanned = scan_stream(arriving, declared, wanted, limit)
         if scanned is not None:
             return scanned
-        decoding = Unzstd(source, limit)
-        for piece in arriving.taken:
-            decoding.feed(piece)
-        arriving.taken = []
-        for piece in pieces:
-            decoding.feed(piece)
-        return decoding.result()
+        taken, arriving.taken = arriving.taken, []
+        return unzstd_pieces(chain(taken, pieces), source, limit)
 
     return Alongside(expected, lambda: PieceThread(work))

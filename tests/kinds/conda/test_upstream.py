@@ -187,3 +187,31 @@ def test_a_name_gate_reads_the_zst_body_through_a_window(
                 section, filename
             )
     assert windowed.repodata == whole.repodata
+
+
+def test_a_kept_copy_read_later_keeps_only_the_expected_names(
+    upstream_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's snapshot (no network) is read when first used: through the window
+    when the names whose records will be asked for are known by then."""
+    from reconciler.conda import window_scan
+
+    channel = LocalStore(tmp_path / "channel")
+    with faulty_server(upstream_dir) as (url, _state):
+        fetched = client(url, tmp_path).fetch("linux-64", None)
+    write_snapshot(channel, "m", fetched)
+    kept = read_snapshot(channel, "m", "linux-64")
+    assert kept is not None and not kept.parsed.ready
+    scanned: list[Any] = []
+    real = window_scan.scan
+    monkeypatch.setattr(
+        window_scan, "scan", lambda *args: scanned.append(real(*args)) or scanned[-1]
+    )
+    kept.parsed.expect(NameGate(((frozenset({"a"}), ()),)))
+    sparse = kept.sparse
+    (only,) = scanned
+    assert list(only.sections[1].kept) == ["a-1.0-0.conda"]
+    assert sparse.record(1, "a-1.0-0.conda") == fetched.sparse.record(1, "a-1.0-0.conda")
+    # Too late once read: the document stays as it was read.
+    kept.parsed.expect(None)
+    assert kept.sparse is sparse
