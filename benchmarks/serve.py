@@ -9,11 +9,13 @@ repodata.json of 2,000 records and a 1 MB package. Three servers run on 127.0.0.
   as many as there are cores);
 - nginx (1 worker, sendfile) serving the same folder as static files;
 - the documented deployment (docs/serve.md): nginx in front, serving what is on disk
-  and passing the rest to `reconcile serve`.
+  and passing the rest to `reconcile serve`, which hands the files it has checked back to
+  nginx (``--accel-redirect``); and the same without that option, where reconcile's
+  answer is proxied through nginx ("proxied").
 
 wrk (2 threads, 32 keep-alive connections) GETs one URL for the duration: repodata.json,
 the 1 MB package, a revalidation of repodata.json (If-None-Match: 304), and repodata.json
-of a private channel with a Bearer token (through reconcile in both deployments). Prints
+of a private channel with a Bearer token (checked by reconcile in every deployment). Prints
 requests/s and p99 latency (medians of the repeats), our ratio to nginx, and the
 servers' CPU time per request (less sensitive to other load on the machine than rates).
 """
@@ -43,6 +45,7 @@ from tests.serve.nginx import (  # noqa: E402
     free_port,
     nginx,
     sample_config,
+    sample_serve_arguments,
     wait_for_port,
 )
 
@@ -132,9 +135,15 @@ def main() -> None:
         )
         plain, front = free_port(), free_port()
         ours: dict[str, int] = {}  # our server's name in the table -> its port
-        for count in args.workers:
-            name = "reconcile serve" if count == 1 else f"reconcile serve -w{count}"
+        proxied = free_port()  # nginx in front of a reconcile without --accel-redirect
+        started = [
+            (f"reconcile serve -w{count}" if count > 1 else "reconcile serve", count, True)
+            for count in args.workers
+        ] + [("reconcile (proxied)", 1, False)]
+        for name, count, documented in started:
             ours[name] = free_port()
+            # Requests straight to reconcile never ask for the handoff: only nginx's do.
+            options = sample_serve_arguments() if documented else []
             processes.append(
                 subprocess.Popen(
                     [
@@ -149,6 +158,7 @@ def main() -> None:
                         str(ours[name]),
                         "--workers",
                         str(count),
+                        *options,
                     ],
                     stderr=subprocess.DEVNULL,
                     env={**os.environ, "BENCH_TOKEN": TOKEN},
@@ -160,8 +170,15 @@ def main() -> None:
         ours_pids = {
             name: process_tree(process.pid) for name, process in zip(ours, processes, strict=True)
         }
+        behind = ours.pop("reconcile (proxied)")
         first = next(iter(ours))
-        servers = direct_config(root, plain) + sample_config(root, front, ours[first])
+        servers = (
+            direct_config(root, plain)
+            + sample_config(root, front, ours[first])
+            + sample_config(root, proxied, behind)
+            .replace("upstream reconcile ", "upstream proxied ")
+            .replace("http://reconcile;", "http://proxied;")
+        )
         # The sample lists its private channels by name; ours is called "internal" too.
         with nginx(work / "nginx", servers, plain) as master:
             wait_for_port(front)
@@ -173,6 +190,10 @@ def main() -> None:
                 "nginx": [int(w) for w in workers],
                 **ours_pids,
                 "nginx -> reconcile": [*map(int, workers), *ours_pids[first]],
+                "nginx -> reconcile (proxied)": [
+                    *map(int, workers),
+                    *ours_pids["reconcile (proxied)"],
+                ],
             }
             repodata = "/chan/linux-64/repodata.json"
             size = (channel / "linux-64" / "repodata.json").stat().st_size
@@ -182,7 +203,12 @@ def main() -> None:
                 f"wrk -t{args.threads} -c{args.connections} -d{args.seconds:.0f}s, "
                 f"median of {args.repeats}"
             )
-            ports = {"nginx": plain, **ours, "nginx -> reconcile": front}
+            ports = {
+                "nginx": plain,
+                **ours,
+                "nginx -> reconcile": front,
+                "nginx -> reconcile (proxied)": proxied,
+            }
             cases: list[tuple[str, str, dict[str, str], list[str]]] = [
                 ("repodata.json", repodata, {}, list(ports)),
                 ("1 MB package", f"/chan/linux-64/{package}", {}, list(ports)),
@@ -191,11 +217,12 @@ def main() -> None:
                     "private repodata",
                     "/internal/linux-64/repodata.json",
                     {"Authorization": f"Bearer {TOKEN}"},
-                    [*ours, "nginx -> reconcile"],  # nginx alone has no tokens
+                    # nginx alone has no tokens
+                    [*ours, "nginx -> reconcile", "nginx -> reconcile (proxied)"],
                 ),
             ]
             print(
-                f"{'request':20}{'server':22}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}"
+                f"{'request':20}{'server':30}{'req/s':>10}{'p99 ms':>10}{'vs nginx':>10}"
                 f"{'CPU us/req':>12}"
             )
             for label, path, headers, names in cases:
@@ -222,7 +249,7 @@ def main() -> None:
                         baseline = rate
                     ratio = f"{rate / baseline:.2f}x" if baseline and name != "nginx" else ""
                     print(
-                        f"{label:20}{name:22}{rate:10.0f}{p99:10.1f}{ratio:>10}{cost:12.1f}",
+                        f"{label:20}{name:30}{rate:10.0f}{p99:10.1f}{ratio:>10}{cost:12.1f}",
                         flush=True,
                     )
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,6 +32,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is less than 1")
     return value
+
+
+def _location(text: str) -> str:
+    """A URL path prefix of an nginx location: ``/`` and then safe characters."""
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", text) or "/." in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a location like /_reconcile-files (letters, digits, '-_.~', "
+            "no segment starting with a dot)"
+        )
+    return text.rstrip("/")
 
 
 def _config_parent() -> argparse.ArgumentParser:
@@ -240,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="server processes sharing the port (default: 1; the number of cores serves most)",
+    )
+    p.add_argument(
+        "--accel-redirect",
+        type=_location,
+        metavar="PREFIX",
+        help="nginx in front sends the files: answer each checked file with "
+        "X-Accel-Redirect: PREFIX/<its real path> (an internal location; docs/serve.md)",
     )
 
     p = add(

@@ -228,6 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch_config=args.watch_config,
         failed_fetch_ttl=args.failed_fetch_ttl,
         workers=args.workers,
+        accel_redirect=args.accel_redirect,
     )
     serve(loaded, args.host, args.port, options)
     return ExitCode.OK

@@ -96,6 +96,12 @@ def stat_inside(root: str, relative: str) -> os.stat_result | None:
     with no symlink on the way (the usual case) the last one is the answer; a symlink
     is followed only when the real path it leads to is still inside ``root``.
     """
+    found = resolve_inside(root, relative)
+    return None if found is None else found[0]
+
+
+def resolve_inside(root: str, relative: str) -> tuple[os.stat_result, str] | None:
+    """:func:`stat_inside`, with the real path of what it found (no link in it)."""
     path = root
     st: os.stat_result | None = None
     for part in relative.split("/"):
@@ -109,10 +115,10 @@ def stat_inside(root: str, relative: str) -> os.stat_result | None:
             if not real.startswith(root.rstrip("/") + "/"):
                 return None
             try:
-                return os.stat(real)
+                return os.stat(real), real
             except OSError:
                 return None
-    return st
+    return (st, path) if st is not None else None
 
 
 def open_inside(root: str, relative: str) -> int | None:

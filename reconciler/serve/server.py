@@ -38,6 +38,7 @@ import stat
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,7 @@ from reconciler.serve.files import (
     content_type,
     open_inside,
     parse_range,
+    resolve_inside,
     split_url_path,
     stat_inside,
 )
@@ -120,6 +122,9 @@ class ServeOptions:
     watch_interval: float = 1.0
     fetch_workers: int = 16
     workers: int = 1  # server processes answering on the one port
+    # nginx's internal location for files: once checked, a file is handed to nginx with
+    # X-Accel-Redirect (its real path after this prefix) instead of sent from here
+    accel_redirect: str | None = None
 
 
 @dataclass
@@ -667,12 +672,39 @@ class ServeApp:
         vary: str | None = None,
     ) -> web.StreamResponse:
         control = cache_control(relative, channel.max_age)
+        accel = self.options.accel_redirect
+        # Only a request nginx passed on says it takes the file back (nginx sets the header
+        # over any a client sent); anyone reaching this server directly gets the bytes.
+        if (
+            accel
+            and root is not None
+            and kind is None
+            and vary is None
+            and request.headers.get("X-Sendfile-Type") == "X-Accel-Redirect"
+        ):
+            return self._hand_to_proxy(root, relative, control, accel)
         if root is None:
             return await self._send_object(
                 request, channel, relative, head, exchange, control, kind=kind, vary=vary
             )
         return await self._send_file(
             request, root, relative, head, exchange, control, kind=kind, vary=vary
+        )
+
+    def _hand_to_proxy(self, root: str, relative: str, control: str, prefix: str) -> web.Response:
+        """An empty answer naming the file for nginx to send (``X-Accel-Redirect``): the
+        checks made here, nginx's ``sendfile``, ranges and revalidation there."""
+        # The real path, so nginx (``disable_symlinks on``) follows no link of its own.
+        found = resolve_inside(root, relative)
+        if found is None or not stat.S_ISREG(found[0].st_mode):
+            return _plain(404)
+        real = found[1]
+        return web.Response(
+            headers={
+                "X-Accel-Redirect": prefix.rstrip("/") + urllib.parse.quote(real),
+                "Content-Type": content_type(relative.rsplit("/", 1)[-1]),
+                "Cache-Control": control,
+            }
         )
 
     async def _send_object(

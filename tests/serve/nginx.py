@@ -35,6 +35,25 @@ def sample_server_block() -> str:
     return text[start : text.index("```", start)]
 
 
+def sample_serve_arguments() -> list[str]:
+    """The ``reconcile serve`` options docs/serve.md gives for running behind that block
+    (its command line with ``--accel-redirect``), but the address and configuration."""
+    text = (REPO / "docs" / "serve.md").read_text()
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("reconcile serve ") and "--accel-redirect" in line
+    )
+    arguments = line.split("#")[0].split()[2:]
+    kept: list[str] = []
+    for argument in arguments:
+        if kept and kept[-1] in ("-c", "--port", "--host"):
+            kept.pop()  # the test's own
+        elif argument != "--behind-proxy":  # tests listen on loopback
+            kept.append(argument)
+    return kept
+
+
 def sample_config(root: Path, port: int, reconcile_port: int) -> str:
     """The documented block, listening on 127.0.0.1:``port`` without TLS."""
     block = sample_server_block()

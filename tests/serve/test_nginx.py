@@ -15,7 +15,7 @@ from reconciler.kinds.conda.indexer import index_channel
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
 from tests.serve.helpers import ServeProcess
-from tests.serve.nginx import NGINX, free_port, nginx, sample_config
+from tests.serve.nginx import NGINX, free_port, nginx, sample_config, sample_serve_arguments
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,6 +23,12 @@ pytestmark = [
 ]
 
 TOKEN = "nginx-test-token-5d1c9e7a3b"
+
+
+def _sent_by_nginx(response: requests.Response, path: Path) -> bool:
+    """nginx's own ETag (mtime and size in hex), not the one reconcile makes."""
+    st = path.stat()
+    return response.headers.get("ETag") == f'"{int(st.st_mtime):x}-{st.st_size:x}"'
 
 
 def test_the_documented_nginx_config(tmp_path: Path) -> None:
@@ -46,7 +52,12 @@ def test_the_documented_nginx_config(tmp_path: Path) -> None:
         os.environ["NGINX_TEST_TOKEN"] = TOKEN
         try:
             assert cli.main(["apply", "-c", str(config)]) == 0
-            served = ServeProcess(config, env={"NGINX_TEST_TOKEN": TOKEN}, cwd=tmp_path)
+            served = ServeProcess(
+                config,
+                *sample_serve_arguments(),
+                env={"NGINX_TEST_TOKEN": TOKEN},
+                cwd=tmp_path,
+            )
         finally:
             os.environ.pop("NGINX_TEST_TOKEN", None)
         try:
@@ -73,6 +84,7 @@ def test_the_documented_nginx_config(tmp_path: Path) -> None:
                 app = requests.get(f"{front}/pub/linux-64/app-2.0-0.conda", timeout=30)
                 assert app.status_code == 200
                 assert app.content == (upstream / "linux-64" / "app-2.0-0.conda").read_bytes()
+                assert _sent_by_nginx(app, root / "pub" / "linux-64" / "app-2.0-0.conda")
                 assert requests.get(f"{front}/pub/linux-64/app-2.0-0.conda", timeout=30).ok
                 assert sum(1 for r in state["requests"] if r.endswith("app-2.0-0.conda")) == 1
                 # Private: reconcile checks the token, nginx never serves it from disk.
@@ -84,10 +96,26 @@ def test_the_documented_nginx_config(tmp_path: Path) -> None:
                     ).status_code
                     == 403
                 )
-                assert requests.get(f"{front}/t/{TOKEN}{secret}", timeout=30).status_code == 200
-                assert (
-                    requests.get(front + secret, auth=("pip", TOKEN), timeout=30).status_code == 200
+                # Once checked, nginx sends the file itself (X-Accel-Redirect), ranges too.
+                on_disk = root / "internal" / "noarch" / "secret-1.0-0.conda"
+                by_token = requests.get(f"{front}/t/{TOKEN}{secret}", timeout=30)
+                assert by_token.content == on_disk.read_bytes()
+                assert _sent_by_nginx(by_token, on_disk)
+                assert "X-Accel-Redirect" not in by_token.headers
+                part = requests.get(
+                    front + secret, auth=("pip", TOKEN), headers={"Range": "bytes=2-9"}, timeout=30
                 )
+                assert part.status_code == 206 and part.content == on_disk.read_bytes()[2:10]
+                revalidated = requests.get(
+                    front + secret,
+                    auth=("pip", TOKEN),
+                    headers={"If-None-Match": by_token.headers["ETag"]},
+                    timeout=30,
+                )
+                assert revalidated.status_code == 304
+                # The internal location is nobody's URL.
+                internal = f"{front}/_reconcile-files{on_disk.resolve()}"
+                assert requests.get(internal, timeout=30).status_code == 404
                 # State and hidden files: never.
                 for hidden in ("/pub/.reconciler/state.json", "/channels.yaml.swp/.x"):
                     assert requests.get(front + hidden, timeout=30).status_code == 404
