@@ -155,14 +155,21 @@ def content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-def cache_control(path: Path | str, max_age: int = 60) -> str:
-    """Package files and shards never change under their name; the rest (index files,
-    pages) for ``max-age`` seconds (the channel's ``index_max_age``)."""
+def cache_control(
+    path: Path | str, max_age: int = 60, *, private: bool = False, immutable: bool = False
+) -> str:
+    """Package files and shards never change under their name (``immutable``: another
+    kind's files that never do); the rest (index files, pages) for ``max-age`` seconds
+    (the channel's ``index_max_age``). A private channel's answers are for the client's
+    own cache only: a shared cache must not hand them to a request without the token."""
+    scope = "private" if private else "public"
     relative = os.fspath(path)
     name = relative.rsplit("/", 1)[-1]
-    if package_suffix(name) is not None or relative.endswith(f"/shards/{name}"):
-        return IMMUTABLE
-    return SHORT_LIVED if max_age == 60 else f"public, max-age={max_age}"
+    if immutable or package_suffix(name) is not None or relative.endswith(f"/shards/{name}"):
+        return IMMUTABLE if not private else f"{scope}, max-age=31536000, immutable"
+    if max_age == 60 and not private:
+        return SHORT_LIVED
+    return f"{scope}, max-age={max_age}"
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:

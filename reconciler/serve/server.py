@@ -107,6 +107,11 @@ SUBDIR_FILES = frozenset(
 # URL paths whose parsed segments are kept (the set is emptied when full).
 SEGMENTS_KEPT = 4096
 KEEPALIVE_TIMEOUT = 120  # an idle keep-alive connection is dropped after this many seconds
+# nginx reads an upstream's headers into proxy_buffer_size (4 KB by default): a longer
+# X-Accel-Redirect would be its 502, so such a file is sent from here.
+ACCEL_LIMIT = 3000
+# First path segments the server routes itself: an nginx location there would hide them.
+ROUTES = frozenset({auth.TOKEN_PREFIX, "api", "metrics", views.VIEWS})
 
 
 @dataclass
@@ -350,6 +355,10 @@ class ServeApp:
         except ConfigError as exc:
             log.error("%s not reloaded; still serving the previous configuration:\n%s", path,
                       exc.message)  # fmt: skip
+            return False
+        clash = accel_clash(self.options.accel_redirect, loaded)
+        if clash:
+            log.error("%s not reloaded; still serving the previous configuration: %s", path, clash)
             return False
         for diagnostic in loaded.warnings:
             log.warning("%s", diagnostic.format())
@@ -654,7 +663,8 @@ class ServeApp:
                 )
                 if failed is not None:
                     return failed
-            return await self._send(request, channel, root, stored, head, exchange)
+            # A file under its name never changes (an index lists its hash).
+            return await self._send(request, channel, root, stored, head, exchange, immutable=True)
         return _plain(target.status)
 
     # -- files -----------------------------------------------------------------------------
@@ -670,8 +680,11 @@ class ServeApp:
         *,
         kind: str | None = None,
         vary: str | None = None,
+        immutable: bool = False,
     ) -> web.StreamResponse:
-        control = cache_control(relative, channel.max_age)
+        control = cache_control(
+            relative, channel.max_age, private=channel.access == "private", immutable=immutable
+        )
         accel = self.options.accel_redirect
         # Only a request nginx passed on says it takes the file back (nginx sets the header
         # over any a client sent); anyone reaching this server directly gets the bytes.
@@ -682,7 +695,9 @@ class ServeApp:
             and vary is None
             and request.headers.get("X-Sendfile-Type") == "X-Accel-Redirect"
         ):
-            return self._hand_to_proxy(root, relative, control, accel)
+            handed = self._hand_to_proxy(root, relative, control, accel)
+            if handed is not None:
+                return handed
         if root is None:
             return await self._send_object(
                 request, channel, relative, head, exchange, control, kind=kind, vary=vary
@@ -691,17 +706,23 @@ class ServeApp:
             request, root, relative, head, exchange, control, kind=kind, vary=vary
         )
 
-    def _hand_to_proxy(self, root: str, relative: str, control: str, prefix: str) -> web.Response:
+    def _hand_to_proxy(
+        self, root: str, relative: str, control: str, prefix: str
+    ) -> web.Response | None:
         """An empty answer naming the file for nginx to send (``X-Accel-Redirect``): the
-        checks made here, nginx's ``sendfile``, ranges and revalidation there."""
-        # The real path, so nginx (``disable_symlinks on``) follows no link of its own.
+        checks made here, nginx's ``sendfile``, ranges and revalidation there. None: a
+        path too long for nginx's header buffer, sent from here instead."""
+        # The real path, so nginx (``disable_symlinks on``) follows no link of its own;
+        # quoted byte by byte (a folder name need not be UTF-8), nginx unquotes it.
         found = resolve_inside(root, relative)
         if found is None or not stat.S_ISREG(found[0].st_mode):
             return _plain(404)
-        real = found[1]
+        target = prefix.rstrip("/") + urllib.parse.quote(os.fsencode(found[1]))
+        if len(target) > ACCEL_LIMIT:
+            return None
         return web.Response(
             headers={
-                "X-Accel-Redirect": prefix.rstrip("/") + urllib.parse.quote(real),
+                "X-Accel-Redirect": target,
                 "Content-Type": content_type(relative.rsplit("/", 1)[-1]),
                 "Cache-Control": control,
             }
@@ -923,6 +944,22 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def accel_clash(prefix: str | None, loaded: LoadedConfig) -> str | None:
+    """Why ``--accel-redirect`` cannot be ``prefix`` with this configuration: nginx's
+    internal location there would hide a channel or a route of the server."""
+    if not prefix:
+        return None
+    first = prefix.strip("/").split("/", 1)[0]
+    names = {c.name for c in loaded.config.channels}
+    if first in names or first in ROUTES:
+        what = f"the channel {first!r}" if first in names else f"the server's /{first}/ URLs"
+        return (
+            f"--accel-redirect {prefix}: nginx's internal location there would hide {what}; "
+            "choose another prefix (the documented one is /_reconcile-files)"
+        )
+    return None
+
+
 def tls_warning(host: str, private: list[str], behind_proxy: bool) -> str | None:
     """What to say when tokens would cross a network in clear text (None: nothing)."""
     if not private or behind_proxy or _loopback(host):
@@ -1074,6 +1111,9 @@ def listen(address: tuple[str, int], backlog: int) -> socket.socket:
 def serve(loaded: LoadedConfig, host: str, port: int, options: ServeOptions | None = None) -> None:
     """Serve until SIGTERM or SIGINT; requests in flight finish first; SIGHUP reloads."""
     options = options or ServeOptions()
+    clash = accel_clash(options.accel_redirect, loaded)
+    if clash:
+        raise ReconcileError(clash)
     warning = tls_warning(host, _Snapshot(loaded).private, options.behind_proxy)
     if warning:
         log.warning("%s", warning)
