@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,21 @@ def test_index_waits_for_the_channel_lock(
         child.kill()
         child.wait()
     assert cli.main(["index", str(channel)]) == ExitCode.OK
+
+
+def test_a_killed_runs_spool_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """Outputs wait in the temporary folder before they are published; a run killed
+    there (OOM, SIGKILL) leaves them, and the next run removes them."""
+    channel = make_channel(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "RECONCILE_CRASH_AT": "index.before_repodata"}
+    command = [sys.executable, "-m", "reconciler", "index", str(channel)]
+    killed = subprocess.run(command, env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = [p for p in temp.iterdir() if p.name.startswith("reconcile-spool-")]
+    assert len(left) == 1 and any(left[0].iterdir())
+    del env["RECONCILE_CRASH_AT"]
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert not left[0].exists()
+    assert list(temp.iterdir()) == []  # and its own is gone at exit

@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -89,6 +90,26 @@ def temp_writer_alive(name: str, prefix: str = TEMP_PREFIX) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def remove_dead_temporaries(prefix: str, folder: Path | None = None) -> int:
+    """Remove what killed processes left in the system's temporary folder (or ``folder``):
+    files and folders named ``<prefix><pid>-...`` whose pid no longer runs. A link is
+    removed, never followed; another user's entries are left (their pid cannot be
+    signalled, so they count as alive)."""
+    removed = 0
+    where = folder if folder is not None else Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for path in where.glob(f"{prefix}*"):
+            if temp_writer_alive(path.name, prefix):
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(path.lstat().st_mode):
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+    return removed
 
 
 def _is_link(name: str, folder: int) -> bool:

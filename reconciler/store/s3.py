@@ -73,7 +73,7 @@ from reconciler.store.base import (
     Writer,
     check_key,
 )
-from reconciler.store.local import temp_writer_alive
+from reconciler.store.local import remove_dead_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -1122,12 +1122,4 @@ def _parse_holder(data: Any) -> LockHolder | None:
 
 
 def _clean_local_temporaries() -> int:
-    removed = 0
-    folder = Path(tempfile.gettempdir())
-    with contextlib.suppress(OSError):
-        for path in folder.glob(f"{TEMP_PREFIX}*"):
-            if not temp_writer_alive(path.name, TEMP_PREFIX):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    removed += 1
-    return removed
+    return remove_dead_temporaries(TEMP_PREFIX)

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.store.base import LockTimeout, PreconditionFailed, StorageError
-from reconciler.store.local import TEMP_PREFIX, LocalStore, temp_writer_alive, write_atomic
+from reconciler.store.local import (
+    TEMP_PREFIX,
+    LocalStore,
+    remove_dead_temporaries,
+    temp_writer_alive,
+    write_atomic,
+)
 
 
 def test_write_if_changed_leaves_identical_files_alone(tmp_path: Path) -> None:
@@ -235,3 +241,26 @@ def test_a_lock_file_planted_as_a_symlink_is_refused(tmp_path: Path) -> None:
     ):
         pass
     assert outside.read_text() == "keep"
+
+
+def test_dead_processes_temporaries_are_removed_from_the_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    prefix = "reconcile-spool-"
+    dead = 4194305  # above any pid_max: no process has it
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not ours")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (temp / f"{prefix}{dead}-a").mkdir()
+    (temp / f"{prefix}{dead}-a" / "5-repodata.json").write_bytes(b"x" * 1000)
+    (temp / f"{prefix}{dead}-a" / "link").symlink_to(outside)  # removed, not followed
+    (temp / f"{prefix}{dead}-b").symlink_to(outside)  # the link goes, not what it names
+    (temp / f"{prefix}{dead}-c").write_bytes(b"a file")
+    (temp / f"{prefix}{os.getpid()}-d").mkdir()  # a live run's
+    (temp / f"other-{dead}-e").mkdir()  # not this prefix
+    assert remove_dead_temporaries(prefix, temp) == 3
+    assert sorted(p.name for p in temp.iterdir()) == [f"other-{dead}-e", f"{prefix}{os.getpid()}-d"]
+    assert (outside / "keep.txt").read_text() == "not ours"
+    assert remove_dead_temporaries(prefix, tmp_path / "missing") == 0

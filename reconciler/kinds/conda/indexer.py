@@ -54,7 +54,7 @@ from reconciler.filters import Candidate, FilterEngine
 from reconciler.kinds.conda.records import MirroredRecord
 from reconciler.kinds.conda.stat_cache import CacheEntry, FileStat, StatCache
 from reconciler.store.base import ObjectInfo, Store
-from reconciler.store.local import LocalStore
+from reconciler.store.local import LocalStore, remove_dead_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ DOWNLOAD_BATCH = 512
 # The scan digest of a subdir with no package files.
 _NO_PACKAGES = hashlib.sha256().hexdigest()
 DOWNLOAD_THREADS = 16
+# In the system's temporary folder, each name with its process's pid (a killed run's
+# folders are removed by the next run): computed outputs waiting to be published, and
+# package files of a bucket being read.
+SPOOL_PREFIX = "reconcile-spool-"
+READ_PREFIX = "reconcile-read-"
 
 # The order a subdir's files are published in (the packages are in place already):
 # shards first (so the shard index never names a missing shard), the twins and the
@@ -348,7 +353,9 @@ class ChannelIndexer:
         """A temporary folder for outputs waiting to be published; removed with the
         indexer (or at exit)."""
         if self._spool_folder is None:
-            self._spool_folder = tempfile.TemporaryDirectory(prefix="reconcile-index-")
+            # A run that was killed left its spool behind (a big channel's outputs).
+            remove_dead_temporaries(SPOOL_PREFIX)
+            self._spool_folder = tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
         return Path(self._spool_folder.name)
 
     def _park(self, outputs: Mapping[str, bytes | None]) -> Mapping[str, bytes | None]:
@@ -527,7 +534,8 @@ class ChannelIndexer:
             return read
         for start in range(0, len(wanted), DOWNLOAD_BATCH):
             batch = wanted[start : start + DOWNLOAD_BATCH]
-            folder = Path(tempfile.mkdtemp(prefix="reconcile-read-"))
+            remove_dead_temporaries(READ_PREFIX)
+            folder = Path(tempfile.mkdtemp(prefix=f"{READ_PREFIX}{os.getpid()}-"))
             try:
                 with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
                     copies = list(pool.map(functools.partial(self._download, folder), batch))
