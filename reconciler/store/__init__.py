@@ -25,6 +25,7 @@ def open_store(
     storage: StorageOptions | None = None,
     *,
     index_max_age: int = DEFAULT_INDEX_MAX_AGE,
+    private: bool = False,
 ) -> Store:
     """The store of a channel folder or bucket location (``s3://...`` as text too)."""
     if isinstance(path, str):
@@ -35,7 +36,7 @@ def open_store(
     if isinstance(path, S3Location):
         from reconciler.store.s3 import S3Store
 
-        return S3Store(path, storage, index_max_age=index_max_age)
+        return S3Store(path, storage, index_max_age=index_max_age, private=private)
     if _FOLDED_URL.match(str(path)):
         # Never a folder named "s3:": a URL mangled into a path is a bug upstream of here.
         raise StorageError(f"refusing {str(path)!r} as a folder: it looks like a mangled URL")
@@ -45,5 +46,10 @@ def open_store(
 
 
 def channel_store(channel: AnyChannelModel) -> Store:
-    """The store of a configured channel (its path, storage settings and max-age)."""
-    return open_store(channel.path, channel.storage, index_max_age=channel.max_age)
+    """The store of a configured channel (its path, storage settings, max-age, access)."""
+    return open_store(
+        channel.path,
+        channel.storage,
+        index_max_age=channel.max_age,
+        private=channel.access == "private",
+    )

@@ -112,14 +112,16 @@ _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def cache_control(key: str, max_age: int = DEFAULT_INDEX_MAX_AGE) -> str:
-    """What ``Cache-Control`` an object gets: index files short-lived, the rest immutable."""
+def cache_control(key: str, max_age: int = DEFAULT_INDEX_MAX_AGE, *, private: bool = False) -> str:
+    """What ``Cache-Control`` an object gets: index files short-lived, the rest immutable;
+    a private channel's for the client's own cache only."""
     if key.startswith(PRIVATE_PREFIX):
         return PRIVATE
+    scope = "private" if private else "public"
     name = key.rpartition("/")[2]
     if name in _SHORT_NAMES or name.endswith(_SHORT_SUFFIXES):
-        return f"public, max-age={max_age}"
-    return IMMUTABLE
+        return f"{scope}, max-age={max_age}"
+    return IMMUTABLE if not private else f"{scope}, max-age=31536000, immutable"
 
 
 def content_type(key: str) -> str:
@@ -375,6 +377,7 @@ class S3Store(Store):
         options: StorageOptions | None = None,
         *,
         index_max_age: int = DEFAULT_INDEX_MAX_AGE,
+        private: bool = False,
         client: Any = None,
     ) -> None:
         self.where = location
@@ -383,6 +386,7 @@ class S3Store(Store):
         self.location = str(location)
         self.options = options or StorageOptions()
         self.index_max_age = index_max_age
+        self.private = private  # a private channel: no shared cache may keep its objects
         self.conditional = self.options.conditional_writes
         self._client = client
         self._lease: _Lease | None = None
@@ -636,7 +640,7 @@ class S3Store(Store):
             "Key": self._full(key),
             "Body": body,
             "ContentMD5": base64.b64encode(bytes.fromhex(md5_hex)).decode(),
-            "CacheControl": cache_control(key, self.index_max_age),
+            "CacheControl": cache_control(key, self.index_max_age, private=self.private),
             "ContentType": content_type(key),
         }
         if self.conditional:
@@ -770,7 +774,7 @@ class S3Store(Store):
             key,
             self.client.create_multipart_upload,
             Key=full,
-            CacheControl=cache_control(key, self.index_max_age),
+            CacheControl=cache_control(key, self.index_max_age, private=self.private),
             ContentType=content_type(key),
         )
         upload_id = created["UploadId"]

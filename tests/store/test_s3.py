@@ -48,6 +48,37 @@ def test_uploads_carry_cache_control_and_content_type(s3: S3Server, bucket: str)
     assert cache_control("packages/pkg/pkg-1.0-py3-none-any.whl") == immutable
 
 
+def test_a_private_channels_objects_are_for_the_clients_own_cache(
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """A presigned URL's answer carries the object's Cache-Control: never ``public``."""
+    from reconciler.config.models import load_config
+    from reconciler.store import channel_store
+
+    (tmp_path / "channels.yaml").write_text(
+        "version: 1\nserve:\n  tokens:\n"
+        "    - {name: readers, token_env: S3_TEST_TOKEN, channels: [internal]}\n"
+        "channels:\n"
+        f"  - {{name: internal, access: private, path: 's3://{bucket}/private'}}\n"
+        f"  - {{name: open, path: 's3://{bucket}/open'}}\n"
+    )
+    config = load_config(tmp_path / "channels.yaml")
+    stores = [channel_store(channel) for channel in config.config.channels]
+    for store in stores:
+        store.write("noarch/repodata.json", b"{}")
+        store.write("noarch/a-1-0.conda", b"package")
+    client = s3.client()
+
+    def control(key: str) -> str:
+        cache: str = client.head_object(Bucket=bucket, Key=key)["CacheControl"]
+        return cache
+
+    assert control("private/noarch/repodata.json") == "private, max-age=60"
+    assert control("private/noarch/a-1-0.conda") == "private, max-age=31536000, immutable"
+    assert control("open/noarch/repodata.json") == "public, max-age=60"
+    assert control("open/noarch/a-1-0.conda") == "public, max-age=31536000, immutable"
+
+
 def test_unchanged_bytes_are_never_uploaded_again(s3: S3Server, bucket: str) -> None:
     store = store_of(bucket)
     assert store.write_if_changed("noarch/repodata.json", b'{"a": 1}') is True
