@@ -92,19 +92,31 @@ def temp_writer_alive(name: str, prefix: str = TEMP_PREFIX) -> bool:
     return True
 
 
-def remove_dead_temporaries(prefix: str, folder: Path | None = None) -> int:
+# A dead process's temporaries in the system's temporary folder are removed once they
+# have not changed for this long: a folder shared with another pid namespace (two
+# containers with one /tmp) may hold a live run's under a pid this one cannot see.
+DEAD_TEMPORARY_AGE = 3600.0
+
+
+def remove_dead_temporaries(
+    prefix: str, folder: Path | None = None, *, older_than: float = DEAD_TEMPORARY_AGE
+) -> int:
     """Remove what killed processes left in the system's temporary folder (or ``folder``):
-    files and folders named ``<prefix><pid>-...`` whose pid no longer runs. A link is
-    removed, never followed; another user's entries are left (their pid cannot be
-    signalled, so they count as alive)."""
+    files and folders named ``<prefix><pid>-...`` whose pid no longer runs, untouched for
+    ``older_than`` seconds. A link is removed, never followed; what this user may not
+    remove is left."""
     removed = 0
     where = folder if folder is not None else Path(tempfile.gettempdir())
+    now = time.time()
     with contextlib.suppress(OSError):
         for path in where.glob(f"{prefix}*"):
             if temp_writer_alive(path.name, prefix):
                 continue
             with contextlib.suppress(OSError):
-                if stat.S_ISDIR(path.lstat().st_mode):
+                st = path.lstat()
+                if now - st.st_mtime < older_than:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
                     shutil.rmtree(path)
                 else:
                     path.unlink()

@@ -353,8 +353,6 @@ class ChannelIndexer:
         """A temporary folder for outputs waiting to be published; removed with the
         indexer (or at exit)."""
         if self._spool_folder is None:
-            # A run that was killed left its spool behind (a big channel's outputs).
-            remove_dead_temporaries(SPOOL_PREFIX)
             self._spool_folder = tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
         return Path(self._spool_folder.name)
 
@@ -432,6 +430,9 @@ class ChannelIndexer:
 
     def compute(self) -> Computation:
         """Everything the index would publish, without writing anything."""
+        # What a killed run left in the temporary folder (a big channel's outputs).
+        remove_dead_temporaries(SPOOL_PREFIX)
+        remove_dead_temporaries(READ_PREFIX)
         with _collector_paused():
             return self._compute()
 
@@ -534,7 +535,6 @@ class ChannelIndexer:
             return read
         for start in range(0, len(wanted), DOWNLOAD_BATCH):
             batch = wanted[start : start + DOWNLOAD_BATCH]
-            remove_dead_temporaries(READ_PREFIX)
             folder = Path(tempfile.mkdtemp(prefix=f"{READ_PREFIX}{os.getpid()}-"))
             try:
                 with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
