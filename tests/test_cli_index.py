@@ -101,6 +101,10 @@ def test_a_killed_runs_spool_is_removed_by_the_next_run(tmp_path: Path) -> None:
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     assert left[0].exists()  # changed a moment ago: maybe a run this one cannot see
     os.utime(left[0], (time.time() - 7200,) * 2)
+    older = temp / "reconcile-index-k2kqvf9q"  # named before spools carried a pid
+    older.mkdir()
+    (older / "5-repodata.json").write_bytes(b"{}")
+    os.utime(older, (time.time() - 7200,) * 2)
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
-    assert not left[0].exists()
+    assert not left[0].exists() and not older.exists()
     assert list(temp.iterdir()) == []  # and each run removed its own at exit

@@ -71,6 +71,8 @@ DOWNLOAD_THREADS = 16
 # package files of a bucket being read.
 SPOOL_PREFIX = "reconcile-spool-"
 READ_PREFIX = "reconcile-read-"
+# Spools named before they carried a pid (no pid: gone once an hour old).
+OLD_SPOOL_PREFIX = "reconcile-index-"
 
 # The order a subdir's files are published in (the packages are in place already):
 # shards first (so the shard index never names a missing shard), the twins and the
@@ -431,8 +433,8 @@ class ChannelIndexer:
     def compute(self) -> Computation:
         """Everything the index would publish, without writing anything."""
         # What a killed run left in the temporary folder (a big channel's outputs).
-        remove_dead_temporaries(SPOOL_PREFIX)
-        remove_dead_temporaries(READ_PREFIX)
+        for prefix in (SPOOL_PREFIX, READ_PREFIX, OLD_SPOOL_PREFIX):
+            remove_dead_temporaries(prefix)
         with _collector_paused():
             return self._compute()
 
