@@ -106,9 +106,9 @@ def remove_dead_temporaries(
     ``older_than`` seconds. A link is removed, never followed; what this user may not
     remove is left."""
     removed = 0
-    where = folder if folder is not None else Path(tempfile.gettempdir())
     now = time.time()
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # (no usable temporary folder at all: nothing to do)
+        where = folder if folder is not None else Path(tempfile.gettempdir())
         for path in where.glob(f"{prefix}*"):
             if temp_writer_alive(path.name, prefix):
                 continue
