@@ -10,11 +10,6 @@ from urllib.parse import unquote
 
 from reconciler.conda.names import is_valid_subdir, package_suffix
 
-# Index files change on every publish: clients should revalidate soon.
-SHORT_LIVED = "public, max-age=60"
-# Package files and shards never change under the same name.
-IMMUTABLE = "public, max-age=31536000, immutable"
-
 _TYPES = {
     ".json": "application/json",
     ".zst": "application/zstd",
@@ -166,9 +161,7 @@ def cache_control(
     relative = os.fspath(path)
     name = relative.rsplit("/", 1)[-1]
     if immutable or package_suffix(name) is not None or relative.endswith(f"/shards/{name}"):
-        return IMMUTABLE if not private else f"{scope}, max-age=31536000, immutable"
-    if max_age == 60 and not private:
-        return SHORT_LIVED
+        return f"{scope}, max-age=31536000, immutable"
     return f"{scope}, max-age={max_age}"
 
 

@@ -99,18 +99,19 @@ DEAD_TEMPORARY_AGE = 3600.0
 
 
 def remove_dead_temporaries(
-    prefix: str, folder: Path | None = None, *, older_than: float = DEAD_TEMPORARY_AGE
+    *prefixes: str, folder: Path | None = None, older_than: float = DEAD_TEMPORARY_AGE
 ) -> int:
-    """Remove what killed processes left in the system's temporary folder (or ``folder``):
-    files and folders named ``<prefix><pid>-...`` whose pid no longer runs, untouched for
-    ``older_than`` seconds. A link is removed, never followed; what this user may not
-    remove is left."""
+    """Remove what killed processes left in the system's temporary folder (or ``folder``),
+    in one look at it: files and folders named ``<prefix><pid>-...`` (for each of
+    ``prefixes``) whose pid no longer runs, untouched for ``older_than`` seconds. A link
+    is removed, never followed; what this user may not remove is left."""
     removed = 0
     now = time.time()
     with contextlib.suppress(OSError):  # (no usable temporary folder at all: nothing to do)
         where = folder if folder is not None else Path(tempfile.gettempdir())
-        for path in where.glob(f"{prefix}*"):
-            if temp_writer_alive(path.name, prefix):
+        for path in where.iterdir():
+            prefix = next((p for p in prefixes if path.name.startswith(p)), None)
+            if prefix is None or temp_writer_alive(path.name, prefix):
                 continue
             with contextlib.suppress(OSError):
                 st = path.lstat()

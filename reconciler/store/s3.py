@@ -82,7 +82,6 @@ LEASE_KEY = ".reconciler/lease.json"
 # generations grow strictly across holders although a released lease is deleted.
 GENERATION_KEY = ".reconciler/lease-generation"
 PRIVATE_PREFIX = ".reconciler/"
-IMMUTABLE = "public, max-age=31536000, immutable"
 PRIVATE = "no-store"
 # Below this, one PutObject; above, a multipart upload in parts of PART_SIZE.
 MULTIPART_THRESHOLD = 256 * 1024 * 1024
@@ -121,7 +120,7 @@ def cache_control(key: str, max_age: int = DEFAULT_INDEX_MAX_AGE, *, private: bo
     name = key.rpartition("/")[2]
     if name in _SHORT_NAMES or name.endswith(_SHORT_SUFFIXES):
         return f"{scope}, max-age={max_age}"
-    return IMMUTABLE if not private else f"{scope}, max-age=31536000, immutable"
+    return f"{scope}, max-age=31536000, immutable"
 
 
 def content_type(key: str) -> str:

@@ -24,6 +24,7 @@ from reconciler.store.local import LocalStore
 from tests.client import solve
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
+from tests.window_spy import spy_window_scans
 
 T0 = "2026-03-01T12:00:00+00:00"
 T1 = "2026-03-01T13:00:00+00:00"  # an hour later: the daily mirrors are not due
@@ -366,37 +367,21 @@ def test_what_apply_published_solves(world: World, tmp_path: Path) -> None:
     assert solved == {"alpha": "alpha-1.2-0.conda"}
 
 
-def _spy_window_scans(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each window read of upstream repodata took the document, in order."""
-    from reconciler.conda import window_scan
-
-    taken: list[bool] = []
-    real = window_scan.scan
-
-    def spying(*args: Any) -> Any:
-        found = real(*args)
-        taken.append(found is not None)
-        return found
-
-    monkeypatch.setattr(window_scan, "scan", spying)
-    return taken
-
-
 def test_mirrors_naming_their_packages_read_upstream_repodata_through_the_window(
     world: World,
 ) -> None:
-    taken = _spy_window_scans(world.monkeypatch)
+    scans = spy_window_scans(world.monkeypatch)
     world.add_upstream(PackageSpec("alpha", "1.3", subdir="linux-64"))
     actions = world.plan_actions("--run-now", at=T1)
     assert ("add", "alpha-1.3-0.conda") in {(a["kind"], a["name"]) for a in actions}
-    assert taken and all(taken), taken  # both mirrors name their packages
-    taken.clear()
+    assert scans and all(found is not None for found in scans), scans  # both name theirs
+    scans.clear()
     world.config.write_text(
         world.config.read_text().replace('include: [{name: "beta"}]', "dependencies: true")
     )
     world.add_upstream(PackageSpec("beta", "3.0", subdir="linux-64"))
     world.plan_actions("--run-now", "--mirror", "pas", at=T1)
-    assert taken == []  # the closure may need any record: read whole
+    assert scans == []  # the closure may need any record: read whole
 
 
 def test_an_error_while_selecting_fails_that_mirror_only(world: World) -> None:

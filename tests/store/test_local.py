@@ -263,10 +263,10 @@ def test_dead_processes_temporaries_are_removed_from_the_temporary_folder(
     for path in temp.iterdir():
         os.utime(path, (time.time() - 7200,) * 2, follow_symlinks=False)
     (temp / f"{prefix}{dead}-f").mkdir()  # changed lately: maybe a pid this one cannot see
-    assert remove_dead_temporaries(prefix, temp) == 3
+    assert remove_dead_temporaries(prefix, folder=temp) == 3
     assert sorted(p.name for p in temp.iterdir()) == sorted(
         [f"other-{dead}-e", f"{prefix}{os.getpid()}-d", f"{prefix}{dead}-f"]
     )
-    assert remove_dead_temporaries(prefix, temp, older_than=0) == 1
+    assert remove_dead_temporaries(prefix, folder=temp, older_than=0) == 1
     assert (outside / "keep.txt").read_text() == "not ours"
-    assert remove_dead_temporaries(prefix, tmp_path / "missing") == 0
+    assert remove_dead_temporaries(prefix, folder=tmp_path / "missing") == 0

@@ -433,8 +433,7 @@ class ChannelIndexer:
     def compute(self) -> Computation:
         """Everything the index would publish, without writing anything."""
         # What a killed run left in the temporary folder (a big channel's outputs).
-        for prefix in (SPOOL_PREFIX, READ_PREFIX, OLD_SPOOL_PREFIX):
-            remove_dead_temporaries(prefix)
+        remove_dead_temporaries(SPOOL_PREFIX, READ_PREFIX, OLD_SPOOL_PREFIX)
         with _collector_paused():
             return self._compute()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from reconciler.store.local import LocalStore
 from reconciler.transport.http import NotFound, Upstream, UpstreamError, redact
 from tests.faulty_server import faulty_server
 from tests.packages import PackageSpec, build_package
+from tests.window_spy import spy_window_scans
 
 
 @pytest.fixture
@@ -164,22 +164,13 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_fetch(
 def test_a_name_gate_reads_the_zst_body_through_a_window(
     upstream_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from reconciler.conda import window_scan
-
-    scanned: list[bool] = []
-    real = window_scan.scan
-
-    def counting(*args: Any) -> Any:
-        found = real(*args)
-        scanned.append(found is not None)
-        return found
-
-    monkeypatch.setattr(window_scan, "scan", counting)
+    scanned = spy_window_scans(monkeypatch)
     gate = NameGate(((frozenset({"a"}), ()),))
     with faulty_server(upstream_dir) as (url, _state):
         windowed = client(url, tmp_path / "one").fetch("linux-64", None, gate)
         whole = client(url, tmp_path / "two").fetch("linux-64", None)
-    assert scanned == [True]  # the gated fetch only, and the document was taken
+    # The gated fetch only, and the document was taken.
+    assert [found is not None for found in scanned] == [True]
     for section in (0, 1):
         assert list(windowed.sparse.names(section)) == list(whole.sparse.names(section))
         for filename in whole.sparse.names(section):
@@ -194,19 +185,13 @@ def test_a_kept_copy_read_later_keeps_only_the_expected_names(
 ) -> None:
     """The channel's snapshot (no network) is read when first used: through the window
     when the names whose records will be asked for are known by then."""
-    from reconciler.conda import window_scan
-
     channel = LocalStore(tmp_path / "channel")
     with faulty_server(upstream_dir) as (url, _state):
         fetched = client(url, tmp_path).fetch("linux-64", None)
     write_snapshot(channel, "m", fetched)
     kept = read_snapshot(channel, "m", "linux-64")
     assert kept is not None and not kept.parsed.ready
-    scanned: list[Any] = []
-    real = window_scan.scan
-    monkeypatch.setattr(
-        window_scan, "scan", lambda *args: scanned.append(real(*args)) or scanned[-1]
-    )
+    scanned = spy_window_scans(monkeypatch)
     kept.parsed.expect(NameGate(((frozenset({"a"}), ()),)))
     sparse = kept.sparse
     (only,) = scanned
