@@ -226,6 +226,7 @@ class Upstream:
                 path = Path(source)
                 self.local_root = path if path.is_absolute() else (config_dir or Path()) / path
         self._session: requests.Session | None = None
+        self._session_made = threading.Lock()
 
     # -- URLs ------------------------------------------------------------------------
 
@@ -242,14 +243,15 @@ class Upstream:
 
     @property
     def session(self) -> requests.Session:
-        if self._session is None:
-            session = _Session()
-            adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers["User-Agent"] = "conda-reconcile"
-            self._session = session
-        return self._session
+        with self._session_made:  # subdirs and packages are fetched from several threads
+            if self._session is None:
+                session = _Session()
+                adapter = _DeadlineAdapter(pool_connections=4, pool_maxsize=64)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers["User-Agent"] = "conda-reconcile"
+                self._session = session
+            return self._session
 
     def check_url(self, url: str, shown: str) -> None:
         """Refuse ``url`` (fetched for ``shown``) unless it is http(s) on the source's

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,6 +269,85 @@ def _choose(
     return selection_cache.Chosen(selection, refusals, removed)
 
 
+# Subdirs fetched at once when the name gate keeps few records of each: their downloads
+# overlap, and one's decompression (which lets go of the GIL) runs beside another's scan.
+# Without such a gate each document is read whole, so one at a time (memory).
+SUBDIR_FETCHES = 4
+
+
+@dataclass
+class _Found:
+    """One subdir's metadata as fetched or kept, before it is taken in subdir order."""
+
+    previous: Metadata | None  # what the last apply used
+    metadata: Metadata | None  # fetched, the cached copy a saved plan names, or None
+    missing: NotFound | None = None  # the upstream has no such subdir
+
+
+def _find_metadata(
+    state: MirrorResolution,
+    store: Store,
+    subdir: str,
+    want: str | None,
+    wanted: NameGate | None,
+) -> _Found:
+    """One subdir's metadata: touches nothing shared, so subdirs may be found at once.
+    ``wanted``: the names the filters can select; read through it when it is selective."""
+    reading = wanted if wanted is not None and wanted.selective else None
+    previous = read_snapshot(store, state.mirror.name, subdir)
+    metadata: Metadata | None = None
+    if want is not None:
+        # A saved plan: select from exactly what it selected from, without asking.
+        if previous is not None and previous.sha256 == want:
+            metadata = previous
+        else:
+            metadata = state.upstream.cached(subdir, want)
+    if metadata is None and state.refreshed:
+        try:
+            metadata = state.upstream.fetch(subdir, previous, reading)
+        except NotFound as exc:
+            return _Found(previous, None, exc)
+    used = metadata if metadata is not None else previous
+    if used is not None:
+        used.parsed.expect(reading)
+        if wanted is not None and used.parsed.ready:
+            # Read now what the selection will read, and let the rest of the document go.
+            source = state.upstream.shown(subdir, used.name).rpartition("/")[0]
+            _records(subdir, used, source, state.mirror).prefetch(wanted)
+    return _Found(previous, metadata)
+
+
+def _found_in_order(
+    state: MirrorResolution,
+    store: Store,
+    subdirs: list[str],
+    expected: Mapping[tuple[str, str], str] | None,
+    wanted: NameGate | None,
+) -> Generator[tuple[str, _Found], None, None]:
+    """Each subdir's :class:`_Found`, in subdir order; an error is raised where that
+    subdir comes, as if they had been found one after the other."""
+    mirror = state.mirror
+
+    def find(subdir: str) -> _Found:
+        want = expected.get((mirror.name, subdir)) if expected is not None else None
+        return _find_metadata(state, store, subdir, want, wanted)
+
+    if wanted is None or not wanted.selective or len(subdirs) < 2:
+        for subdir in subdirs:
+            yield subdir, find(subdir)
+        return
+    with ThreadPoolExecutor(
+        min(SUBDIR_FETCHES, len(subdirs)), thread_name_prefix="reconcile-subdir"
+    ) as pool:
+        futures = [pool.submit(find, subdir) for subdir in subdirs]
+        try:
+            for subdir, future in zip(subdirs, futures, strict=True):
+                yield subdir, future.result()
+        finally:
+            for future in futures:
+                future.cancel()  # those not started yet; the pool waits for the others
+
+
 def _upstream_metadata(
     channel: Channel,
     state: MirrorResolution,
@@ -279,58 +360,57 @@ def _upstream_metadata(
     """subdir → the metadata the mirror selects from (None: nothing to select from)."""
     mirror = state.mirror
     records: dict[str, _Source] = {}
-    # A gate that names what it lets in: a big upstream is read keeping only those records.
-    reading = wanted if wanted is not None and wanted.selective else None
-    for subdir in channel.mirror_subdirs(mirror):
-        if subdir not in served:
-            continue
-        previous = read_snapshot(store, mirror.name, subdir)
-        if previous is not None:
-            state.previous[subdir] = previous
-        want = expected.get((mirror.name, subdir)) if expected is not None else None
-        metadata: Metadata | None = None
-        if want is not None:
-            # A saved plan: select from exactly what it selected from, without asking.
-            if previous is not None and previous.sha256 == want:
-                metadata = previous
-            else:
-                metadata = state.upstream.cached(subdir, want)
-        if metadata is None and state.refreshed:
-            try:
-                metadata = state.upstream.fetch(subdir, previous, reading)
-            except NotFound as exc:
-                if subdir == "noarch":
-                    raise ReconcileError(
-                        f"{exc.message} (every conda channel has noarch/repodata.json; "
-                        "check the source)"
-                    ) from None
-                _warn(
-                    resolved.warnings,
-                    f"mirror {mirror.name}: upstream has no {subdir} ({exc.message}); "
-                    "mirroring it as empty",
-                )
-                records[subdir] = (None, "")
-                continue
-        if metadata is None:
-            metadata = previous
-        if metadata is None:
-            if want is not None:
-                raise StaleUpstream(
-                    f"mirror {mirror.name}: the {subdir} metadata the plan used is gone"
-                )
-            if state.refreshed:
-                raise AssertionError("a refreshed mirror always has metadata")
-            _warn(
-                resolved.warnings,
-                f"mirror {mirror.name}: no upstream metadata kept for {subdir} yet; its "
-                "packages stay as published until it runs (`reconcile apply --run-now`)",
-            )
-            state.selection = None
-            return None
-        metadata.parsed.expect(reading)
-        state.metadata[subdir] = metadata
-        source = state.upstream.shown(subdir, metadata.name).rpartition("/")[0]
-        records[subdir] = (metadata, source)
-        if wanted is not None and metadata.parsed.ready:
-            _records(subdir, metadata, source, mirror).prefetch(wanted)
+    subdirs = [s for s in channel.mirror_subdirs(mirror) if s in served]
+    with closing(_found_in_order(state, store, subdirs, expected, wanted)) as in_order:
+        for subdir, found in in_order:
+            if not _take(state, subdir, found, expected, resolved, records):
+                return None
     return records
+
+
+def _take(
+    state: MirrorResolution,
+    subdir: str,
+    found: _Found,
+    expected: Mapping[tuple[str, str], str] | None,
+    resolved: Resolution,
+    records: dict[str, _Source],
+) -> bool:
+    """Take one subdir's metadata into ``records`` (False: the mirror has nothing to
+    select from yet)."""
+    mirror = state.mirror
+    previous = found.previous
+    if previous is not None:
+        state.previous[subdir] = previous
+    if found.missing is not None:
+        if subdir == "noarch":
+            raise ReconcileError(
+                f"{found.missing.message} (every conda channel has noarch/repodata.json; "
+                "check the source)"
+            )
+        _warn(
+            resolved.warnings,
+            f"mirror {mirror.name}: upstream has no {subdir} ({found.missing.message}); "
+            "mirroring it as empty",
+        )
+        records[subdir] = (None, "")
+        return True
+    metadata = found.metadata if found.metadata is not None else previous
+    if metadata is None:
+        if expected is not None and expected.get((mirror.name, subdir)) is not None:
+            raise StaleUpstream(
+                f"mirror {mirror.name}: the {subdir} metadata the plan used is gone"
+            )
+        if state.refreshed:
+            raise AssertionError("a refreshed mirror always has metadata")
+        _warn(
+            resolved.warnings,
+            f"mirror {mirror.name}: no upstream metadata kept for {subdir} yet; its "
+            "packages stay as published until it runs (`reconcile apply --run-now`)",
+        )
+        state.selection = None
+        return False
+    state.metadata[subdir] = metadata
+    source = state.upstream.shown(subdir, metadata.name).rpartition("/")[0]
+    records[subdir] = (metadata, source)
+    return True

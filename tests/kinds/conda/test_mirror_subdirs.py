@@ -1,0 +1,191 @@
+"""A mirror's subdirs are fetched at once when a name gate keeps few of their records,
+one at a time otherwise; what comes of it is the same, in subdir order."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.config.models import Channel, load_config
+from reconciler.kinds.conda import mirrors
+from reconciler.kinds.conda.mirrors import Resolution, resolve_mirrors
+from reconciler.store import channel_store
+from tests.kinds.conda.test_selection_cache import summary, write_upstream
+
+
+@dataclass
+class Meeting:
+    """What the upstream saw: repodata requests in flight at once, at most."""
+
+    wait_for: int = 1  # hold a repodata request until this many are in flight (or timeout)
+    hold: float = 0.0  # then hold it this long more
+    timeout: float = 5.0
+    fail: dict[str, tuple[int, float]] = field(default_factory=dict)  # subdir → status, delay
+    in_flight: int = 0
+    most: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    meeting: Meeting
+
+    def do_GET(self) -> None:
+        if "/repodata" not in self.path:
+            super().do_GET()
+            return
+        meeting = self.meeting
+        subdir = self.path.strip("/").split("/")[0]
+        with meeting.changed:
+            meeting.in_flight += 1
+            meeting.most = max(meeting.most, meeting.in_flight)
+            meeting.changed.notify_all()
+            meeting.changed.wait_for(
+                lambda: meeting.in_flight >= meeting.wait_for, timeout=meeting.timeout
+            )
+        time.sleep(meeting.hold)
+        try:
+            if subdir in meeting.fail:
+                status, delay = meeting.fail[subdir]
+                time.sleep(delay)
+                self.send_error(status)
+                return
+            super().do_GET()
+        finally:
+            with meeting.changed:
+                meeting.in_flight -= 1
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[str, Meeting]]:
+    root = tmp_path / "upstream"
+    write_upstream(root)
+    meeting = Meeting()
+    handler = type("Handler", (_Handler,), {"meeting": meeting})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", meeting
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def channel(tmp_path: Path, url: str, *, dependencies: bool = False) -> Channel:
+    config = tmp_path / "channels.yaml"
+    config.write_text(
+        f"""version: 1
+channels:
+  - name: c
+    path: {tmp_path / "channel"}
+    subdirs: [linux-64, noarch]
+    mirrors:
+      - name: up
+        source: {url}
+        mode: passive
+        retries: 0
+        filters:
+          include: [{{name: app}}, {{name: gpl}}]
+          latest: 2
+          dependencies: {str(dependencies).lower()}
+"""
+    )
+    found = load_config(config).config.channels[0]
+    assert isinstance(found, Channel)
+    return found
+
+
+def resolve(chan: Channel, cache: Path) -> Resolution:
+    return resolve_mirrors(
+        chan,
+        0,
+        channel_store(chan),
+        config_dir=None,
+        cache_dir=cache,
+        refresh=["up"],
+        scope=None,
+    )
+
+
+def test_a_name_gate_fetches_the_subdirs_at_once(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # Each subdir's request waits for the other's: fetched one after the other, the
+    # first would wait out the timeout alone.
+    meeting.wait_for, meeting.timeout = 2, 10.0
+    started = time.monotonic()
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    assert meeting.most == 2
+    assert time.monotonic() - started < meeting.timeout
+    assert resolution.mirrors[0].error is None
+    assert set(resolution.records) == {"linux-64", "noarch"}
+
+
+def test_at_once_selects_what_one_after_the_other_does(
+    tmp_path: Path, upstream: tuple[str, Meeting], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, meeting = upstream
+    meeting.hold = 0.3  # long enough for requests sent at once to overlap
+    at_once = summary(resolve(channel(tmp_path, url), tmp_path / "cache-1"))
+    assert meeting.most == 2
+    monkeypatch.setattr(mirrors, "SUBDIR_FETCHES", 1)
+    meeting.most = 0
+    one_by_one = summary(resolve(channel(tmp_path, url), tmp_path / "cache-2"))
+    assert meeting.most == 1
+    assert at_once == one_by_one
+    assert at_once["selected"]
+    assert any("refusing 'app-9.0-h0/../../evil.conda'" in w for w in at_once["warnings"])
+
+
+def test_without_a_name_gate_one_subdir_at_a_time(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # The dependency closure may need any name: each document is read whole, so only
+    # one is in memory at a time. Requests held long enough would overlap if sent at once.
+    meeting.hold = 0.3
+    resolution = resolve(channel(tmp_path, url, dependencies=True), tmp_path / "cache")
+    assert meeting.most == 1
+    assert resolution.mirrors[0].error is None
+    assert set(resolution.records) == {"linux-64", "noarch"}
+
+
+def test_the_first_subdirs_error_is_the_one_told(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # noarch fails at once, linux-64 (first in order) a moment later: the error told is
+    # linux-64's, as when they were fetched one after the other.
+    meeting.fail = {"linux-64": (403, 0.5), "noarch": (404, 0.0)}
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    error = resolution.mirrors[0].error
+    assert error is not None
+    assert "linux-64/repodata.json" in error and "403" in error, error
+    assert meeting.most == 2
+    assert resolution.mirrors[0].selection is None
+
+
+def test_a_missing_subdir_is_warned_about_in_order(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    meeting.fail = {"linux-64": (404, 0.3)}
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    assert resolution.mirrors[0].error is None
+    missing = [w.message for w in resolution.warnings if "upstream has no" in w.message]
+    assert len(missing) == 1 and "upstream has no linux-64" in missing[0], missing
+    assert resolution.records.get("noarch")
+    assert not resolution.records.get("linux-64")
