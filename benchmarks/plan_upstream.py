@@ -14,7 +14,9 @@ and times, each in a fresh process with its peak RSS (VmHWM):
 - the same plan again (the upstream answers 304 and the configuration did not change);
 - rattler's ``SparseRepoData`` loading the same names from the same files (the floor: it
   parses only the records of those names);
-- ``orjson`` parsing the whole document (what reading every record costs).
+- ``orjson`` parsing the whole document (what reading every record costs);
+- the ``zstd`` tool decompressing both ``.zst`` bodies (what the floor, reading
+  uncompressed files, does not pay; skipped with a message without ``zstd``).
 
 Medians of ``--repeats``; ratios to the sparse floor. ``--rate`` has nginx send each
 response at most that fast (``limit_rate``), as a link slower than loopback would.
@@ -230,6 +232,22 @@ def child_orjson(folder: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_mb": peak_mb(), "n": count}))
 
 
+def child_zstd(folder: str) -> None:
+    """The zstd tool decompressing both bodies one after the other: what reading the
+    upstream costs before any JSON is looked at (the floor reads uncompressed files)."""
+    import resource
+
+    started = time.perf_counter()
+    for subdir in ("linux-64", "noarch"):
+        subprocess.run(
+            ["zstd", "-q", "-d", "-c", str(Path(folder) / subdir / "repodata.json.zst")],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - started, "peak_mb": peak, "n": 2}))
+
+
 def run_child(*args: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True
@@ -263,6 +281,11 @@ def bench(records: int, repeats: int, rate: str | None = None) -> list[tuple[str
                         ("sparse", str(upstream), json.dumps(selected)),
                     ),
                     ("orjson, whole document", ("orjson", str(upstream))),
+                    *(
+                        [("zstd -d of both .zst bodies (tool)", ("zstd", str(upstream)))]
+                        if shutil.which("zstd")
+                        else []
+                    ),
                 ):
                     result = run_child(*args)
                     rows.setdefault(label, []).append(result)
@@ -297,8 +320,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        {"plan": child_plan, "sparse": child_sparse, "orjson": child_orjson}[kind](*rest)
+        children = {
+            "plan": child_plan,
+            "sparse": child_sparse,
+            "orjson": child_orjson,
+            "zstd": child_zstd,
+        }
+        children[kind](*rest)
         return
+    if not shutil.which("zstd"):
+        print("zstd not found (apt-get install zstd): its row is skipped", flush=True)
     for records in args.records or [100_000, 500_000, 1_100_000]:
         table = bench(records, args.repeats, args.rate)
         floor = next(seconds for label, seconds, _ in table if label == "(floor)")

@@ -11,7 +11,10 @@ repodata.json of 2,000 records and a 1 MB package. Three servers run on 127.0.0.
 - the documented deployment (docs/serve.md): nginx in front, serving what is on disk
   and passing the rest to `reconcile serve`, which hands the files it has checked back to
   nginx (``--accel-redirect``); and the same without that option, where reconcile's
-  answer is proxied through nginx ("proxied").
+  answer is proxied through nginx ("proxied");
+- with ``--framework-floor``, a bare aiohttp handler in a process of its own (a stat, a 304
+  when the ETag matches, else ``sendfile``; no routing, tokens or checks): what the
+  framework `reconcile serve` is built on costs by itself.
 
 wrk (2 threads, 32 keep-alive connections) GETs one URL for the duration: repodata.json,
 the 1 MB package, a revalidation of repodata.json (If-None-Match: 304), and repodata.json
@@ -92,6 +95,44 @@ def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> 
     return rate, float(value) * _UNITS[unit]
 
 
+def framework_floor(port: int, root: str) -> None:
+    """aiohttp with the least a file server does: stat the file, answer 304 when the
+    client's ETag matches, else send it with ``loop.sendfile``. No routing, tokens, listing
+    or symlink checks: what the framework costs by itself."""
+    import asyncio
+    import os as os_
+
+    from aiohttp import web
+
+    base = os_.path.realpath(root)
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        path = f"{base}{request.path}"
+        try:
+            st = os_.stat(path)
+        except OSError:
+            return web.Response(status=404)
+        headers = {"ETag": f'"{st.st_size:x}-{st.st_mtime_ns:x}"'}
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            return web.Response(status=304, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.content_length = st.st_size
+        await response.prepare(request)
+        with open(path, "rb", buffering=0) as handle:
+            assert request.transport is not None
+            await asyncio.get_running_loop().sendfile(request.transport, handle, 0, st.st_size)
+        await response.write_eof()
+        return response
+
+    async def serve() -> None:
+        runner = web.ServerRunner(web.Server(handle, access_log=None))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
 def main() -> None:
     from reconciler.kinds.conda.indexer import index_channel
     from tests.packages import PackageSpec, build_package
@@ -108,7 +149,16 @@ def main() -> None:
         default=sorted({1, os.cpu_count() or 1}),
         help="reconcile serve --workers values to measure (default: 1 and the core count)",
     )
+    parser.add_argument(
+        "--framework-floor",
+        action="store_true",
+        help="also measure a bare aiohttp handler in a process of its own (the framework's cost)",
+    )
+    parser.add_argument("--floor-child", nargs=2, metavar=("PORT", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_child:
+        framework_floor(int(args.floor_child[0]), args.floor_child[1])
+        return
     global THREADS
     THREADS = args.threads
     if NGINX is None or WRK is None:
@@ -164,11 +214,23 @@ def main() -> None:
                     env={**os.environ, "BENCH_TOKEN": TOKEN},
                 )
             )
+        floor_name = "aiohttp, bare handler"
+        floor: dict[str, int] = {}
+        if args.framework_floor:
+            floor[floor_name] = free_port()
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--floor-child", str(floor[floor_name]), str(root)],
+                    stderr=subprocess.DEVNULL,  # clients cut off at the end of each run
+                )
+            )
+            wait_for_port(floor[floor_name])
         for port in ours.values():
             wait_for_port(port)
         time.sleep(1)  # every worker process up
         ours_pids = {
-            name: process_tree(process.pid) for name, process in zip(ours, processes, strict=True)
+            name: process_tree(process.pid)
+            for name, process in zip(ours, processes[: len(ours)], strict=True)
         }
         behind = ours.pop("reconcile (proxied)")
         first = next(iter(ours))
@@ -194,6 +256,7 @@ def main() -> None:
                     *map(int, workers),
                     *ours_pids["reconcile (proxied)"],
                 ],
+                **({floor_name: [processes[-1].pid]} if floor else {}),
             }
             repodata = "/chan/linux-64/repodata.json"
             size = (channel / "linux-64" / "repodata.json").stat().st_size
@@ -208,6 +271,7 @@ def main() -> None:
                 **ours,
                 "nginx -> reconcile": front,
                 "nginx -> reconcile (proxied)": proxied,
+                **floor,
             }
             cases: list[tuple[str, str, dict[str, str], list[str]]] = [
                 ("repodata.json", repodata, {}, list(ports)),
