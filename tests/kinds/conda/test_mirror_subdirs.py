@@ -189,3 +189,18 @@ def test_a_missing_subdir_is_warned_about_in_order(
     assert len(missing) == 1 and "upstream has no linux-64" in missing[0], missing
     assert resolution.records.get("noarch")
     assert not resolution.records.get("linux-64")
+
+
+def test_no_fetching_thread_outlives_a_failed_mirror(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # linux-64 fails at once; noarch is still being answered when the error is taken.
+    meeting.hold = 0.5
+    meeting.fail = {"linux-64": (403, 0.0)}
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    error = resolution.mirrors[0].error
+    assert error is not None and "linux-64" in error and "403" in error, error
+    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+    with meeting.changed:  # noarch's request was answered (or dropped), not left hanging
+        assert meeting.changed.wait_for(lambda: meeting.in_flight == 0, timeout=5)
