@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Generator, Iterable, Mapping
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.conda.sparse import EMPTY
+from reconciler.conda.sparse import EMPTY, SparseRepodata
 from reconciler.config.models import Channel, Mirror
 from reconciler.engine.plan import PlanWarning, UpstreamValidator
 from reconciler.errors import ReconcileError
@@ -34,7 +35,7 @@ from reconciler.kinds.conda.select import (
     select,
 )
 from reconciler.kinds.conda.selection_cache import selection_key
-from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, read_snapshot
+from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, Parsed, read_snapshot
 from reconciler.store.base import Store
 from reconciler.transport.http import NotFound
 
@@ -233,12 +234,12 @@ def resolve_mirrors(
 _Source = tuple[Metadata | None, str]
 
 
-def _records(subdir: str, metadata: Metadata, source: str, mirror: Mirror) -> UpstreamRecords:
+def _records(subdir: str, sparse: SparseRepodata, source: str, mirror: Mirror) -> UpstreamRecords:
     # Records are checked as they are read (unsafe ones, then unverifiable ones are
     # refused): only those of names the filters can select, unless more are asked for.
     return UpstreamRecords(
         subdir,
-        metadata.sparse,
+        sparse,
         source,
         lambda record: unverifiable(record, mirror.max_file_size),
     )
@@ -257,7 +258,7 @@ def _choose(
         if metadata is None:
             records[subdir] = UpstreamRecords(subdir, EMPTY, "")
             continue
-        records[subdir] = _records(subdir, metadata, source, mirror)
+        records[subdir] = _records(subdir, metadata.sparse, source, mirror)
         removed[subdir] = {r for r in metadata.sparse.removed if isinstance(r, str)}
     selection = select(
         records, channel_filters, mirror_filters, dependencies=mirror.filters.dependencies
@@ -269,9 +270,9 @@ def _choose(
     return selection_cache.Chosen(selection, refusals, removed)
 
 
-# Subdirs fetched at once when the name gate keeps few records of each: their downloads
-# overlap, and one's decompression (which lets go of the GIL) runs beside another's scan.
-# Without such a gate each document is read whole, so one at a time (memory).
+# Subdirs fetched at once: their downloads overlap. When the name gate keeps few records of
+# each, they are read at once too (one's decompression, which lets go of the GIL, runs
+# beside another's scan); otherwise each document is read whole, so one at a time (memory).
 SUBDIR_FETCHES = 4
 
 
@@ -290,10 +291,27 @@ def _find_metadata(
     subdir: str,
     want: str | None,
     wanted: NameGate | None,
+    one_at_a_time: threading.Lock | None = None,
 ) -> _Found:
     """One subdir's metadata: touches nothing shared, so subdirs may be found at once.
-    ``wanted``: the names the filters can select; read through it when it is selective."""
+    ``wanted``: the names the filters can select; read through it when it is selective.
+    ``one_at_a_time``: held while a fetched document is read and, with a gate, until what
+    the selection reads of it was read and the rest let go."""
     reading = wanted if wanted is not None and wanted.selective else None
+
+    def prefetch(parsed: Parsed) -> None:
+        if wanted is not None and parsed.ready:
+            # Read now what the selection will read, and let the rest of the document go.
+            source = state.upstream.shown(subdir, parsed.name).rpartition("/")[0]
+            _records(subdir, parsed.get(), source, state.mirror).prefetch(wanted)
+
+    def read_alone(read: Callable[[], Parsed]) -> Parsed:
+        assert one_at_a_time is not None
+        with one_at_a_time:
+            parsed = read()
+            prefetch(parsed)
+            return parsed
+
     previous = read_snapshot(store, state.mirror.name, subdir)
     metadata: Metadata | None = None
     if want is not None:
@@ -304,16 +322,16 @@ def _find_metadata(
             metadata = state.upstream.cached(subdir, want)
     if metadata is None and state.refreshed:
         try:
-            metadata = state.upstream.fetch(subdir, previous, reading)
+            metadata = state.upstream.fetch(
+                subdir, previous, reading, read_alone if one_at_a_time is not None else None
+            )
         except NotFound as exc:
             return _Found(previous, None, exc)
     used = metadata if metadata is not None else previous
     if used is not None:
         used.parsed.expect(reading)
-        if wanted is not None and used.parsed.ready:
-            # Read now what the selection will read, and let the rest of the document go.
-            source = state.upstream.shown(subdir, used.name).rpartition("/")[0]
-            _records(subdir, used, source, state.mirror).prefetch(wanted)
+        if one_at_a_time is None:  # (else a document read was prefetched as it was read)
+            prefetch(used.parsed)
     return _Found(previous, metadata)
 
 
@@ -327,12 +345,15 @@ def _found_in_order(
     """Each subdir's :class:`_Found`, in subdir order; an error is raised where that
     subdir comes, as if they had been found one after the other."""
     mirror = state.mirror
+    # Fetched at once, a document read whole is read alone: one in memory at a time.
+    selective = wanted is not None and wanted.selective
+    one_at_a_time = threading.Lock() if len(subdirs) > 1 and not selective else None
 
     def find(subdir: str) -> _Found:
         want = expected.get((mirror.name, subdir)) if expected is not None else None
-        return _find_metadata(state, store, subdir, want, wanted)
+        return _find_metadata(state, store, subdir, want, wanted, one_at_a_time)
 
-    if wanted is None or not wanted.selective or len(subdirs) < 2:
+    if len(subdirs) < 2:
         for subdir in subdirs:
             yield subdir, find(subdir)
         return

@@ -187,6 +187,23 @@ def _read_now(
     return Parsed(body, name, shown, decoded, wanted).now()
 
 
+# Runs a body's reading (given as a function) and returns what it read.
+Reading = Callable[[Callable[[], Parsed]], Parsed]
+
+
+def _read_with(
+    read: Reading | None,
+    body: bytes,
+    *,
+    name: str,
+    shown: str,
+    wanted: Callable[[str], bool] | None,
+) -> Parsed:
+    """A body just fetched, read at once (by ``read``, when given)."""
+    reading = partial(_read_now, body, name=name, shown=shown, wanted=wanted)
+    return reading() if read is None else read(reading)
+
+
 def _alongside(
     shown: str, wanted: Callable[[str], bool] | None
 ) -> Callable[[int | None], Alongside[Any]]:
@@ -233,11 +250,14 @@ class CondaUpstream:
         subdir: str,
         offered: Metadata | None,
         wanted: Callable[[str], bool] | None = None,
+        read: Reading | None = None,
     ) -> Metadata:
         """The subdir's repodata now; :class:`NotFound` when the upstream has no such subdir.
-        ``wanted``: the names whose records will be read (see :class:`Parsed`)."""
+        ``wanted``: the names whose records will be read (see :class:`Parsed`). ``read``
+        runs the reading of a fetched body (under a lock, say); then nothing of the body
+        is decompressed before it, not even while it downloads."""
         if self.http.local_root is not None:
-            return self._local(subdir, offered, wanted)
+            return self._local(subdir, offered, wanted, read)
         for name in REPODATA_NAMES:
             kept = (
                 Kept(offered.body, offered.validators)
@@ -252,12 +272,12 @@ class CondaUpstream:
                     shown,
                     f"{subdir}/{name}",
                     transport.MAX_REPODATA_BYTES,
-                    partial(_read_now, name=name, shown=shown, wanted=wanted),
+                    partial(_read_with, read, name=name, shown=shown, wanted=wanted),
                     offered=kept,
                     parse_kept=partial(Parsed, name=name, shown=shown, wanted=wanted),
                     # A .zst body arriving slowly is decompressed (or read through the
                     # window) meanwhile.
-                    decoding=_alongside(shown, wanted) if zst else None,
+                    decoding=_alongside(shown, wanted) if zst and read is None else None,
                     parse_decoded=partial(_read_now, name=name, shown=shown),
                 )
             except NotFound:
@@ -269,7 +289,11 @@ class CondaUpstream:
         raise NotFound(f"{self.shown(subdir, 'repodata.json')}: not found (404)")
 
     def _local(
-        self, subdir: str, offered: Metadata | None, wanted: Callable[[str], bool] | None
+        self,
+        subdir: str,
+        offered: Metadata | None,
+        wanted: Callable[[str], bool] | None,
+        read: Reading | None,
     ) -> Metadata:
         assert self.http.local_root is not None
         folder = self.http.local_root / subdir
@@ -280,7 +304,7 @@ class CondaUpstream:
             except NotFound:
                 continue
             validators = body_validators(body, {}, str(path))
-            parsed = Parsed(body, name, str(path), wanted=wanted).now()
+            parsed = _read_with(read, body, name=name, shown=str(path), wanted=wanted)
             unchanged = offered is not None and offered.sha256 == validators.sha256
             return Metadata(subdir, name, body, validators, parsed, unchanged)
         raise NotFound(f"{folder / 'repodata.json'}: not found")

@@ -16,6 +16,7 @@ import pytest
 
 from reconciler.config.models import Channel, load_config
 from reconciler.kinds.conda import mirrors
+from reconciler.kinds.conda import upstream as upstream_module
 from reconciler.kinds.conda.mirrors import Resolution, resolve_mirrors
 from reconciler.store import channel_store
 from tests.kinds.conda.test_selection_cache import summary, write_upstream
@@ -83,7 +84,10 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, Meeting]]:
         thread.join()
 
 
-def channel(tmp_path: Path, url: str, *, dependencies: bool = False) -> Channel:
+def channel(
+    tmp_path: Path, url: str, *, dependencies: bool = False, include: bool = True
+) -> Channel:
+    rules = "include: [{name: app}, {name: gpl}]" if include else "exclude: [{name: gpl}]"
     config = tmp_path / "channels.yaml"
     config.write_text(
         f"""version: 1
@@ -97,7 +101,7 @@ channels:
         mode: passive
         retries: 0
         filters:
-          include: [{{name: app}}, {{name: gpl}}]
+          {rules}
           latest: 2
           dependencies: {str(dependencies).lower()}
 """
@@ -150,17 +154,71 @@ def test_at_once_selects_what_one_after_the_other_does(
     assert any("refusing 'app-9.0-h0/../../evil.conda'" in w for w in at_once["warnings"])
 
 
-def test_without_a_name_gate_one_subdir_at_a_time(
-    tmp_path: Path, upstream: tuple[str, Meeting]
+@pytest.mark.parametrize(
+    "dependencies, include",
+    [(True, True), (False, False)],
+    ids=["dependency-closure", "every-name"],
+)
+def test_without_a_name_gate_downloads_overlap_but_documents_are_read_one_at_a_time(
+    tmp_path: Path,
+    upstream: tuple[str, Meeting],
+    monkeypatch: pytest.MonkeyPatch,
+    dependencies: bool,
+    include: bool,
 ) -> None:
     url, meeting = upstream
-    # The dependency closure may need any name: each document is read whole, so only
-    # one is in memory at a time. Requests held long enough would overlap if sent at once.
-    meeting.hold = 0.3
-    resolution = resolve(channel(tmp_path, url, dependencies=True), tmp_path / "cache")
-    assert meeting.most == 1
+    # The dependency closure may need any name, and no include rule names what it lets
+    # in: each document is read whole, so only one is read at a time (and, for a gate,
+    # what the selection reads is read before the next); the downloads still overlap.
+    meeting.wait_for, meeting.timeout = 2, 10.0
+    reading: list[int] = [0, 0]  # now, most at once
+    lock = threading.Lock()
+    real = upstream_module.parse_sparse
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            reading[0] += 1
+            reading[1] = max(reading)
+        time.sleep(0.2)  # long enough for two readings to overlap if they could
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                reading[0] -= 1
+
+    monkeypatch.setattr(upstream_module, "parse_sparse", counted)
+    started = time.monotonic()
+    chan = channel(tmp_path, url, dependencies=dependencies, include=include)
+    resolution = resolve(chan, tmp_path / "cache")
+    assert meeting.most == 2
+    assert time.monotonic() - started < meeting.timeout
+    assert reading[1] == 1
     assert resolution.mirrors[0].error is None
     assert set(resolution.records) == {"linux-64", "noarch"}
+    # Read as they were fetched (at once), not later.
+    for metadata in resolution.mirrors[0].metadata.values():
+        assert metadata.parsed.ready
+
+
+@pytest.mark.parametrize(
+    "dependencies, include",
+    [(True, True), (False, False)],
+    ids=["dependency-closure", "every-name"],
+)
+def test_without_a_name_gate_the_selection_is_the_same(
+    tmp_path: Path,
+    upstream: tuple[str, Meeting],
+    monkeypatch: pytest.MonkeyPatch,
+    dependencies: bool,
+    include: bool,
+) -> None:
+    url, _ = upstream
+    chan = channel(tmp_path, url, dependencies=dependencies, include=include)
+    at_once = summary(resolve(chan, tmp_path / "cache-1"))
+    monkeypatch.setattr(mirrors, "SUBDIR_FETCHES", 1)
+    one_by_one = summary(resolve(chan, tmp_path / "cache-2"))
+    assert at_once == one_by_one
+    assert at_once["selected"]
 
 
 def test_the_first_subdirs_error_is_the_one_told(
