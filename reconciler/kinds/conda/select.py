@@ -46,6 +46,8 @@ from reconciler.filters import Candidate, Decision, FilterEngine
 
 # (subdir, filename)
 Key = tuple[str, str]
+# The key under which a document's memo keeps its records' problems (with the subdir).
+_CHECKED = "checked records"
 
 
 @dataclass(frozen=True, order=True)
@@ -93,6 +95,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
 
     def _read(self, filename: str) -> dict[str, Any] | None:
         chosen: dict[str, Any] | None = None
+        # A record's problem depends on it and where it is listed alone: worked out once per
+        # document, whichever reader (a prefetch, then the selection) asks first.
+        checked: dict[tuple[int, str], str | None] = self.sparse.memo.setdefault(
+            (_CHECKED, self.subdir), {}
+        )
         # As safe_records reads them: .tar.bz2 section first, the later one wins.
         for index, (section, suffix) in enumerate(_SECTIONS):
             if filename not in self.sparse.names(index):
@@ -102,7 +109,11 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
             except UnreadableRecord as exc:
                 self._refused[(index, filename)] = f"the record is not valid JSON ({exc.why})"
                 continue
-            problem = _problem(self.subdir, section, suffix, filename, record)
+            key = (index, filename)
+            if key in checked:
+                problem = checked[key]
+            else:
+                problem = checked[key] = _problem(self.subdir, section, suffix, filename, record)
             if problem is None:
                 chosen = record
             else:

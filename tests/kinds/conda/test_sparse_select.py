@@ -262,3 +262,37 @@ def test_names_are_the_filenames_names() -> None:
     sparse = SparseRepodata(body, "x", lambda: body)
     assert sparse.names(1) == {f: filename_name(f) for f in filenames}
     assert list(sparse.names(1).values()) == ["python-dateutil", "a", "_x"]
+
+
+def test_a_second_reader_of_a_document_checks_nothing_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A prefetch reads what the selection will read; the selection's own reader then
+    # takes each record's problem from the document instead of working it out again,
+    # and warns about exactly what the first reader would.
+    import reconciler.kinds.conda.select as select_module
+
+    docs = {"linux-64": repodata("linux-64", 5)}
+    body = orjson.dumps(docs["linux-64"])
+    sparse = SparseRepodata(body, "linux-64", lambda: body)
+    calls: list[str] = []
+    real = select_module._problem
+
+    def counted(subdir: str, section: str, suffix: str, filename: str, record: Any) -> Any:
+        calls.append(filename)
+        return real(subdir, section, suffix, filename, record)
+
+    monkeypatch.setattr(select_module, "_problem", counted)
+    first = UpstreamRecords("linux-64", sparse, SOURCE)
+    firsts = {filename: first.get(filename) for filename in sparse.names(1)}
+    checked = len(calls)
+    assert checked >= len(firsts) > 300 // 2
+    second = UpstreamRecords("linux-64", sparse, SOURCE)
+    seconds = {filename: second.get(filename) for filename in sparse.names(1)}
+    assert len(calls) == checked  # nothing checked twice
+    assert seconds == firsts
+    assert second.warnings() == first.warnings()
+    assert any("refusing '../pkg5-1-0.conda'" in line for line in second.warnings())
+    # Another subdir's reader of the same bytes checks for itself (where it is listed counts).
+    UpstreamRecords("noarch", sparse, SOURCE).get("pkg1-9.8-bad_0.conda")
+    assert len(calls) == checked + 1
