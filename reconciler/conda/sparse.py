@@ -16,13 +16,13 @@ error as before (or, for a shape msgspec is stricter about, reads it in full).
 from __future__ import annotations
 
 import bisect
-import gc
 from collections.abc import Callable, Collection, Container, Iterator, Mapping
 from typing import Any
 
 import msgspec
 import orjson
 
+from reconciler.conda.collector import collector_paused
 from reconciler.conda.names import filename_name
 from reconciler.conda.repodata import load_repodata
 from reconciler.conda.window_scan import Scanned
@@ -146,11 +146,10 @@ class SparseRepodata:
         # Read through a window: only the records of wanted names, as bytes (see from_scan).
         self._kept: list[dict[str, bytes]] | None = None
         self._parsed: dict[tuple[int, str], Any] = {}
-        # What readers worked out from the names (they depend on nothing else), by question.
+        # What readers worked out from the names or a record (nothing else), by question.
         self.memo: dict[Any, Any] = {}
-        gc_was = gc.isenabled()
-        gc.disable()  # millions of new objects, no cycles among them: no collection passes
-        try:
+        # Millions of new objects, no cycles among them: no collection passes.
+        with collector_paused():
             try:
                 document = _DOCUMENT.decode(data)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -164,9 +163,6 @@ class SparseRepodata:
             # second
             self._raw = [document.packages, document.packages_conda]
             self._names = [Listing(list(section), section) for section in self._raw]
-        finally:
-            if gc_was:
-                gc.enable()
 
     @classmethod
     def from_scan(

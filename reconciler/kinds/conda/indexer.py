@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import hashlib
 import logging
 import os
@@ -34,6 +33,7 @@ import orjson
 
 from reconciler import __version__
 from reconciler.conda.channeldata import merge_summaries, summarize_subdir, update_channeldata
+from reconciler.conda.collector import collector_paused
 from reconciler.conda.current_repodata import build_current_repodata
 from reconciler.conda.index_html import render_channel_html, render_subdir_html
 from reconciler.conda.metadata import PackageMetadata
@@ -256,20 +256,6 @@ def _read_many(paths: Sequence[str], workers: int | None, reporter: Reporter) ->
     return results
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cycle collector: decoding a big channel's metadata makes millions
-    of acyclic containers, and every collection pass walks them all again (it was half
-    the time of decoding 12,500 cached packages). Refcounting still frees them."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _options_key(
     options: IndexOptions, patch_digests: Sequence[str], filters: FilterEngine | None
 ) -> bytes:
@@ -434,7 +420,7 @@ class ChannelIndexer:
         """Everything the index would publish, without writing anything."""
         # What a killed run left in the temporary folder (a big channel's outputs).
         remove_dead_temporaries(SPOOL_PREFIX, READ_PREFIX, OLD_SPOOL_PREFIX)
-        with _collector_paused():
+        with collector_paused():
             return self._compute()
 
     def _compute(self) -> Computation:
@@ -942,7 +928,7 @@ class ChannelIndexer:
 
     def publish(self, computation: Computation) -> IndexResult:
         """Write what ``compute`` worked out, in the order that keeps clients safe."""
-        with _collector_paused():
+        with collector_paused():
             return self._publish(computation)
 
     def _publish(self, computation: Computation) -> IndexResult:
