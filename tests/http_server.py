@@ -19,9 +19,12 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve_directory(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """Serve ``root``; yields the base URL and the list of paths requested so far."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+def serve_directory(
+    root: Path, handler_class: type[SimpleHTTPRequestHandler] = _QuietHandler
+) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``root``; yields the base URL and the list of paths requested so far (logged
+    by the default handler; ``handler_class`` may answer its own way)."""
+    handler = functools.partial(handler_class, directory=str(root))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.requests = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -3,12 +3,11 @@ one at a time otherwise; what comes of it is the same, in subdir order."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import pytest
 from reconciler.config.models import Channel, load_config
 from reconciler.kinds.conda import mirrors
 from reconciler.kinds.conda import upstream as upstream_module
-from reconciler.kinds.conda.mirrors import Resolution, resolve_mirrors
-from reconciler.store import channel_store
-from tests.kinds.conda.test_selection_cache import summary, write_upstream
+from tests.http_server import serve_directory
+from tests.kinds.conda.test_selection_cache import resolve, summary, write_upstream
 
 
 @dataclass
@@ -73,15 +71,8 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, Meeting]]:
     write_upstream(root)
     meeting = Meeting()
     handler = type("Handler", (_Handler,), {"meeting": meeting})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", meeting
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_directory(root, handler) as (url, _):
+        yield url, meeting
 
 
 def channel(
@@ -111,16 +102,12 @@ channels:
     return found
 
 
-def resolve(chan: Channel, cache: Path) -> Resolution:
-    return resolve_mirrors(
-        chan,
-        0,
-        channel_store(chan),
-        config_dir=None,
-        cache_dir=cache,
-        refresh=["up"],
-        scope=None,
-    )
+# Mirrors whose gate does not name what it lets in: each document is read whole.
+NO_NAME_GATE = pytest.mark.parametrize(
+    "dependencies, include",
+    [(True, True), (False, False)],
+    ids=["dependency-closure", "every-name"],
+)
 
 
 def test_a_name_gate_fetches_the_subdirs_at_once(
@@ -154,11 +141,7 @@ def test_at_once_selects_what_one_after_the_other_does(
     assert any("refusing 'app-9.0-h0/../../evil.conda'" in w for w in at_once["warnings"])
 
 
-@pytest.mark.parametrize(
-    "dependencies, include",
-    [(True, True), (False, False)],
-    ids=["dependency-closure", "every-name"],
-)
+@NO_NAME_GATE
 def test_without_a_name_gate_downloads_overlap_but_documents_are_read_one_at_a_time(
     tmp_path: Path,
     upstream: tuple[str, Meeting],
@@ -200,11 +183,7 @@ def test_without_a_name_gate_downloads_overlap_but_documents_are_read_one_at_a_t
         assert metadata.parsed.ready
 
 
-@pytest.mark.parametrize(
-    "dependencies, include",
-    [(True, True), (False, False)],
-    ids=["dependency-closure", "every-name"],
-)
+@NO_NAME_GATE
 def test_without_a_name_gate_the_selection_is_the_same(
     tmp_path: Path,
     upstream: tuple[str, Meeting],
