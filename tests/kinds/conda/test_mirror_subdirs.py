@@ -24,7 +24,7 @@ from tests.kinds.conda.test_selection_cache import resolve, summary, write_upstr
 class Meeting:
     """What the upstream saw: repodata requests in flight at once, at most."""
 
-    wait_for: int = 1  # hold a repodata request until this many are in flight (or timeout)
+    wait_for: int = 1  # hold a repodata request until this many were in flight (or timeout)
     hold: float = 0.0  # then hold it this long more
     timeout: float = 5.0
     fail: dict[str, tuple[int, float]] = field(default_factory=dict)  # subdir → status, delay
@@ -46,8 +46,10 @@ class _Handler(SimpleHTTPRequestHandler):
             meeting.in_flight += 1
             meeting.most = max(meeting.most, meeting.in_flight)
             meeting.changed.notify_all()
+            # Wait for the meeting to have happened, not to be happening still: the
+            # request that completes it may be answered before this one wakes.
             meeting.changed.wait_for(
-                lambda: meeting.in_flight >= meeting.wait_for, timeout=meeting.timeout
+                lambda: meeting.most >= meeting.wait_for, timeout=meeting.timeout
             )
         time.sleep(meeting.hold)
         try:
@@ -129,11 +131,11 @@ def test_at_once_selects_what_one_after_the_other_does(
     tmp_path: Path, upstream: tuple[str, Meeting], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, meeting = upstream
-    meeting.hold = 0.3  # long enough for requests sent at once to overlap
+    meeting.wait_for, meeting.timeout = 2, 10.0  # each request waits for the other
     at_once = summary(resolve(channel(tmp_path, url), tmp_path / "cache-1"))
     assert meeting.most == 2
     monkeypatch.setattr(mirrors, "SUBDIR_FETCHES", 1)
-    meeting.most = 0
+    meeting.most, meeting.wait_for = 0, 1
     one_by_one = summary(resolve(channel(tmp_path, url), tmp_path / "cache-2"))
     assert meeting.most == 1
     assert at_once == one_by_one
@@ -204,8 +206,9 @@ def test_the_first_subdirs_error_is_the_one_told(
     tmp_path: Path, upstream: tuple[str, Meeting]
 ) -> None:
     url, meeting = upstream
-    # noarch fails at once, linux-64 (first in order) a moment later: the error told is
-    # linux-64's, as when they were fetched one after the other.
+    # Once both are in flight, noarch fails at once, linux-64 (first in order) a moment
+    # later: the error told is linux-64's, as when they were fetched one after the other.
+    meeting.wait_for, meeting.timeout = 2, 10.0
     meeting.fail = {"linux-64": (403, 0.5), "noarch": (404, 0.0)}
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
     error = resolution.mirrors[0].error
