@@ -29,10 +29,13 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, cast
+from itertools import compress
+from typing import Any, Protocol
 
 import msgspec
 import zstandard
+
+from reconciler.conda.unzstd_ahead import DecompressAhead
 
 # Decompressed bytes looked at a time; a record must fit in a window.
 WINDOW = 16 * 1024 * 1024
@@ -133,11 +136,12 @@ class _Reader:
     """The decompressed document a window at a time, checked against its declared size."""
 
     def __init__(self, body: bytes | Readable, declared: int) -> None:
-        # (zstandard reads any object with read(); its stubs say IO)
-        source = body if isinstance(body, bytes) else cast(IO[bytes], body)
-        self._stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        self._stream = DecompressAhead(body)
         self._declared = declared
         self.total = 0
+
+    def close(self) -> None:
+        self._stream.close()
 
     def fill(self, view: memoryview) -> int:
         """Decompress into ``view``; 0 at the end of the data."""
@@ -306,11 +310,13 @@ class _Scan:
             before = section.files[-1] if section.files else None
             section.ordered = (before is None or before < files[0]) and files == sorted(files)
         verdicts = self.verdicts
-        for name in set(names).difference(verdicts):
+        present = set(names)
+        for name in present.difference(verdicts):
             verdicts[name] = self.wanted(name)
-        kept = section.kept
-        for filename, name in zip(files, names, strict=True):
-            if verdicts[name]:
+        # Most pieces hold no wanted name; the others are walked in C, not in Python.
+        if any(map(verdicts.__getitem__, present)):
+            kept = section.kept
+            for filename in compress(files, map(verdicts.__getitem__, names)):
                 kept[filename] = bytes(records[filename])
         section.files += files
         section.names += names
@@ -373,8 +379,11 @@ def scan_stream(
     if declared is None or declared > limit:
         return None
     walk = _Scan(wanted, declared)
+    reader = _Reader(body, declared)
     try:
-        walk.run(_Reader(body, declared))
+        walk.run(reader)
         return walk.result()
     except _GiveUp:
         return None
+    finally:
+        reader.close()

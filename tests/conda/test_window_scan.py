@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from typing import Any
 
 import pytest
 import zstandard
 
-from reconciler.conda import window_scan
+from reconciler.conda import unzstd_ahead, window_scan
 from reconciler.conda.sparse import SparseRepodata
 from reconciler.conda.window_scan import scan
 
@@ -134,6 +135,16 @@ INDENTED = json.dumps(document(11), indent=2)
 )
 def test_what_it_does_not_take_is_read_whole(body: bytes) -> None:
     assert scan(body, lambda name: True, LIMIT) is None
+
+
+def test_giving_up_early_stops_the_decompression_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bad JSON in the first record of a document many buffers long: the thread
+    # decompressing ahead is waiting for a buffer back when the read gives up.
+    monkeypatch.setattr(unzstd_ahead, "BUFFER", 4096)
+    monkeypatch.setattr(window_scan, "WINDOW", 8192)
+    text = json.dumps(document(3, 3000), indent=1).replace('"h_0"', '"h_0",', 1)
+    assert scan(zst(text), lambda name: True, LIMIT) is None
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
 
 
 def test_compact_json_is_read_as_an_outline_up_to_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
