@@ -47,7 +47,7 @@ class DecompressAhead:
         self._at = self._end = 0
         self._ended = False
         self._thread = threading.Thread(
-            target=self._decompress, name="reconcile-unzstd", daemon=True
+            target=self._decompress, name="reconcile-unzstd-ahead", daemon=True
         )
         self._thread.start()
 

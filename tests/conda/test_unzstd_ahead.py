@@ -35,7 +35,7 @@ def read_all(reader: DecompressAhead, view_size: int) -> bytes:
 
 
 def unzstd_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+    return [t for t in threading.enumerate() if t.name == "reconcile-unzstd-ahead"]
 
 
 @pytest.mark.parametrize("view_size", [1000, 64 * 1024, 1 << 20])

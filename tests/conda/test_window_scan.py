@@ -144,7 +144,7 @@ def test_giving_up_early_stops_the_decompression_ahead(monkeypatch: pytest.Monke
     monkeypatch.setattr(window_scan, "WINDOW", 8192)
     text = json.dumps(document(3, 3000), indent=1).replace('"h_0"', '"h_0",', 1)
     assert scan(zst(text), lambda name: True, LIMIT) is None
-    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+    assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd-ahead"]
 
 
 def test_compact_json_is_read_as_an_outline_up_to_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
