@@ -29,9 +29,12 @@ _Filled = tuple[bytearray, int] | BaseException
 class DecompressAhead:
     """``readinto`` of the decompressed data of ``source`` (bytes, or an object with
     ``read``), decompressed ahead on a thread. What decompression or the source raised
-    is raised by ``readinto``, in order. ``close`` stops the thread and waits for it."""
+    is raised by ``readinto``, in order, and again at every later call. ``expected``:
+    about how much will come out, so a small document gets small buffers."""
 
-    def __init__(self, source: bytes | object, read_across_frames: bool = True) -> None:
+    def __init__(
+        self, source: bytes | object, expected: int | None = None, read_across_frames: bool = True
+    ) -> None:
         # (zstandard reads any object with read(); its stubs say IO)
         self._stream = zstandard.ZstdDecompressor().stream_reader(
             source if isinstance(source, bytes) else cast(IO[bytes], source),
@@ -40,12 +43,14 @@ class DecompressAhead:
         )
         self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         self._filled: queue.SimpleQueue[_Filled] = queue.SimpleQueue()
+        self.buffer_size = BUFFER if expected is None else max(min(BUFFER, expected + 1), 4096)
         for _ in range(BUFFERS):
-            self._free.put(bytearray(BUFFER))
+            self._free.put(bytearray(self.buffer_size))
         self._stopping = False
         self._current: bytearray | None = None
         self._at = self._end = 0
         self._ended = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._decompress, name="reconcile-unzstd-ahead", daemon=True
         )
@@ -59,6 +64,8 @@ class DecompressAhead:
             try:
                 got = self._stream.readinto(buffer)
             except BaseException as error:  # for the reader to raise, in its thread
+                # (the error's traceback holds this frame: not the buffer as well)
+                buffer = bytearray()
                 self._filled.put(error)
                 return
             self._filled.put((buffer, got))
@@ -68,11 +75,13 @@ class DecompressAhead:
     def readinto(self, view: memoryview) -> int:
         """Fill ``view`` with what comes next (less at a buffer's end); 0 at the end."""
         if self._current is None:
+            if self._error is not None:
+                raise self._error
             if self._ended:
                 return 0
             filled = self._filled.get()
             if isinstance(filled, BaseException):
-                self._ended = True
+                self._error = filled
                 raise filled
             self._current, self._end = filled
             self._at = 0
@@ -89,7 +98,14 @@ class DecompressAhead:
         return size
 
     def close(self) -> None:
-        """Stop decompressing (after the step under way) and wait for the thread."""
+        """Stop decompressing and wait for the thread: after the step under way, which
+        may wait for its source (a download) to give the compressed bytes it asked for.
+        (Whoever reads that source next needs those bytes first anyway.)"""
         self._stopping = True
         self._free.put(None)
         self._thread.join()
+        self._current = None
+        # The buffers go now, whatever still holds this reader (an error's traceback).
+        for waiting in (self._free, self._filled):
+            while not waiting.empty():
+                waiting.get()

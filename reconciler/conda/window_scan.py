@@ -136,7 +136,7 @@ class _Reader:
     """The decompressed document a window at a time, checked against its declared size."""
 
     def __init__(self, body: bytes | Readable, declared: int) -> None:
-        self._stream = DecompressAhead(body)
+        self._stream = DecompressAhead(body, declared)
         self._declared = declared
         self.total = 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import itertools
 import logging
 import os
@@ -823,7 +824,9 @@ def _read_body(
     ``urllib3`` (2.6 and later) decodes at most one chunk per read, so a compression
     bomb costs at most ``limit`` plus a chunk of memory.
     """
-    body = bytearray()  # grown in place: never the chunks and their join at once
+    # Grown in place (never the chunks and their join at once), and its bytes handed over
+    # without a copy at the end: a bytearray would be copied into bytes.
+    body = io.BytesIO()
     total = 0
     pace = Pace(timeout, shown)
     encoding = response.headers.get("content-encoding")
@@ -837,7 +840,7 @@ def _read_body(
                     f"{shown}: response larger than the limit of {amount(limit)}{decoded}; gave up",
                     hint="the upstream sent far more than any real index; check the source",
                 )
-            body += chunk
+            body.write(chunk)
             if sink is not None:
                 sink(chunk)
     except requests.RequestException as exc:
@@ -845,7 +848,7 @@ def _read_body(
     expected = _content_length(response)
     if expected is not None and expected != total:
         raise _Retryable(f"truncated body: {total} of {expected} bytes")
-    return bytes(body)
+    return body.getvalue()
 
 
 def unzstd(data: bytes, source: str) -> bytes | bytearray:

@@ -59,11 +59,29 @@ def test_reads_a_file_like_source_and_frames_one_after_the_other() -> None:
         reader.close()
 
 
-def test_garbage_is_the_decompressors_error() -> None:
+def test_garbage_is_the_decompressors_error_at_every_read() -> None:
     reader = DecompressAhead(b"\x28\xb5\x2f\xfd" + b"not zstd at all" * 100)
     try:
-        with pytest.raises(zstandard.ZstdError):
-            read_all(reader, 4096)
+        for _ in range(3):  # never taken for a clean end afterwards
+            with pytest.raises(zstandard.ZstdError):
+                reader.readinto(memoryview(bytearray(4096)))
+    finally:
+        reader.close()
+
+
+def test_a_small_document_gets_small_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unzstd_ahead, "BUFFER", 8 << 20)
+    plain = data(12_000)
+    reader = DecompressAhead(zstandard.ZstdCompressor().compress(plain), expected=len(plain))
+    try:
+        assert reader.buffer_size <= max(len(plain) + 1, 4096)
+        assert read_all(reader, 1000) == plain
+    finally:
+        reader.close()
+    # A declared size that lies (smaller than what comes) still reads it all, in steps.
+    reader = DecompressAhead(zstandard.ZstdCompressor().compress(plain * 10), expected=100)
+    try:
+        assert read_all(reader, 100_000) == plain * 10
     finally:
         reader.close()
 
