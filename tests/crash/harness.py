@@ -17,6 +17,7 @@ process per run. ``RECONCILE_CRASH_EXEC_EVERY=1`` makes every run a fresh one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import random
@@ -24,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,9 +66,23 @@ TALLIES: list[Tally] = []  # every scenario run in this session, for the summary
 # -- running the CLI -------------------------------------------------------------------
 
 
+_temporaries: list[str] = []
+
+
+def _temporary_folder() -> str:
+    """Where the killed runs' temporary files go (a writer killed mid-upload leaves its
+    spool file): a folder of this test process's, removed when it exits, not /tmp."""
+    if not _temporaries:
+        folder = tempfile.mkdtemp(prefix="reconcile-crash-tmp-")
+        atexit.register(shutil.rmtree, folder, True)
+        _temporaries.append(folder)
+    return _temporaries[0]
+
+
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (CRASH_AT_ENV, CRASH_TRACE_ENV)}
     env["RECONCILE_NOW"] = CLOCK
+    env["TMPDIR"] = _temporary_folder()
     env["PYTHONPATH"] = str(REPO)
     env.pop("GITHUB_STEP_SUMMARY", None)  # never write into the CI job's summary
     env.update(extra or {})
