@@ -48,6 +48,7 @@ from urllib3.response import BaseHTTPResponse
 from reconciler.errors import ReconcileError
 from reconciler.faults import checkpoint
 from reconciler.store.local import LocalStore, write_atomic
+from reconciler.transport import stopping
 from reconciler.transport.errors import NotFound as NotFound
 from reconciler.transport.errors import UpstreamError as UpstreamError
 from reconciler.transport.unzstd import Alongside, UnzstdThread, amount
@@ -311,6 +312,7 @@ class Upstream:
     def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
         delay = self.backoff
         for number in range(self.retries + 1):
+            stopping.check()
             try:
                 return attempt()
             except _Retryable as exc:
@@ -320,7 +322,7 @@ class Upstream:
                         hint="check the mirror's source, or raise its timeout/retries",
                     ) from None
                 log.info("%s: %s; retrying in %.1f s", what, exc, delay)
-                time.sleep(delay)
+                stopping.pause(delay)
                 delay *= 2
         raise AssertionError("unreachable")
 
@@ -834,6 +836,7 @@ def _read_body(
         for chunk in stream(response):
             total += len(chunk)
             pace.check(total)
+            stopping.check()
             if total > limit:
                 decoded = f" once decoded (Content-Encoding: {encoding})" if encoding else ""
                 raise UpstreamError(

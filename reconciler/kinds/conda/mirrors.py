@@ -37,6 +37,7 @@ from reconciler.kinds.conda.select import (
 from reconciler.kinds.conda.selection_cache import selection_key
 from reconciler.kinds.conda.upstream import CondaUpstream, Metadata, Parsed, read_snapshot
 from reconciler.store.base import Store
+from reconciler.transport import stopping
 from reconciler.transport.http import NotFound
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ def _find_metadata(
     def read_alone(read: Callable[[], Parsed]) -> Parsed:
         assert one_at_a_time is not None
         with one_at_a_time:
+            stopping.check()  # (waiting its turn, another subdir may have failed)
             parsed = read()
             prefetch(parsed)
             return parsed
@@ -348,10 +350,14 @@ def _found_in_order(
     # Fetched at once, a document read whole is read alone: one in memory at a time.
     selective = wanted is not None and wanted.selective
     one_at_a_time = threading.Lock() if len(subdirs) > 1 and not selective else None
+    # Set once the results are no longer wanted (one failed, or the caller stopped
+    # early): the other subdirs' transfers stop between attempts and pieces of a body.
+    unwanted = threading.Event()
 
     def find(subdir: str) -> _Found:
         want = expected.get((mirror.name, subdir)) if expected is not None else None
-        return _find_metadata(state, store, subdir, want, wanted, one_at_a_time)
+        with stopping.stop_on(unwanted):
+            return _find_metadata(state, store, subdir, want, wanted, one_at_a_time)
 
     if len(subdirs) < 2:
         for subdir in subdirs:
@@ -365,6 +371,7 @@ def _found_in_order(
             for subdir, future in zip(subdirs, futures, strict=True):
                 yield subdir, future.result()
         finally:
+            unwanted.set()
             for future in futures:
                 future.cancel()  # those not started yet; the pool waits for the others
 

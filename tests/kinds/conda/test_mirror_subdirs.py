@@ -3,6 +3,7 @@ one at a time otherwise; what comes of it is the same, in subdir order."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ class Meeting:
     hold: float = 0.0  # then hold it this long more
     timeout: float = 5.0
     fail: dict[str, tuple[int, float]] = field(default_factory=dict)  # subdir → status, delay
+    slow: dict[str, float] = field(default_factory=dict)  # subdir → seconds its body takes
+    asked: dict[str, int] = field(default_factory=dict)  # subdir → repodata requests
     in_flight: int = 0
     most: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -43,6 +46,7 @@ class _Handler(SimpleHTTPRequestHandler):
         meeting = self.meeting
         subdir = self.path.strip("/").split("/")[0]
         with meeting.changed:
+            meeting.asked[subdir] = meeting.asked.get(subdir, 0) + 1
             meeting.in_flight += 1
             meeting.most = max(meeting.most, meeting.in_flight)
             meeting.changed.notify_all()
@@ -58,10 +62,26 @@ class _Handler(SimpleHTTPRequestHandler):
                 time.sleep(delay)
                 self.send_error(status)
                 return
+            if subdir in meeting.slow:
+                self._dribble(meeting.slow[subdir])
+                return
             super().do_GET()
         finally:
             with meeting.changed:
                 meeting.in_flight -= 1
+
+    def _dribble(self, seconds: float) -> None:
+        """A body that takes ``seconds`` to arrive (a slow link), 100 pieces."""
+        body = (Path(self.directory) / self.path.strip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        step = max(len(body) // 100, 1)
+        with contextlib.suppress(OSError):  # the client may stop reading, as it should
+            for at in range(0, len(body), step):
+                self.wfile.write(body[at : at + step])
+                self.wfile.flush()
+                time.sleep(seconds / 100)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -78,7 +98,7 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, Meeting]]:
 
 
 def channel(
-    tmp_path: Path, url: str, *, dependencies: bool = False, include: bool = True
+    tmp_path: Path, url: str, *, dependencies: bool = False, include: bool = True, retries: int = 0
 ) -> Channel:
     rules = "include: [{name: app}, {name: gpl}]" if include else "exclude: [{name: gpl}]"
     config = tmp_path / "channels.yaml"
@@ -92,7 +112,7 @@ channels:
       - name: up
         source: {url}
         mode: passive
-        retries: 0
+        retries: {retries}
         filters:
           {rules}
           latest: 2
@@ -244,3 +264,35 @@ def test_no_fetching_thread_outlives_a_failed_mirror(
     assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
     with meeting.changed:  # noarch's request was answered (or dropped), not left hanging
         assert meeting.changed.wait_for(lambda: meeting.in_flight == 0, timeout=5)
+
+
+def test_a_failed_subdir_stops_the_others_retries(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # linux-64 is refused at once; noarch fails in a way worth retrying (0.5 + 1 + 2 s
+    # of backoff). The mirror's error is told without waiting those out.
+    meeting.wait_for, meeting.timeout = 2, 10.0
+    meeting.fail = {"linux-64": (403, 0.0), "noarch": (503, 0.0)}
+    started = time.monotonic()
+    resolution = resolve(channel(tmp_path, url, retries=3), tmp_path / "cache")
+    error = resolution.mirrors[0].error
+    assert error is not None and "linux-64" in error and "403" in error, error
+    assert time.monotonic() - started < 2.5
+    assert meeting.asked["noarch"] <= 2  # not 4: the retries stopped
+
+
+def test_a_failed_subdir_stops_a_body_still_arriving(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # noarch's body takes 6 s to arrive; linux-64 is refused once both are under way.
+    meeting.wait_for, meeting.timeout = 2, 10.0
+    meeting.fail = {"linux-64": (403, 0.3)}
+    meeting.slow = {"noarch": 6.0}
+    started = time.monotonic()
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    error = resolution.mirrors[0].error
+    assert error is not None and "linux-64" in error and "403" in error, error
+    assert time.monotonic() - started < 3.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]

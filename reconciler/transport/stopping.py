@@ -1,0 +1,56 @@
+"""Work on a thread told to stop: another part of the same work failed, so what this
+thread would bring is no longer wanted (a mirror's other subdirs, once one failed).
+
+The thread runs inside :func:`stop_on`; transfers look at :func:`check` between
+attempts and between the pieces of a body, and wait out a backoff with :func:`pause`,
+which ends early when told to stop. A request still waiting for its response headers
+is not interrupted: its own timeout bounds that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+from reconciler.errors import ReconcileError
+
+
+class Stopped(ReconcileError):
+    """This thread's work was told to stop (what it would bring is not wanted)."""
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def stop_on(event: threading.Event) -> Iterator[None]:
+    """Within this block, this thread's transfers stop once ``event`` is set."""
+    before = getattr(_local, "event", None)
+    _local.event = event
+    try:
+        yield
+    finally:
+        _local.event = before
+
+
+def stop_requested() -> bool:
+    event: threading.Event | None = getattr(_local, "event", None)
+    return event is not None and event.is_set()
+
+
+def check() -> None:
+    """Raise :class:`Stopped` if this thread was told to stop."""
+    if stop_requested():
+        raise Stopped("stopped: another part of this work failed first")
+
+
+def pause(seconds: float) -> None:
+    """Sleep ``seconds``, or less when told to stop meanwhile (then raise)."""
+    event: threading.Event | None = getattr(_local, "event", None)
+    if event is None:
+        time.sleep(seconds)
+        return
+    if event.wait(seconds):
+        check()
