@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,28 +350,40 @@ def _found_in_order(
     # Fetched at once, a document read whole is read alone: one in memory at a time.
     selective = wanted is not None and wanted.selective
     one_at_a_time = threading.Lock() if len(subdirs) > 1 and not selective else None
-    # Set once the results are no longer wanted (one failed, or the caller stopped
-    # early): the other subdirs' transfers stop between attempts and pieces of a body.
-    unwanted = threading.Event()
+    # Each subdir's is set once its result is no longer wanted: an earlier subdir failed
+    # (its error is the one told), or the caller stopped. Its transfers then stop between
+    # attempts and pieces of a body; the earlier subdirs go on, as their errors come first.
+    unwanted = [threading.Event() for _ in subdirs]
 
-    def find(subdir: str) -> _Found:
+    def find(index: int, subdir: str) -> _Found:
         want = expected.get((mirror.name, subdir)) if expected is not None else None
-        with stopping.stop_on(unwanted):
+        with stopping.stop_on(unwanted[index]):
             return _find_metadata(state, store, subdir, want, wanted, one_at_a_time)
 
+    def stop_after(index: int) -> Callable[[Future[_Found]], None]:
+        def done(future: Future[_Found]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                for later in unwanted[index + 1 :]:
+                    later.set()
+
+        return done
+
     if len(subdirs) < 2:
-        for subdir in subdirs:
-            yield subdir, find(subdir)
+        for index, subdir in enumerate(subdirs):
+            yield subdir, find(index, subdir)
         return
     with ThreadPoolExecutor(
         min(SUBDIR_FETCHES, len(subdirs)), thread_name_prefix="reconcile-subdir"
     ) as pool:
-        futures = [pool.submit(find, subdir) for subdir in subdirs]
+        futures = [pool.submit(find, index, subdir) for index, subdir in enumerate(subdirs)]
+        for index, future in enumerate(futures):
+            future.add_done_callback(stop_after(index))
         try:
             for subdir, future in zip(subdirs, futures, strict=True):
                 yield subdir, future.result()
         finally:
-            unwanted.set()
+            for event in unwanted:
+                event.set()
             for future in futures:
                 future.cancel()  # those not started yet; the pool waits for the others
 

@@ -98,7 +98,13 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, Meeting]]:
 
 
 def channel(
-    tmp_path: Path, url: str, *, dependencies: bool = False, include: bool = True, retries: int = 0
+    tmp_path: Path,
+    url: str,
+    *,
+    dependencies: bool = False,
+    include: bool = True,
+    retries: int = 0,
+    subdirs: str = "linux-64, noarch",
 ) -> Channel:
     rules = "include: [{name: app}, {name: gpl}]" if include else "exclude: [{name: gpl}]"
     config = tmp_path / "channels.yaml"
@@ -107,7 +113,7 @@ def channel(
 channels:
   - name: c
     path: {tmp_path / "channel"}
-    subdirs: [linux-64, noarch]
+    subdirs: [{subdirs}]
     mirrors:
       - name: up
         source: {url}
@@ -296,3 +302,19 @@ def test_a_failed_subdir_stops_a_body_still_arriving(
     assert error is not None and "linux-64" in error and "403" in error, error
     assert time.monotonic() - started < 3.0
     assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+
+
+def test_a_failed_subdir_stops_the_later_ones_while_an_earlier_one_still_arrives(
+    tmp_path: Path, upstream: tuple[str, Meeting]
+) -> None:
+    url, meeting = upstream
+    # linux-64 (first) takes 3 s to arrive; noarch is refused at once; osx-64 fails in
+    # a way worth retrying. noarch's error is the one told (linux-64 succeeds), so
+    # osx-64's result is not wanted from the moment noarch failed.
+    meeting.fail = {"noarch": (403, 0.0), "osx-64": (503, 0.0)}
+    meeting.slow = {"linux-64": 3.0}
+    chan = channel(tmp_path, url, retries=4, subdirs="linux-64, noarch, osx-64")
+    resolution = resolve(chan, tmp_path / "cache")
+    error = resolution.mirrors[0].error
+    assert error is not None and "noarch" in error and "403" in error, error
+    assert meeting.asked["osx-64"] <= 2  # not 5: its retries stopped
