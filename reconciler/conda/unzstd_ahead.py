@@ -32,14 +32,12 @@ class DecompressAhead:
     is raised by ``readinto``, in order, and again at every later call. ``expected``:
     about how much will come out, so a small document gets small buffers."""
 
-    def __init__(
-        self, source: bytes | object, expected: int | None = None, read_across_frames: bool = True
-    ) -> None:
+    def __init__(self, source: bytes | object, expected: int | None = None) -> None:
         # (zstandard reads any object with read(); its stubs say IO)
         self._stream = zstandard.ZstdDecompressor().stream_reader(
             source if isinstance(source, bytes) else cast(IO[bytes], source),
             read_size=READ_SIZE,
-            read_across_frames=read_across_frames,
+            read_across_frames=True,
         )
         self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         self._filled: queue.SimpleQueue[_Filled] = queue.SimpleQueue()

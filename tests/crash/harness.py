@@ -18,6 +18,7 @@ process per run. ``RECONCILE_CRASH_EXEC_EVERY=1`` makes every run a fresh one.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import random
@@ -66,17 +67,13 @@ TALLIES: list[Tally] = []  # every scenario run in this session, for the summary
 # -- running the CLI -------------------------------------------------------------------
 
 
-_temporaries: list[str] = []
-
-
+@functools.cache
 def _temporary_folder() -> str:
     """Where the killed runs' temporary files go (a writer killed mid-upload leaves its
     spool file): a folder of this test process's, removed when it exits, not /tmp."""
-    if not _temporaries:
-        folder = tempfile.mkdtemp(prefix="reconcile-crash-tmp-")
-        atexit.register(shutil.rmtree, folder, True)
-        _temporaries.append(folder)
-    return _temporaries[0]
+    folder = tempfile.mkdtemp(prefix="reconcile-crash-tmp-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

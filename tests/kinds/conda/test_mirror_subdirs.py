@@ -130,6 +130,12 @@ channels:
     return found
 
 
+def failed_with(resolution: Any, where: str, status: str) -> None:
+    """The mirror failed, its error naming ``where`` (a subdir or URL part) and ``status``."""
+    error = resolution.mirrors[0].error
+    assert error is not None and where in error and status in error, error
+
+
 # Mirrors whose gate does not name what it lets in: each document is read whole.
 NO_NAME_GATE = pytest.mark.parametrize(
     "dependencies, include",
@@ -237,9 +243,7 @@ def test_the_first_subdirs_error_is_the_one_told(
     meeting.wait_for, meeting.timeout = 2, 10.0
     meeting.fail = {"linux-64": (403, 0.5), "noarch": (404, 0.0)}
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
-    error = resolution.mirrors[0].error
-    assert error is not None
-    assert "linux-64/repodata.json" in error and "403" in error, error
+    failed_with(resolution, "linux-64/repodata.json", "403")
     assert meeting.most == 2
     assert resolution.mirrors[0].selection is None
 
@@ -265,8 +269,7 @@ def test_no_fetching_thread_outlives_a_failed_mirror(
     meeting.hold = 0.5
     meeting.fail = {"linux-64": (403, 0.0)}
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
-    error = resolution.mirrors[0].error
-    assert error is not None and "linux-64" in error and "403" in error, error
+    failed_with(resolution, "linux-64", "403")
     assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
     with meeting.changed:  # noarch's request was answered (or dropped), not left hanging
         assert meeting.changed.wait_for(lambda: meeting.in_flight == 0, timeout=5)
@@ -282,8 +285,7 @@ def test_a_failed_subdir_stops_the_others_retries(
     meeting.fail = {"linux-64": (403, 0.0), "noarch": (503, 0.0)}
     started = time.monotonic()
     resolution = resolve(channel(tmp_path, url, retries=3), tmp_path / "cache")
-    error = resolution.mirrors[0].error
-    assert error is not None and "linux-64" in error and "403" in error, error
+    failed_with(resolution, "linux-64", "403")
     assert time.monotonic() - started < 2.5
     assert meeting.asked["noarch"] <= 2  # not 4: the retries stopped
 
@@ -298,8 +300,7 @@ def test_a_failed_subdir_stops_a_body_still_arriving(
     meeting.slow = {"noarch": 6.0}
     started = time.monotonic()
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
-    error = resolution.mirrors[0].error
-    assert error is not None and "linux-64" in error and "403" in error, error
+    failed_with(resolution, "linux-64", "403")
     assert time.monotonic() - started < 3.0
     assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
 
@@ -315,6 +316,5 @@ def test_a_failed_subdir_stops_the_later_ones_while_an_earlier_one_still_arrives
     meeting.slow = {"linux-64": 3.0}
     chan = channel(tmp_path, url, retries=4, subdirs="linux-64, noarch, osx-64")
     resolution = resolve(chan, tmp_path / "cache")
-    error = resolution.mirrors[0].error
-    assert error is not None and "noarch" in error and "403" in error, error
+    failed_with(resolution, "noarch", "403")
     assert meeting.asked["osx-64"] <= 2  # not 5: its retries stopped
