@@ -165,6 +165,17 @@ class FilterEngine:
                 self._include_by_name.setdefault(rule.name, []).append(rule)
             else:
                 self._include_others.append(rule)
+        # Decisions are frozen, so one of each reason serves every record it decides (a
+        # big upstream asks hundreds of thousands of times).
+        self._selected = Decision(True, "selected")
+        self._unincluded = Decision(False, f"matches no {where}.include rule")
+        self._excluded = [
+            Decision(False, f"excluded by {where}.exclude[{i}] ({describe_rule(rule)})")
+            for i, rule in enumerate(block.exclude)
+        ]
+        self._before = Decision(False, f"built before {where}.date.after")
+        self._after = Decision(False, f"built on or after {where}.date.before")
+        self._noted: dict[tuple[Decision, str], Decision] = {}
 
     @property
     def is_empty(self) -> bool:
@@ -181,14 +192,18 @@ class FilterEngine:
             record = candidate.record
             note = license_note(_text(record.get("license")), _text(record.get("license_family")))
             if note is not None:
-                return Decision(decision.selected, f"{decision.reason}; {note}")
+                noted = self._noted.get((decision, note))
+                if noted is None:
+                    noted = Decision(decision.selected, f"{decision.reason}; {note}")
+                    self._noted[(decision, note)] = noted
+                return noted
         return decision
 
     def _decide(self, candidate: Candidate) -> Decision:
         block = self.block
         # Plain loops, not any(): this runs for every record of a big upstream.
         if block.include and not self._included(candidate):
-            return Decision(False, f"matches no {self.where}.include rule")
+            return self._unincluded
         for i, exclude in enumerate(block.exclude):
             if not rule_matches(exclude, candidate):
                 continue
@@ -196,18 +211,16 @@ class FilterEngine:
                 if rule_matches(keep, candidate):
                     break
             else:
-                return Decision(
-                    False, f"excluded by {self.where}.exclude[{i}] ({describe_rule(exclude)})"
-                )
+                return self._excluded[i]
         window = block.date
         if window is not None:
             stamp = _timestamp(candidate.record)
             if stamp is not None:
                 if window.after is not None and stamp < window.after:
-                    return Decision(False, f"built before {self.where}.date.after")
+                    return self._before
                 if window.before is not None and stamp >= window.before:
-                    return Decision(False, f"built on or after {self.where}.date.before")
-        return Decision(True, "selected")
+                    return self._after
+        return self._selected
 
     def _included(self, candidate: Candidate) -> bool:
         for rule in self._include_by_name.get(candidate.name, ()):
@@ -241,8 +254,12 @@ class FilterEngine:
                 survivors.setdefault((candidate.name, candidate.subdir), []).append(candidate)
         latest = self.block.latest
         if latest is not None:
+            older: dict[str, Decision] = {}
             for (_name, subdir), group in survivors.items():
-                versions = {str(c.record.get("version", "")) for c in group}
+                texts = [str(c.record.get("version", "")) for c in group]
+                versions = set(texts)
+                if len(versions) <= latest:
+                    continue  # as many versions as it keeps, or fewer: all stay
                 parsed = {text: _version(text) for text in versions}
                 # Versions equal in conda's order (1.0 and 1.0.0) are one version, kept or
                 # dropped together; ranking their texts would follow the set's hash order,
@@ -255,13 +272,20 @@ class FilterEngine:
                 # Unparseable versions count as the oldest, ranked by their text.
                 room = latest - len(newest)
                 unparsed = sorted(text for text, v in parsed.items() if v is None)[: max(room, 0)]
-                for candidate in group:
-                    text = str(candidate.record.get("version", ""))
-                    found = parsed[text]
-                    kept = text in unparsed if found is None else found >= newest[-1]
-                    if not kept:
-                        decisions[candidate.key] = Decision(
-                            False,
-                            f"older than the newest {latest} in {subdir} by {self.where}.latest",
-                        )
+                # Decided once per version text, not per record.
+                kept = {
+                    text
+                    for text, found in parsed.items()
+                    if (text in unparsed if found is None else found >= newest[-1])
+                }
+                if len(kept) == len(versions):
+                    continue
+                dropped = older.get(subdir)
+                if dropped is None:
+                    dropped = older[subdir] = Decision(
+                        False, f"older than the newest {latest} in {subdir} by {self.where}.latest"
+                    )
+                for candidate, text in zip(group, texts, strict=True):
+                    if text not in kept:
+                        decisions[candidate.key] = dropped
         return decisions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Any
 
 # Keys of index.json that conda's indexers leave out of repodata.
@@ -79,11 +80,40 @@ def field_problem(key: str, value: Any) -> str | None:
     return None
 
 
+# What each checked field must be, for the loop below: most records pass every check,
+# and a dict lookup per field is far cheaper than asking field_problem about each.
+_TEXT, _INTEGER, _TEXT_LIST, _TIMESTAMP = range(4)
+_FIELD_KINDS: dict[str, int] = {
+    **dict.fromkeys(_TEXT_FIELDS, _TEXT),
+    **dict.fromkeys(_INTEGER_FIELDS, _INTEGER),
+    **dict.fromkeys(_TEXT_LIST_FIELDS, _TEXT_LIST),
+    "timestamp": _TIMESTAMP,
+}
+
+
 def record_problem(record: Mapping[str, Any]) -> str | None:
     """Why ``record`` is unusable (no name, a mistyped field), or None when it is usable."""
     if not isinstance(record.get("name"), str):
         return "record has no name"
+    kinds = _FIELD_KINDS
     for key, value in record.items():
+        kind = kinds.get(key)
+        # The checks every usable record passes, inline (no call per field); anything
+        # else is field_problem's to explain.
+        if kind is None or value is None:
+            continue
+        if kind == _TEXT:
+            if isinstance(value, str):
+                continue
+        elif kind == _INTEGER:
+            if type(value) is int and 0 <= value < 2**63:
+                continue
+        elif kind == _TEXT_LIST:
+            # map() in C: no Python frame per item, as a generator would take.
+            if isinstance(value, list) and all(map(isinstance, value, repeat(str))):
+                continue
+        elif type(value) is int and 0 <= value <= MAX_TIMESTAMP:
+            continue
         problem = field_problem(str(key), value)
         if problem is not None:
             return problem

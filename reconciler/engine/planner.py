@@ -19,6 +19,7 @@ from pathlib import Path
 from reconciler.config.models import AnyChannelModel, LoadedConfig
 from reconciler.engine import deletions
 from reconciler.engine.clock import format_time, now, parse_time
+from reconciler.engine.gc_pause import collections_paused
 from reconciler.engine.history import History, RunRecord, last_of
 from reconciler.engine.kind import ChannelWork, Kind, KindRegistry, PlanRequest
 from reconciler.engine.plan import Action, ChannelPlan, MirrorPlan, Plan, PlanWarning, Reason
@@ -334,10 +335,11 @@ def make_plan(
         )
     )
     try:
-        for position in channel_positions(loaded, channels):
-            channel_planning = plan_channel(loaded, kinds, position, options)
-            planning.channels.append(channel_planning)
-            planning.plan.channels.append(channel_planning.plan)
+        with collections_paused():
+            for position in channel_positions(loaded, channels):
+                channel_planning = plan_channel(loaded, kinds, position, options)
+                planning.channels.append(channel_planning)
+                planning.plan.channels.append(channel_planning.plan)
     except BaseException:
         planning.close()
         raise
