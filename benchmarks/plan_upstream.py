@@ -3,6 +3,7 @@
     python benchmarks/plan_upstream.py                      # 100k, 500k and 1.1M records
     python benchmarks/plan_upstream.py --records 100000 --repeats 3
     python benchmarks/plan_upstream.py --records 1100000 --rate 50m   # a 50 MB/s link
+    python benchmarks/plan_upstream.py --records 100000 --every-name  # and a mirror of all
 
 Generates conda-forge-like repodata (linux-64 and noarch; 3-8 depends, constrains,
 realistic licences and name counts, indented JSON, `.zst` beside `.json`) served by nginx
@@ -12,6 +13,8 @@ and times, each in a fresh process with its peak RSS (VmHWM):
 - ``reconcile plan`` of a passive mirror with an include list of names, a licence exclude
   and ``latest: 3`` (a fresh cache: the upstream answers 200);
 - the same plan again (the upstream answers 304 and the configuration did not change);
+- with ``--every-name``, the same plan without the include list (every record is read,
+  checked and filtered: a mirror of everything), in a fresh cache;
 - rattler's ``SparseRepoData`` loading the same names from the same files (the floor: it
   parses only the records of those names);
 - ``orjson`` parsing the whole document (what reading every record costs);
@@ -166,8 +169,14 @@ http {{
     return process, f"http://127.0.0.1:{port}"
 
 
-def config_text(url: str, names: list[str], channel: Path) -> str:
-    include = ", ".join(f"{{name: {n}}}" for n in names)
+def config_text(url: str, names: list[str] | None, channel: Path) -> str:
+    """The benchmark's channel; ``names``: the mirror's include list (None: none, every
+    name)."""
+    include = (
+        ""
+        if names is None
+        else "\n          include: [" + ", ".join(f"{{name: {n}}}" for n in names) + "]"
+    )
     return f"""version: 1
 channels:
   - name: big
@@ -181,8 +190,7 @@ channels:
         source: {url}
         mode: passive
         timeout: 300
-        filters:
-          include: [{include}]
+        filters:{include}
           latest: 3
 """
 
@@ -258,7 +266,9 @@ def run_child(*args: str) -> dict[str, float]:
     return result
 
 
-def bench(records: int, repeats: int, rate: str | None = None) -> list[tuple[str, float, float]]:
+def bench(
+    records: int, repeats: int, rate: str | None = None, every_name: bool = False
+) -> list[tuple[str, float, float]]:
     work = Path(tempfile.mkdtemp(prefix="plan-upstream-"))
     try:
         upstream = work / "upstream"
@@ -271,11 +281,23 @@ def bench(records: int, repeats: int, rate: str | None = None) -> list[tuple[str
         try:
             config = work / "channels.yaml"
             config.write_text(config_text(url, selected, work / "channel"))
+            everything = work / "every-name.yaml"
+            everything.write_text(config_text(url, None, work / "channel"))
             for repeat in range(repeats):
                 cache = work / f"cache-{repeat}"
                 for label, args in (
                     ("plan (upstream 200)", ("plan", str(config), str(cache))),
                     ("plan again (upstream 304)", ("plan", str(config), str(cache))),
+                    *(
+                        [
+                            (
+                                "plan, every name (no include rule)",
+                                ("plan", str(everything), str(work / f"cache-all-{repeat}")),
+                            )
+                        ]
+                        if every_name
+                        else []
+                    ),
                     (
                         "rattler SparseRepoData, same names",
                         ("sparse", str(upstream), json.dumps(selected)),
@@ -316,6 +338,11 @@ def main() -> None:
     parser.add_argument(
         "--rate", help="nginx limit_rate per connection (e.g. 50m: 50 MB/s), as a slower link"
     )
+    parser.add_argument(
+        "--every-name",
+        action="store_true",
+        help="also plan the mirror without its include list (every record read)",
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
@@ -331,7 +358,7 @@ def main() -> None:
     if not shutil.which("zstd"):
         print("zstd not found (apt-get install zstd): its row is skipped", flush=True)
     for records in args.records or [100_000, 500_000, 1_100_000]:
-        table = bench(records, args.repeats, args.rate)
+        table = bench(records, args.repeats, args.rate, args.every_name)
         floor = next(seconds for label, seconds, _ in table if label == "(floor)")
         at = f", served at {args.rate}B/s" if args.rate else ""
         print(f"\n{records} records, median of {args.repeats}{at}:")
