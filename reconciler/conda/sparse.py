@@ -56,7 +56,7 @@ class Listing(Mapping[str, str]):
     (:func:`filename_name`), as two parallel lists: a million-entry mapping costs a
     quarter of a second more to build. Lookups use ``member`` (any container of the
     filenames) while it is there, then bisection when the filenames are sorted (as
-    writers list them), else a set made when first needed."""
+    writers list them) and few are asked for, else a set made when first needed."""
 
     def __init__(
         self,
@@ -72,10 +72,14 @@ class Listing(Mapping[str, str]):
         self.names = [f.rsplit("-", 2)[0] for f in files] if names is None else names
         self._member = member
         self._sorted: bool | None = True if ordered else None
+        # Bisections left before a set is cheaper: a selection that reads a name or two
+        # in a million keeps bisecting, one that reads every record soon makes the set.
+        self._bisections = len(files) // 4
 
     def __contains__(self, filename: object) -> bool:
         if self._member is None:
-            if self.is_sorted and isinstance(filename, str):
+            if self._bisections > 0 and self.is_sorted and isinstance(filename, str):
+                self._bisections -= 1
                 return self._position(filename) is not None
             self._member = set(self.files)
         return filename in self._member

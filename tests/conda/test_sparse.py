@@ -45,6 +45,19 @@ def test_of_names_is_every_filename_of_those_names_in_document_order(order: str,
         assert list(listing.of_names(wanted)) == slow_way(files, wanted), wanted
 
 
+def test_membership_bisects_a_few_lookups_then_makes_a_set_for_many() -> None:
+    files = sorted(f"pkg{i:05d}-1.0-h0_0.conda" for i in range(400))
+    listing = Listing(files)
+    asked = [*files[::7], "pkg00001-9-x.conda", "absent", 12]
+    for filename in asked[:50]:
+        assert (filename in listing) == (filename in files)
+    assert listing._member is None  # a few: bisection, no set of every filename
+    for _ in range(3):
+        for filename in asked:
+            assert (filename in listing) == (filename in files)
+    assert isinstance(listing._member, set)  # many: one set, then lookups in it
+
+
 def test_a_few_names_of_a_big_sorted_section_are_found_by_bisection() -> None:
     files = sorted(f"pkg{i:05d}-1.0-h{j}_0.conda" for i in range(2000) for j in range(3))
     listing = Listing(files)
