@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from reconciler.conda.collector import collector_paused
+from reconciler.collector import collector_paused
 from reconciler.conda.names import filename_name
 from reconciler.conda.repodata import load_repodata
 from reconciler.conda.window_scan import Scanned

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from reconciler.collector import collector_paused
 from reconciler.config.models import AnyChannelModel, LoadedConfig
 from reconciler.engine import deletions
 from reconciler.engine.clock import format_time, now, parse_time
-from reconciler.engine.gc_pause import collections_paused
 from reconciler.engine.history import History, RunRecord, last_of
 from reconciler.engine.kind import ChannelWork, Kind, KindRegistry, PlanRequest
 from reconciler.engine.plan import Action, ChannelPlan, MirrorPlan, Plan, PlanWarning, Reason
@@ -335,7 +335,7 @@ def make_plan(
         )
     )
     try:
-        with collections_paused():
+        with collector_paused():
             for position in channel_positions(loaded, channels):
                 channel_planning = plan_channel(loaded, kinds, position, options)
                 planning.channels.append(channel_planning)

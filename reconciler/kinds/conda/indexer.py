@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 
 from reconciler import __version__
+from reconciler.collector import collector_paused
 from reconciler.conda.channeldata import merge_summaries, summarize_subdir, update_channeldata
-from reconciler.conda.collector import collector_paused
 from reconciler.conda.current_repodata import build_current_repodata
 from reconciler.conda.index_html import render_channel_html, render_subdir_html
 from reconciler.conda.metadata import PackageMetadata

@@ -1,9 +1,8 @@
-"""The collector is paused while a plan is made, and as it was once the plan ends."""
+"""A plan is made with the cycle collector paused, and it is as it was after."""
 
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import pytest
 
 from reconciler.config.models import load_config
-from reconciler.engine.gc_pause import collections_paused
 from reconciler.engine.planner import make_plan
 from reconciler.kinds import REGISTRY
 
@@ -25,44 +23,6 @@ def _collector_on() -> Iterator[None]:
         gc.enable()
     else:
         gc.disable()
-
-
-def test_paused_inside_and_on_again_after() -> None:
-    with collections_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-
-
-def test_on_again_after_an_error() -> None:
-    with pytest.raises(RuntimeError), collections_paused():
-        raise RuntimeError("boom")
-    assert gc.isenabled()
-
-
-def test_a_collector_switched_off_before_stays_off() -> None:
-    gc.disable()
-    with collections_paused():
-        assert not gc.isenabled()
-    assert not gc.isenabled()
-
-
-def test_on_again_only_when_the_last_of_overlapping_pauses_ends() -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def other() -> None:
-        with collections_paused():
-            entered.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    assert entered.wait(10)
-    with collections_paused():
-        pass
-    assert not gc.isenabled()  # the other thread's plan is still under way
-    release.set()
-    thread.join(10)
-    assert gc.isenabled()
 
 
 class _Watching:

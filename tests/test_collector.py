@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from reconciler.conda.collector import collector_paused
+from reconciler.collector import collector_paused
 
 
 @pytest.fixture(autouse=True)
