@@ -178,8 +178,9 @@ class _Scan:
 
     # -- the window ----------------------------------------------------------------------
 
-    def run(self, reader: _Reader) -> None:
+    def run(self, reader: _Reader, check: Callable[[], None]) -> None:
         while True:
+            check()
             ended = False
             while self.have < self.size * 3 // 4:
                 got = reader.fill(self.view[self.have :])
@@ -362,16 +363,31 @@ def _dedupe(section: Section) -> None:
     section.names = [f.rsplit("-", 2)[0] for f in section.files]
 
 
-def scan(body: bytes, wanted: Callable[[str], bool], limit: int) -> Scanned | None:
+def _go_on() -> None:
+    pass
+
+
+def scan(
+    body: bytes,
+    wanted: Callable[[str], bool],
+    limit: int,
+    check: Callable[[], None] = _go_on,
+) -> Scanned | None:
     """The ``.zst`` repodata ``body`` read through a window, the records of names
-    ``wanted`` accepts kept; None when it must be read whole (see the module's text)."""
+    ``wanted`` accepts kept; None when it must be read whole (see the module's text).
+    ``check`` is called before each window: what it raises ends the scan (the reading is
+    no longer wanted)."""
     if not one_frame(body):
         return None
-    return scan_stream(body, declared_size(body[:HEADER_BYTES]), wanted, limit)
+    return scan_stream(body, declared_size(body[:HEADER_BYTES]), wanted, limit, check)
 
 
 def scan_stream(
-    body: bytes | Readable, declared: int | None, wanted: Callable[[str], bool], limit: int
+    body: bytes | Readable,
+    declared: int | None,
+    wanted: Callable[[str], bool],
+    limit: int,
+    check: Callable[[], None] = _go_on,
 ) -> Scanned | None:
     """:func:`scan` of a body that may still be arriving; ``declared``: the size its
     first frame declares (:func:`declared_size`). Whether the body was :func:`one_frame`
@@ -381,7 +397,7 @@ def scan_stream(
     walk = _Scan(wanted, declared)
     reader = _Reader(body, declared)
     try:
-        walk.run(reader)
+        walk.run(reader, check)
         return walk.result()
     except _GiveUp:
         return None

@@ -3,8 +3,10 @@ thread would bring is no longer wanted (a mirror's other subdirs, once one faile
 
 The thread runs inside :func:`stop_on`; transfers look at :func:`check` between
 attempts and between the pieces of a body, and wait out a backoff with :func:`pause`,
-which ends early when told to stop. A request still waiting for its response headers
-is not interrupted: its own timeout bounds that.
+which ends early when told to stop; a body read through the window looks before each
+window (:func:`checker`, also from the thread reading it while it downloads). A request
+still waiting for its response headers is not interrupted: its own timeout bounds that,
+nor is a document read whole (one call of its decoder).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from reconciler.errors import ReconcileError
 
@@ -44,6 +46,18 @@ def check() -> None:
     """Raise :class:`Stopped` if this thread was told to stop."""
     if stop_requested():
         raise Stopped("stopped: another part of this work failed first")
+
+
+def checker() -> Callable[[], None]:
+    """:func:`check` for this thread's work, to be called from another thread doing part
+    of it (a body read through the window on a thread of its own)."""
+    event: threading.Event | None = getattr(_local, "event", None)
+
+    def check_event() -> None:
+        if event is not None and event.is_set():
+            raise Stopped("stopped: another part of this work failed first")
+
+    return check_event
 
 
 def pause(seconds: float) -> None:

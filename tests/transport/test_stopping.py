@@ -44,3 +44,25 @@ def test_only_the_threads_inside_stop_on_are_told() -> None:
         other.join()
     assert seen == [False]
     assert not stopping.stop_requested()  # left as it was after the block
+
+
+def test_a_checker_tells_another_thread_working_for_the_stopped_one() -> None:
+    event = threading.Event()
+    with stopping.stop_on(event):
+        check = stopping.checker()
+    outside = stopping.checker()
+    raised: list[BaseException] = []
+
+    def helper() -> None:  # a thread of its own, outside any stop_on
+        check()  # not told yet
+        event.set()
+        outside()  # made outside stop_on: never stops
+        try:
+            check()
+        except Stopped as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join(10)
+    assert len(raised) == 1

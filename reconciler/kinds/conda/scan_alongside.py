@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from itertools import chain
 
 from reconciler.conda.window_scan import HEADER_BYTES, Scanned, declared_size, scan_stream
+from reconciler.transport import stopping
 from reconciler.transport.unzstd import Alongside, PieceThread, unzstd_pieces
 
 
@@ -56,11 +57,13 @@ def scan_alongside(
 ) -> Alongside[Scanned | bytearray]:
     """What a ``.zst`` body is fed to as it arrives: on a slow link, read through the
     window (a :class:`Scanned`) or else decompressed whole (the document's bytes)."""
+    # The scan runs on a thread of its own: it stops when the thread fetching stops.
+    check = stopping.checker()
 
     def work(pieces: Iterator[bytes]) -> Scanned | bytearray:
         arriving = _Arriving(pieces)
         declared = declared_size(arriving.peek(HEADER_BYTES))
-        scanned = scan_stream(arriving, declared, wanted, limit)
+        scanned = scan_stream(arriving, declared, wanted, limit, check)
         if scanned is not None:
             return scanned
         taken, arriving.taken = arriving.taken, []

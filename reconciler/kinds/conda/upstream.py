@@ -31,6 +31,7 @@ from reconciler.errors import ReconcileError
 from reconciler.kinds.conda.scan_alongside import scan_alongside
 from reconciler.store.base import Store
 from reconciler.transport import http as transport
+from reconciler.transport import stopping
 from reconciler.transport.http import (
     Kept,
     NotFound,
@@ -164,7 +165,7 @@ def parse_sparse(
         decoded = None  # something after the frame: the whole read takes it or says why
         wanted = None
     if decoded is None and wanted is not None and name.endswith(".zst"):
-        scanned = window_scan.scan(body, wanted, transport.MAX_REPODATA_BYTES)
+        scanned = window_scan.scan(body, wanted, transport.MAX_REPODATA_BYTES, stopping.checker())
         if scanned is not None:
             return SparseRepodata.from_scan(scanned, shown, load)
     try:

@@ -4,6 +4,7 @@ one at a time otherwise; what comes of it is the same, in subdir order."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
+from reconciler.conda import window_scan
 from reconciler.config.models import Channel, load_config
 from reconciler.kinds.conda import mirrors
 from reconciler.kinds.conda import upstream as upstream_module
 from tests.http_server import serve_directory
-from tests.kinds.conda.test_selection_cache import resolve, summary, write_upstream
+from tests.kinds.conda.test_selection_cache import record, resolve, summary, write_upstream
 
 
 @dataclass
@@ -318,3 +321,39 @@ def test_a_failed_subdir_stops_the_later_ones_while_an_earlier_one_still_arrives
     resolution = resolve(chan, tmp_path / "cache")
     failed_with(resolution, "noarch", "403")
     assert meeting.asked["osx-64"] <= 2  # not 5: its retries stopped
+
+
+@pytest.mark.parametrize("link", ["fast", "slow"])
+def test_a_failed_subdir_stops_a_document_being_read_through_the_window(
+    tmp_path: Path, upstream: tuple[str, Meeting], monkeypatch: pytest.MonkeyPatch, link: str
+) -> None:
+    url, meeting = upstream
+    # noarch: an indented document of 3,000 records, read through a small window, each
+    # window taking 50 ms (about 5 s in all); linux-64 is refused once noarch is being
+    # read. Over a slow link noarch is read as it arrives, on a thread of its own, and
+    # has arrived whole (in 1 s) before linux-64 fails: only the window's check stops it.
+    packages = {f"app-{i}.0-h0_0.conda": record("app", f"{i}.0", "noarch") for i in range(3000)}
+    body = json.dumps({"info": {"subdir": "noarch"}, "packages.conda": packages}, indent=1)
+    (tmp_path / "upstream" / "noarch" / "repodata.json.zst").write_bytes(
+        zstandard.ZstdCompressor(write_content_size=True).compress(body.encode())
+    )
+    monkeypatch.setattr(window_scan, "WINDOW", 16 * 1024)
+    windows: list[float] = []
+    consume = window_scan._Scan._consume
+
+    def slow(self: Any, ended: bool) -> None:
+        windows.append(time.monotonic())
+        time.sleep(0.05)
+        consume(self, ended)
+
+    monkeypatch.setattr(window_scan._Scan, "_consume", slow)
+    meeting.fail = {"linux-64": (403, 0.5 if link == "fast" else 1.5)}
+    if link == "slow":
+        meeting.slow = {"noarch": 1.0}
+    started = time.monotonic()
+    resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
+    failed_with(resolution, "linux-64", "403")
+    assert time.monotonic() - started < (2.5 if link == "fast" else 3.5)
+    assert windows, "noarch was not read through the window"
+    assert len(windows) < len(body) // (16 * 1024)  # stopped well before its end
+    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
