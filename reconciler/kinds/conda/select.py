@@ -550,7 +550,8 @@ class _Closure:
         self.state_platforms: list[str] = []
         self._states: dict[tuple[Key, str], int] = {}
         self._queue: deque[int] = deque()
-        self.edges: list[list[_Edge]] = []
+        self.edges: list[list[_Edge]] = []  # per state; an edge is shared by the states
+        self._edges_of: dict[tuple[str, str], _Edge | None] = {}  # by (text, platform)
 
     # -- lookups, each computed once -------------------------------------------------
 
@@ -637,29 +638,45 @@ class _Closure:
         while self._queue:
             state = self._queue.popleft()
             key, platform = self.keys[state], self.state_platforms[state]
-            lookup = ("noarch",) if platform == "noarch" else (platform, "noarch")
             depends = self._record(key).get("depends")
             edges: list[_Edge] = []
             # Upstream metadata: a depends that is not a list names nothing we can follow.
             for text in depends if isinstance(depends, list) else ():
-                spec = parse_spec(text) if isinstance(text, str) else None
-                if spec is None:
-                    continue  # unreadable: nothing can satisfy it, for a solver either
-                hits = [hit for subdir in lookup for hit in self._match(spec, subdir)]
-                if not hits:
-                    # Not in this upstream's subdirs: a virtual package (__glibc), or
-                    # something another channel provides. Nothing to add or to check.
+                if not isinstance(text, str):
                     continue
-                supports: list[int] = []
-                blocked: list[Key] = []
-                for hit in hits:
-                    if self._exclusion(hit) is None:
-                        supports.append(self._state(hit, platform))
-                    else:
-                        blocked.append(hit)
-                edges.append(_Edge(spec, supports, blocked))
+                # Records share most of their dependencies: each is worked out once per
+                # platform. The states it finds are made the first time, in the order
+                # they would be made by each record in turn.
+                known = (text, platform)
+                if known in self._edges_of:
+                    edge = self._edges_of[known]
+                else:
+                    edge = self._edges_of[known] = self._edge(text, platform)
+                if edge is not None:
+                    edges.append(edge)
             assert len(self.edges) == state  # states are explored in the order they are made
             self.edges.append(edges)
+
+    def _edge(self, text: str, platform: str) -> _Edge | None:
+        """The dependency ``text`` of a record on ``platform``: its candidates, split by
+        whether an exclude rule removes them (None: nothing here can satisfy it)."""
+        spec = parse_spec(text)
+        if spec is None:
+            return None  # unreadable: nothing can satisfy it, for a solver either
+        lookup = ("noarch",) if platform == "noarch" else (platform, "noarch")
+        hits = [hit for subdir in lookup for hit in self._match(spec, subdir)]
+        if not hits:
+            # Not in this upstream's subdirs: a virtual package (__glibc), or something
+            # another channel provides. Nothing to add or to check.
+            return None
+        supports: list[int] = []
+        blocked: list[Key] = []
+        for hit in hits:
+            if self._exclusion(hit) is None:
+                supports.append(self._state(hit, platform))
+            else:
+                blocked.append(hit)
+        return _Edge(spec, supports, blocked)
 
     def _uninstallable(self) -> tuple[list[bool], list[int]]:
         """Which states no environment can hold, and the dependency that rules each out.
