@@ -543,7 +543,7 @@ class _Closure:
         self.filters = filters
         self.platforms = platforms or [_NO_PLATFORM]
         self._names: dict[str, dict[str, list[str]]] = {}
-        self._views: dict[Key, RecordView] = {}
+        self._candidates_of: dict[tuple[str, str], list[tuple[Key, RecordView]]] = {}
         self._excluded: dict[Key, str | None] = {}
         self._matches: dict[tuple[str, str], tuple[Key, ...]] = {}
         self.keys: list[Key] = []
@@ -581,23 +581,42 @@ class _Closure:
         record: dict[str, Any] = self.upstream[key[0]].get(key[1])
         return record
 
+    def _candidates(self, subdir: str, name: str) -> list[tuple[Key, RecordView]]:
+        """The usable records of ``name`` in ``subdir`` in key order, each as matching
+        sees it (made once, for every spec that asks for the name)."""
+        found = self._candidates_of.get((subdir, name))
+        if found is None:
+            found = []
+            for filename in sorted(set(self._by_name(subdir).get(name, ()))):
+                record = self._usable(subdir, filename)
+                if record is None or record["name"].lower() != name:
+                    continue
+                found.append(((subdir, filename), RecordView(record, subdir)))
+            self._candidates_of[(subdir, name)] = found
+        return found
+
     def _match(self, spec: DependencySpec, subdir: str) -> tuple[Key, ...]:
         """The records of ``subdir`` that satisfy ``spec``, in key order."""
         cache_key = (spec.text, subdir)
         found = self._matches.get(cache_key)
         if found is None:
-            hits: list[Key] = []
-            for filename in dict.fromkeys(self._by_name(subdir).get(spec.name, ())):
-                key = (subdir, filename)
-                view = self._views.get(key)
-                if view is None:
-                    record = self._usable(subdir, filename)
-                    if record is None or record["name"].lower() != spec.name:
-                        continue
-                    view = self._views[key] = RecordView(record, subdir)
-                if spec.matches(view):
-                    hits.append(key)
-            found = self._matches[cache_key] = tuple(sorted(hits))
+            candidates = self._candidates(subdir, spec.name)
+            if spec.version_only:
+                # Then the verdict depends on the version alone: the builds of one
+                # version (dozens, for a package built per Python) share it.
+                verdicts: dict[str, bool] = {}
+                hits: list[Key] = []
+                for key, view in candidates:
+                    version = str(view.record.get("version", ""))  # as the view reads it
+                    verdict = verdicts.get(version)
+                    if verdict is None:
+                        verdict = verdicts[version] = spec.matches(view)
+                    if verdict:
+                        hits.append(key)
+                found = tuple(hits)
+            else:
+                found = tuple(key for key, view in candidates if spec.matches(view))
+            self._matches[cache_key] = found
         return found
 
     def _exclusion(self, key: Key) -> str | None:
