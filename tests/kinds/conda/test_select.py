@@ -422,3 +422,31 @@ def test_what_the_upstream_can_install_the_mirror_can(
                     sorted(result.selected),
                     [str(w) for w in result.warnings],
                 )
+
+
+def test_a_version_only_dependency_is_matched_once_per_version_not_per_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reconciler.conda import matching
+
+    # lib 1.0 and 2.0 with eight builds each; app needs lib >=2.
+    libs = [
+        rec("lib", version, "linux-64", build=f"py3{i}h0_0")
+        for version in ("1.0", "2.0")
+        for i in range(8)
+    ]
+    app = rec("app", "1.0", "linux-64", depends=["lib >=2"])
+    up = upstream(app, *libs)
+    asked: list[str] = []
+    matches = matching.DependencySpec.matches
+
+    def counting(self: matching.DependencySpec, view: matching.RecordView) -> bool:
+        asked.append(str(view.record["version"]))
+        return matches(self, view)
+
+    monkeypatch.setattr(matching.DependencySpec, "matches", counting)
+    selection = run(up, {"include": [{"name": "app"}]})
+    assert chosen(selection) == sorted(
+        [f"linux-64/{app[1]}", *(f"linux-64/lib-2.0-py3{i}h0_0.conda" for i in range(8))]
+    )
+    assert sorted(asked) == ["1.0", "2.0"]  # not 16 calls: one per version
