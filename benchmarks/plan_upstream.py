@@ -4,6 +4,7 @@
     python benchmarks/plan_upstream.py --records 100000 --repeats 3
     python benchmarks/plan_upstream.py --records 1100000 --rate 50m   # a 50 MB/s link
     python benchmarks/plan_upstream.py --records 100000 --every-name  # and a mirror of all
+    python benchmarks/plan_upstream.py --records 100000 --dependencies  # and their closure
 
 Generates conda-forge-like repodata (linux-64 and noarch; 3-8 depends, constrains,
 realistic licences and name counts, indented JSON, `.zst` beside `.json`) served by nginx
@@ -15,6 +16,9 @@ and times, each in a fresh process with its peak RSS (VmHWM):
 - the same plan again (the upstream answers 304 and the configuration did not change);
 - with ``--every-name``, the same plan without the include list (every record is read,
   checked and filtered: a mirror of everything), in a fresh cache;
+- with ``--dependencies``, the same plan with ``dependencies: true`` (the generator's
+  dependencies name random packages, so the closure takes in most of the upstream: slow
+  past 100k records);
 - rattler's ``SparseRepoData`` loading the same names from the same files (the floor: it
   parses only the records of those names);
 - ``orjson`` parsing the whole document (what reading every record costs);
@@ -169,9 +173,11 @@ http {{
     return process, f"http://127.0.0.1:{port}"
 
 
-def config_text(url: str, names: list[str] | None, channel: Path) -> str:
+def config_text(
+    url: str, names: list[str] | None, channel: Path, *, dependencies: bool = False
+) -> str:
     """The benchmark's channel; ``names``: the mirror's include list (None: none, every
-    name)."""
+    name); ``dependencies``: the mirror also takes what the included records need."""
     include = (
         ""
         if names is None
@@ -192,6 +198,7 @@ channels:
         timeout: 300
         filters:{include}
           latest: 3
+          dependencies: {str(dependencies).lower()}
 """
 
 
@@ -267,7 +274,11 @@ def run_child(*args: str) -> dict[str, float]:
 
 
 def bench(
-    records: int, repeats: int, rate: str | None = None, every_name: bool = False
+    records: int,
+    repeats: int,
+    rate: str | None = None,
+    every_name: bool = False,
+    dependencies: bool = False,
 ) -> list[tuple[str, float, float]]:
     work = Path(tempfile.mkdtemp(prefix="plan-upstream-"))
     try:
@@ -283,6 +294,8 @@ def bench(
             config.write_text(config_text(url, selected, work / "channel"))
             everything = work / "every-name.yaml"
             everything.write_text(config_text(url, None, work / "channel"))
+            closure = work / "dependencies.yaml"
+            closure.write_text(config_text(url, selected, work / "channel", dependencies=True))
             for repeat in range(repeats):
                 cache = work / f"cache-{repeat}"
                 for label, args in (
@@ -296,6 +309,16 @@ def bench(
                             )
                         ]
                         if every_name
+                        else []
+                    ),
+                    *(
+                        [
+                            (
+                                "plan, dependencies: true",
+                                ("plan", str(closure), str(work / f"cache-deps-{repeat}")),
+                            )
+                        ]
+                        if dependencies
                         else []
                     ),
                     (
@@ -343,6 +366,11 @@ def main() -> None:
         action="store_true",
         help="also plan the mirror without its include list (every record read)",
     )
+    parser.add_argument(
+        "--dependencies",
+        action="store_true",
+        help="also plan the mirror with dependencies: true (its closure)",
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
@@ -358,7 +386,7 @@ def main() -> None:
     if not shutil.which("zstd"):
         print("zstd not found (apt-get install zstd): its row is skipped", flush=True)
     for records in args.records or [100_000, 500_000, 1_100_000]:
-        table = bench(records, args.repeats, args.rate, args.every_name)
+        table = bench(records, args.repeats, args.rate, args.every_name, args.dependencies)
         floor = next(seconds for label, seconds, _ in table if label == "(floor)")
         at = f", served at {args.rate}B/s" if args.rate else ""
         print(f"\n{records} records, median of {args.repeats}{at}:")
