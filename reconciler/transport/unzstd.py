@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from functools import partial
@@ -126,6 +127,24 @@ def unzstd_pieces(pieces: Iterable[bytes | bytearray], source: str, limit: int) 
     return decoding.result()
 
 
+def _kept_error(exc: BaseException) -> BaseException:
+    """``exc`` without what its frames held (the pieces taken, a window, the output so
+    far) and without the frame catching it: that frame holds the thread's object, which
+    will hold the error, a cycle only the collector frees (and plans pause it). The
+    traceback's lines stay."""
+    seen: set[int] = set()
+    chained: list[BaseException | None] = [exc]
+    while chained:
+        each = chained.pop()
+        if each is None or id(each) in seen:
+            continue
+        seen.add(id(each))
+        traceback.clear_frames(each.__traceback__)  # the frame still running is left
+        chained += [each.__cause__, each.__context__]
+    here = exc.__traceback__
+    return exc.with_traceback(here.tb_next if here is not None else None)
+
+
 class PieceThread(Generic[R]):
     """``work`` on a thread of its own, given a body's pieces as they are fed (while it
     downloads): decompressing and msgspec let go of the GIL or take little of it, and
@@ -151,7 +170,7 @@ class PieceThread(Generic[R]):
         try:
             self._done.append(self._work(pieces))
         except BaseException as exc:  # raised again, as it is, to the feeder
-            self._error = exc
+            self._error = _kept_error(exc)
         for _ in pieces:
             pass  # drain: the feeder stops at its next piece
 

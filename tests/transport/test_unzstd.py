@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+import traceback
+import tracemalloc
 from functools import partial
 
 import pytest
 import zstandard
 
+from reconciler.collector import collector_paused
 from reconciler.transport import unzstd as unzstd_module
 from reconciler.transport.errors import UpstreamError
 from reconciler.transport.unzstd import Alongside, Unzstd, UnzstdThread, unzstd
@@ -158,3 +161,32 @@ def test_a_failure_on_the_thread_is_raised_as_it_is(monkeypatch: pytest.MonkeyPa
     with pytest.raises(MemoryError, match="no room"):
         on_thread.result()
     assert not [t for t in threading.enumerate() if t.name == "reconcile-unzstd"]
+
+
+def test_a_failed_thread_keeps_its_error_not_what_the_work_held() -> None:
+    # A truncated body fed to the thread, then abandoned (a download that failed), three
+    # times with the cycle collector paused (as it is while a plan is made): nothing the
+    # work held (pieces, the output so far) may stay alive through the kept error.
+    document = b"".join(b'{"a-%d": %d}\n' % (i, i) for i in range(400_000))
+    body = zstandard.ZstdCompressor(write_content_size=True).compress(document)
+    tracemalloc.start()
+    try:
+        with collector_paused():
+            before = tracemalloc.get_traced_memory()[0]
+            errors = []
+            for _ in range(3):
+                thread = UnzstdThread("x", len(document) + 1)
+                for at in range(0, len(body) * 3 // 4, 65536):
+                    thread.feed(body[at : at + 65536])
+                thread.abandon()
+                with pytest.raises(UpstreamError) as raised:
+                    thread.result()
+                errors.append(raised.value)
+            held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(document) > 5_000_000
+    assert held < 1_000_000, held  # each attempt held its output (MBs) before
+    # The error is the work's, its traceback still showing where it was raised.
+    shown = "".join(traceback.format_exception(errors[0]))
+    assert "unzstd_pieces" in shown, shown
