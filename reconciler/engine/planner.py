@@ -266,12 +266,22 @@ def plan_channel(
         if mirror.warning:
             text = f"mirror {mirror.name}: {mirror.warning}"
             plan.warnings.append(PlanWarning(key=f"overlap:{mirror.name}", message=text))
-    seen = state.state.warnings
-    unique: dict[str, PlanWarning] = {}
-    for warning in plan.warnings:
-        unique.setdefault(warning.key, warning)
-    plan.warnings = [w.model_copy(update={"new": w.key not in seen}) for w in unique.values()]
+    plan.warnings = flag_new(plan.warnings, state.state.warnings)
     return ChannelPlanning(channel, position, store, kind, work, state)
+
+
+def flag_new(warnings: Sequence[PlanWarning], seen: Mapping[str, str]) -> list[PlanWarning]:
+    """The first warning of each key, flagged new unless an earlier apply saw its key.
+    The warnings given are left as they are; one is copied only where its flag changes
+    (an upstream with 100,000 refused records has as many warnings, and a pydantic copy
+    costs more than making one)."""
+    unique: dict[str, PlanWarning] = {}
+    for warning in warnings:
+        unique.setdefault(warning.key, warning)
+    return [
+        w if w.new == (w.key not in seen) else w.model_copy(update={"new": w.key not in seen})
+        for w in unique.values()
+    ]
 
 
 def mirror_selection(loaded: LoadedConfig, mirrors: Sequence[str] | None) -> set[str] | None:

@@ -10,7 +10,8 @@ import pytest
 
 from reconciler.config.models import Channel
 from reconciler.engine.diff import field_diff
-from reconciler.engine.planner import git_revision
+from reconciler.engine.plan import PlanWarning
+from reconciler.engine.planner import flag_new, git_revision
 from reconciler.kinds.conda.kind import CondaKind
 from reconciler.store.local import LocalStore
 
@@ -71,3 +72,21 @@ def test_published_digests_follow_files_not_state(tmp_path: Path) -> None:
     assert digests() == first
     (tmp_path / "noarch" / "b-1-0.conda").write_bytes(b"y")
     assert digests()["noarch"] != first["noarch"]
+
+
+def test_warnings_are_flagged_new_unless_an_earlier_apply_saw_them() -> None:
+    given = [
+        PlanWarning(key="a", message="first a"),
+        PlanWarning(key="b", message="b"),
+        PlanWarning(key="a", message="second a"),
+        PlanWarning(key="c", message="c", new=False),
+    ]
+    flagged = flag_new(given, {"b": "b", "c": "c"})
+    assert [(w.key, w.message, w.new) for w in flagged] == [
+        ("a", "first a", True),
+        ("b", "b", False),
+        ("c", "c", False),
+    ]
+    assert [w.new for w in given] == [True, True, True, False]  # left as they were
+    assert flagged[0] is given[0] and flagged[2] is given[3]  # copied only to change
+    assert flag_new(given, {})[2].new is True
