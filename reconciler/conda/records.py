@@ -112,7 +112,7 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
             # map() in C: no Python frame per item, as a generator would take.
             if isinstance(value, list) and all(map(isinstance, value, repeat(str))):
                 continue
-        elif type(value) is int and 0 <= value <= MAX_TIMESTAMP:
+        elif kind == _TIMESTAMP and type(value) is int and 0 <= value <= MAX_TIMESTAMP:
             continue
         problem = field_problem(str(key), value)
         if problem is not None:

@@ -12,6 +12,7 @@ nor is a document read whole (one call of its decoder).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +27,15 @@ class Stopped(ReconcileError):
 _local = threading.local()
 
 
+def _event() -> threading.Event | None:
+    event: threading.Event | None = getattr(_local, "event", None)
+    return event
+
+
 @contextlib.contextmanager
 def stop_on(event: threading.Event) -> Iterator[None]:
     """Within this block, this thread's transfers stop once ``event`` is set."""
-    before = getattr(_local, "event", None)
+    before = _event()
     _local.event = event
     try:
         yield
@@ -37,34 +43,31 @@ def stop_on(event: threading.Event) -> Iterator[None]:
         _local.event = before
 
 
+def _raise_if_set(event: threading.Event | None) -> None:
+    if event is not None and event.is_set():
+        raise Stopped("stopped: another part of this work failed first")
+
+
 def stop_requested() -> bool:
-    event: threading.Event | None = getattr(_local, "event", None)
+    event = _event()
     return event is not None and event.is_set()
 
 
 def check() -> None:
     """Raise :class:`Stopped` if this thread was told to stop."""
-    if stop_requested():
-        raise Stopped("stopped: another part of this work failed first")
+    _raise_if_set(_event())
 
 
 def checker() -> Callable[[], None]:
     """:func:`check` for this thread's work, to be called from another thread doing part
     of it (a body read through the window on a thread of its own)."""
-    event: threading.Event | None = getattr(_local, "event", None)
-
-    def check_event() -> None:
-        if event is not None and event.is_set():
-            raise Stopped("stopped: another part of this work failed first")
-
-    return check_event
+    return functools.partial(_raise_if_set, _event())
 
 
 def pause(seconds: float) -> None:
     """Sleep ``seconds``, or less when told to stop meanwhile (then raise)."""
-    event: threading.Event | None = getattr(_local, "event", None)
+    event = _event()
     if event is None:
         time.sleep(seconds)
-        return
-    if event.wait(seconds):
-        check()
+    elif event.wait(seconds):
+        _raise_if_set(event)

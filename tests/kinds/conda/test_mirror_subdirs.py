@@ -139,6 +139,11 @@ def failed_with(resolution: Any, where: str, status: str) -> None:
     assert error is not None and where in error and status in error, error
 
 
+def no_subdir_thread() -> bool:
+    """No thread fetching a subdir is left (the mirror's pool waited for them all)."""
+    return not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+
+
 # Mirrors whose gate does not name what it lets in: each document is read whole.
 NO_NAME_GATE = pytest.mark.parametrize(
     "dependencies, include",
@@ -273,7 +278,7 @@ def test_no_fetching_thread_outlives_a_failed_mirror(
     meeting.fail = {"linux-64": (403, 0.0)}
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
     failed_with(resolution, "linux-64", "403")
-    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+    assert no_subdir_thread()
     with meeting.changed:  # noarch's request was answered (or dropped), not left hanging
         assert meeting.changed.wait_for(lambda: meeting.in_flight == 0, timeout=5)
 
@@ -305,7 +310,7 @@ def test_a_failed_subdir_stops_a_body_still_arriving(
     resolution = resolve(channel(tmp_path, url), tmp_path / "cache")
     failed_with(resolution, "linux-64", "403")
     assert time.monotonic() - started < 3.0
-    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+    assert no_subdir_thread()
 
 
 def test_a_failed_subdir_stops_the_later_ones_while_an_earlier_one_still_arrives(
@@ -356,4 +361,4 @@ def test_a_failed_subdir_stops_a_document_being_read_through_the_window(
     assert time.monotonic() - started < (2.5 if link == "fast" else 3.5)
     assert windows, "noarch was not read through the window"
     assert len(windows) < len(body) // (16 * 1024)  # stopped well before its end
-    assert not [t for t in threading.enumerate() if t.name.startswith("reconcile-subdir")]
+    assert no_subdir_thread()
