@@ -1056,9 +1056,16 @@ class ChannelServer:
                 # A second stop signal (Ctrl-C reaches a worker from the terminal and from
                 # its supervisor) is ignored, also once the loop is gone: the stop under
                 # way finishes, access log and counts included.
-                for other in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(other)
-                    signal.signal(other, signal.SIG_IGN)
+                # Blocked meanwhile: removing the loop's handler puts Python's own back
+                # for a moment, and a second Ctrl-C there was a KeyboardInterrupt.
+                both = {signal.SIGTERM, signal.SIGINT}
+                signal.pthread_sigmask(signal.SIG_BLOCK, both)
+                try:
+                    for other in both:
+                        loop.remove_signal_handler(other)
+                        signal.signal(other, signal.SIG_IGN)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signum)
