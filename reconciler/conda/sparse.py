@@ -248,13 +248,38 @@ class SparseRepodata:
             self._raw = again._raw
         return self._raw
 
-    def release(self) -> None:
-        """Drop the unparsed records (and the document they point into); keep the rest."""
-        if self._full is None:
-            for listing in self._names:
-                listing.forget_member()
-            self._raw = None
-            self._kept = None
+    def release(self, keep: Callable[[str], bool] | None = None) -> None:
+        """Drop the unparsed records (and the document they point into); keep the rest.
+
+        With ``keep``, the records of the names it accepts stay as their bytes (those a
+        window scan kept, or copies out of the document): a record's bytes are the
+        smallest form it has, a third of its dict's size. Any other record asked for
+        costs one more scan of the document.
+        """
+        if self._full is not None:
+            return
+        kept = None if keep is None else [self._bytes_of(i, keep) for i in range(len(SECTIONS))]
+        for listing in self._names:
+            listing.forget_member()
+        self._raw = None
+        self._kept = kept
+
+    def _bytes_of(self, section: int, keep: Callable[[str], bool]) -> dict[str, bytes]:
+        if self._kept is not None:  # a window scan kept these names' records already
+            return self._kept[section]
+        if self._raw is None:
+            return {}
+        raw, listing = self._raw[section], self._names[section]
+        passing = {name for name in set(listing.names) if keep(name)}
+        return {filename: bytes(raw[filename]) for filename, _ in listing.of_names(passing)}
+
+    def forget(self, filename: str) -> None:
+        """Let go of ``filename``'s parsed records (a selection leaves out most of a
+        mirror of every name): asked for again, they are parsed again, from their kept
+        bytes or from the document read again."""
+        if self._full is None:  # (else the whole document holds them anyway)
+            for section in range(len(SECTIONS)):
+                self._parsed.pop((section, filename), None)
 
     def full(self) -> dict[str, Any]:
         """The whole document as :func:`load_repodata` reads it."""

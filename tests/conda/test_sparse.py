@@ -113,3 +113,38 @@ def test_a_listing_answers_lookups_after_its_document_is_let_go(in_order: bool) 
     assert list(conda) == order
     assert sparse.listed("old-1-0.tar.bz2") and not sparse.listed("zlib-1.3-h0_0.tar.bz2")
     assert sparse.record(1, "zlib-1.3-h0_0.conda")["name"] == "zlib"  # read again
+
+
+def test_a_release_that_keeps_names_keeps_their_records_bytes_and_forget_drops_parsed() -> None:
+    document = {
+        "packages": {"foo-1-0.tar.bz2": {"name": "foo", "version": "1"}},
+        "packages.conda": {
+            "foo-2-0.conda": {"name": "foo", "version": "2"},
+            "foo-bar-1-0.conda": {"name": "foo-bar", "version": "1"},
+            "zz-top-1-0.conda": {"name": "zz-top", "version": "1"},
+        },
+    }
+    body = orjson.dumps(document)
+    loads: list[int] = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return body
+
+    sparse = SparseRepodata(body, "test", load)
+    sparse.release(keep=lambda name: name == "foo")
+    assert sparse.record(0, "foo-1-0.tar.bz2") == document["packages"]["foo-1-0.tar.bz2"]
+    first = sparse.record(1, "foo-2-0.conda")
+    assert first == {"name": "foo", "version": "2"}
+    assert loads == []  # kept as bytes: "foo-bar" is another name, not kept
+    assert sparse.record(1, "foo-2-0.conda") is first  # parsed once...
+    sparse.forget("foo-2-0.conda")
+    again = sparse.record(1, "foo-2-0.conda")
+    assert again == first and again is not first  # ...and again after it was let go
+    assert loads == []
+    assert sparse.record(1, "foo-bar-1-0.conda")["name"] == "foo-bar"
+    assert loads == [1]  # the document read again
+    sparse.release()
+    sparse.forget("foo-2-0.conda")
+    assert sparse.record(1, "foo-2-0.conda") == first
+    assert loads == [1, 1]  # kept nothing: read once more

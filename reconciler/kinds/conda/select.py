@@ -95,10 +95,10 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
 
     def _read(self, filename: str) -> dict[str, Any] | None:
         chosen: dict[str, Any] | None = None
-        # A record's problem depends on it and where it is listed alone: worked out once per
-        # document, whichever reader (a prefetch, then the selection) asks first.
-        checked: dict[tuple[int, str], str | None] = self.sparse.memo.setdefault(
-            (_CHECKED, self.subdir), {}
+        # A record's problem depends on it and where it is listed alone: what a prefetch
+        # worked out, the selection's reader takes from the document's memo.
+        checked: dict[tuple[int, str], str | None] | None = self.sparse.memo.get(
+            (_CHECKED, self.subdir)
         )
         # As safe_records reads them: .tar.bz2 section first, the later one wins.
         for index, (section, suffix) in enumerate(_SECTIONS):
@@ -110,10 +110,12 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
                 self._refused[(index, filename)] = f"the record is not valid JSON ({exc.why})"
                 continue
             key = (index, filename)
-            if key in checked:
+            if checked is not None and key in checked:
                 problem = checked[key]
             else:
-                problem = checked[key] = _problem(self.subdir, section, suffix, filename, record)
+                problem = _problem(self.subdir, section, suffix, filename, record)
+                if checked is not None:
+                    checked[key] = problem
             if problem is None:
                 chosen = record
             else:
@@ -127,11 +129,26 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
 
     def prefetch(self, wanted: Callable[[str], bool]) -> None:
         """Read now what a selection with this name gate reads, then let the rest of the
-        document go: the next subdir is then read without this one's in memory."""
+        document go: the next subdir is then read without this one's in memory.
+
+        A gate that lets every name in has the records' bytes kept instead, each read
+        when the selection comes to it: the selection lets go of the records it leaves
+        out, and a record's bytes take a third of its dict's memory.
+        """
+        if isinstance(wanted, NameGate) and not wanted.selective:
+            self.named(wanted)
+            self.sparse.release(keep=wanted)
+            return
+        self.sparse.memo.setdefault((_CHECKED, self.subdir), {})
         for filenames in self.named(wanted).values():
             for filename in filenames:
                 self.get(filename)
         self.sparse.release()
+
+    def forget(self, filename: str) -> None:
+        """Let go of ``filename``'s parsed record (it is read again if asked for)."""
+        self._found.pop(filename, None)
+        self.sparse.forget(filename)
 
     def __getitem__(self, filename: str) -> dict[str, Any]:
         found = self.get(filename)
@@ -233,6 +250,9 @@ class _Plain:
 
     def names_of(self, filename: str) -> list[str]:
         return [filename_name(filename)] if filename in self.records else []
+
+    def forget(self, filename: str) -> None:
+        pass  # (held by the caller's mapping)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.records)
@@ -487,11 +507,18 @@ def select(
     # Only names that can pass both blocks' include rules are read and decided now;
     # every other record is out, and its reason is worked out if someone asks.
     wanted = name_gate(channel_filters, mirror_filters)
+    # A mirror of every name leaves most records out (``latest``, licences): holding
+    # them all as dicts took gigabytes at a million records. Each one left out goes, its
+    # decision kept; it is read again if someone asks. A name gate reads few records,
+    # and the closure reads candidates again and again: there they stay.
+    forget = not (dependencies or wanted.selective)
     for subdir, records in subdirs.items():
         for name, filenames in records.named(wanted).items():
             for candidate in decider.group(subdir, name, filenames):
                 if decider.known[candidate.key].selected:
                     result.selected[candidate.key] = dict(candidate.record)
+                elif forget:
+                    records.forget(candidate.filename)
     if dependencies:
         served = upstream if platforms is None else platforms
         closure = _Closure(

@@ -13,7 +13,13 @@ from reconciler.config.models import FilterBlock
 from reconciler.errors import ReconcileError
 from reconciler.filters import FilterEngine
 from reconciler.kinds.conda.mirrors import unverifiable
-from reconciler.kinds.conda.select import Selection, UpstreamRecords, safe_records, select
+from reconciler.kinds.conda.select import (
+    Selection,
+    UpstreamRecords,
+    name_gate,
+    safe_records,
+    select,
+)
 
 SOURCE = "https://example.invalid/forge"
 NAMES = [f"pkg{i}" for i in range(12)] + ["Mixed", "mixed"]
@@ -91,8 +97,13 @@ def full_way(
 
 
 def sparse_way(
-    docs: dict[str, dict[str, Any]], mirror: dict[str, Any], channel: dict[str, Any]
+    docs: dict[str, dict[str, Any]],
+    mirror: dict[str, Any],
+    channel: dict[str, Any],
+    prefetch: bool = False,
 ) -> tuple[Selection, list[UpstreamRecords]]:
+    """As a mirror selects; ``prefetch``: each document let go (but what the name gate
+    lets in) before the selection, as when subdirs are read one after the other."""
     upstream = {}
     for subdir, doc in docs.items():
         body = orjson.dumps(doc)
@@ -100,6 +111,8 @@ def sparse_way(
         upstream[subdir] = UpstreamRecords(
             subdir, sparse, SOURCE, lambda record: unverifiable(record, 1 << 40)
         )
+        if prefetch:
+            upstream[subdir].prefetch(name_gate(*engines(mirror, channel)))
     selection = select(
         upstream,  # type: ignore[arg-type]
         *engines(mirror, channel),
@@ -126,11 +139,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize(("mirror", "channel"), CASES)
-def test_sparse_selection_is_the_full_one(mirror: dict[str, Any], channel: dict[str, Any]) -> None:
+def test_sparse_selection_is_the_full_one(
+    mirror: dict[str, Any], channel: dict[str, Any], prefetch: bool
+) -> None:
     docs = {subdir: repodata(subdir, seed) for seed, subdir in enumerate(["linux-64", "noarch"])}
     expected, expected_warnings = full_way(docs, mirror, channel)
-    got, upstream = sparse_way(docs, mirror, channel)
+    got, upstream = sparse_way(docs, mirror, channel, prefetch)
     assert got.selected == expected.selected
     assert got.warnings == expected.warnings
     # Every decision and record, including those of names nobody read at first.
@@ -264,6 +280,61 @@ def test_names_are_the_filenames_names() -> None:
     assert list(sparse.names(1).values()) == ["python-dateutil", "a", "_x"]
 
 
+def test_a_prefetch_of_every_name_keeps_the_bytes_and_parses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The document goes; every record stays as its bytes, read when the selection asks.
+    import reconciler.kinds.conda.select as select_module
+
+    body = orjson.dumps(repodata("linux-64", 5))
+    loads: list[int] = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return body
+
+    def check(record: dict[str, Any]) -> str | None:
+        return unverifiable(record, 1 << 40)
+
+    whole = dict(UpstreamRecords("linux-64", SparseRepodata(body, "x", load), SOURCE, check))
+    sparse = SparseRepodata(body, "linux-64", load)
+    calls: list[str] = []
+    real = select_module._problem
+
+    def counted(subdir: str, section: str, suffix: str, filename: str, record: Any) -> Any:
+        calls.append(filename)
+        return real(subdir, section, suffix, filename, record)
+
+    monkeypatch.setattr(select_module, "_problem", counted)
+    every = name_gate(*engines({}, {}))
+    assert not every.selective
+    UpstreamRecords("linux-64", sparse, SOURCE).prefetch(every)
+    assert calls == []  # nothing parsed
+    second = UpstreamRecords("linux-64", sparse, SOURCE, check)
+    assert dict(second) == whole
+    assert second.get("pkg2-9.9-nosha_0.conda") is None
+    assert loads == []  # all from the kept bytes
+
+
+def test_a_selection_lets_go_of_the_records_it_leaves_out() -> None:
+    # A mirror of every name keeps most records out: their decisions stay, their parsed
+    # records go, and each is read again (the same) when asked for.
+    docs = {"linux-64": repodata("linux-64", 6)}
+    mirror, channel = {"latest": 1}, {"exclude": [{"license": "GPL"}]}
+    expected, _ = full_way(docs, mirror, channel)
+    got, (upstream,) = sparse_way(docs, mirror, channel, prefetch=True)
+    assert got.selected == expected.selected
+    held = {f for f, record in upstream._found.items() if record is not None}
+    assert held == {f for _, f in got.selected}
+    refused = {f for f, record in upstream._found.items() if record is None}
+    assert len(refused) < 10
+    assert held <= {f for _, f in upstream.sparse._parsed} <= held | refused
+    left_out = [k for k, d in expected.decisions.items() if not d.selected]
+    assert len(left_out) > 100
+    assert all(got.decisions[k] == expected.decisions[k] for k in left_out)
+    assert {k: got.records[k] for k in left_out} == {k: expected.records[k] for k in left_out}
+
+
 def test_a_second_reader_of_a_document_checks_nothing_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -284,6 +355,7 @@ def test_a_second_reader_of_a_document_checks_nothing_again(
 
     monkeypatch.setattr(select_module, "_problem", counted)
     first = UpstreamRecords("linux-64", sparse, SOURCE)
+    first.prefetch(lambda name: True)  # a gate that names what it lets in
     firsts = {filename: first.get(filename) for filename in sparse.names(1)}
     checked = len(calls)
     assert checked >= len(firsts) > 300 // 2
