@@ -265,21 +265,22 @@ class SparseRepodata:
         self._kept = kept
 
     def _bytes_of(self, section: int, keep: Callable[[str], bool]) -> dict[str, bytes]:
+        if self._raw is not None:
+            raw, listing = self._raw[section], self._names[section]
+            passing = {name for name in set(listing.names) if keep(name)}
+            # Copies: a msgspec view would keep the whole document alive.
+            return {filename: bytes(raw[filename]) for filename, _ in listing.of_names(passing)}
         if self._kept is not None:  # a window scan kept these names' records already
             return self._kept[section]
-        if self._raw is None:
-            return {}
-        raw, listing = self._raw[section], self._names[section]
-        passing = {name for name in set(listing.names) if keep(name)}
-        return {filename: bytes(raw[filename]) for filename, _ in listing.of_names(passing)}
+        return {}
 
-    def forget(self, filename: str) -> None:
-        """Let go of ``filename``'s parsed records (a selection leaves out most of a
-        mirror of every name): asked for again, they are parsed again, from their kept
-        bytes or from the document read again."""
+    def forget(self, filename: str, section: int | None = None) -> None:
+        """Let go of ``filename``'s parsed records (of one ``section``, else both): a
+        selection leaves out most of a mirror of every name. Asked for again, they are
+        parsed again, from their kept bytes or from the document read again."""
         if self._full is None:  # (else the whole document holds them anyway)
-            for section in range(len(SECTIONS)):
-                self._parsed.pop((section, filename), None)
+            for each in range(len(SECTIONS)) if section is None else (section,):
+                self._parsed.pop((each, filename), None)
 
     def full(self) -> dict[str, Any]:
         """The whole document as :func:`load_repodata` reads it."""

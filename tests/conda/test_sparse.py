@@ -142,8 +142,14 @@ def test_a_release_that_keeps_names_keeps_their_records_bytes_and_forget_drops_p
     again = sparse.record(1, "foo-2-0.conda")
     assert again == first and again is not first  # ...and again after it was let go
     assert loads == []
+    kept = sparse._kept
+    assert kept is not None and all(type(b) is bytes for each in kept for b in each.values())
     assert sparse.record(1, "foo-bar-1-0.conda")["name"] == "foo-bar"
     assert loads == [1]  # the document read again
+    sparse.release(keep=lambda name: name == "foo-bar")  # from the document read again
+    sparse.forget("foo-bar-1-0.conda")
+    assert sparse.record(1, "foo-bar-1-0.conda")["name"] == "foo-bar"
+    assert loads == [1]
     sparse.release()
     sparse.forget("foo-2-0.conda")
     assert sparse.record(1, "foo-2-0.conda") == first

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import rattler
 
-from reconciler.conda.names import is_valid_subdir, package_suffix
+from reconciler.conda.names import filename_name, is_valid_subdir, package_suffix
 from reconciler.conda.shards import read_shard_index
 from reconciler.config.models import AnyChannelModel, Channel
 from reconciler.engine.diff import Absence, Desired, default_update_reason, diff_records
@@ -796,6 +796,8 @@ class CondaKind:
                 if resolved.selection is None:
                     continue
                 for (subdir, filename), decision in sorted(resolved.selection.decisions.items()):
+                    if not matcher.may_match(filename):
+                        continue  # (a record left out is read again to be matched: not all)
                     record = resolved.selection.records.get((subdir, filename))
                     if record is None or not matcher.matches(filename, dict(record), subdir):
                         continue
@@ -844,6 +846,17 @@ class _Query:
                 raise ValueError(
                     f"{text!r} is neither a package filename nor a match spec ({exc})"
                 ) from None
+
+    def may_match(self, filename: str) -> bool:
+        """False when no usable record listed as ``filename`` can match: a usable record
+        has its filename's name (see ``select._problem``)."""
+        if self.filename is not None:
+            return filename == self.filename
+        name = filename_name(filename)
+        if self.name_glob is not None:
+            return self._fnmatch(name, self.name_glob)
+        assert self.spec is not None
+        return name == (self.spec.name.normalized if self.spec.name else None)
 
     def matches(self, filename: str, record: dict[str, Any], subdir: str) -> bool:
         if self.filename is not None:

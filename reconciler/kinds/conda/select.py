@@ -120,10 +120,14 @@ class UpstreamRecords(Mapping[str, dict[str, Any]]):
                 chosen = record
             else:
                 self._refused[(index, filename)] = problem
+                if checked is None:  # no other reader will ask (see prefetch): only why
+                    self.sparse.forget(filename, index)
         if chosen is not None and self._check is not None:
             problem = self._check(chosen)
             if problem is not None:
                 self._unverifiable[filename] = problem
+                if checked is None:
+                    self.sparse.forget(filename)
                 return None
         return chosen
 
