@@ -77,6 +77,22 @@ def engines(mirror: dict[str, Any], channel: dict[str, Any]) -> tuple[FilterEngi
     )
 
 
+@pytest.fixture
+def problem_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The filenames whose problems the selection works out, in order."""
+    import reconciler.kinds.conda.select as select_module
+
+    calls: list[str] = []
+    real = select_module._problem
+
+    def counted(subdir: str, section: str, suffix: str, filename: str, record: Any) -> Any:
+        calls.append(filename)
+        return real(subdir, section, suffix, filename, record)
+
+    monkeypatch.setattr(select_module, "_problem", counted)
+    return calls
+
+
 def full_way(
     docs: dict[str, dict[str, Any]], mirror: dict[str, Any], channel: dict[str, Any]
 ) -> tuple[Selection, list[str]]:
@@ -282,11 +298,9 @@ def test_names_are_the_filenames_names() -> None:
 
 
 def test_a_prefetch_of_every_name_keeps_the_bytes_and_parses_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+    problem_calls: list[str],
 ) -> None:
     # The document goes; every record stays as its bytes, read when the selection asks.
-    import reconciler.kinds.conda.select as select_module
-
     body = orjson.dumps(repodata("linux-64", 5))
     loads: list[int] = []
 
@@ -298,19 +312,12 @@ def test_a_prefetch_of_every_name_keeps_the_bytes_and_parses_nothing(
         return unverifiable(record, 1 << 40)
 
     whole = dict(UpstreamRecords("linux-64", SparseRepodata(body, "x", load), SOURCE, check))
+    problem_calls.clear()  # (reading it whole checked every record)
     sparse = SparseRepodata(body, "linux-64", load)
-    calls: list[str] = []
-    real = select_module._problem
-
-    def counted(subdir: str, section: str, suffix: str, filename: str, record: Any) -> Any:
-        calls.append(filename)
-        return real(subdir, section, suffix, filename, record)
-
-    monkeypatch.setattr(select_module, "_problem", counted)
     every = name_gate(*engines({}, {}))
     assert not every.selective
     UpstreamRecords("linux-64", sparse, SOURCE).prefetch(every)
-    assert calls == []  # nothing parsed
+    assert problem_calls == []  # nothing parsed
     second = UpstreamRecords("linux-64", sparse, SOURCE, check)
     assert dict(second) == whole
     assert _CHECKED not in {key[0] for key in sparse.memo if isinstance(key, tuple)}  # no memo
@@ -337,39 +344,27 @@ def test_a_selection_lets_go_of_the_records_it_leaves_out() -> None:
     assert {k: got.records[k] for k in left_out} == {k: expected.records[k] for k in left_out}
 
 
-def test_a_second_reader_of_a_document_checks_nothing_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_second_reader_of_a_document_checks_nothing_again(problem_calls: list[str]) -> None:
     # A prefetch reads what the selection will read; the selection's own reader then
     # takes each record's problem from the document instead of working it out again,
     # and warns about exactly what the first reader would.
-    import reconciler.kinds.conda.select as select_module
-
     docs = {"linux-64": repodata("linux-64", 5)}
     body = orjson.dumps(docs["linux-64"])
     sparse = SparseRepodata(body, "linux-64", lambda: body)
-    calls: list[str] = []
-    real = select_module._problem
-
-    def counted(subdir: str, section: str, suffix: str, filename: str, record: Any) -> Any:
-        calls.append(filename)
-        return real(subdir, section, suffix, filename, record)
-
-    monkeypatch.setattr(select_module, "_problem", counted)
     first = UpstreamRecords("linux-64", sparse, SOURCE)
     first.prefetch(lambda name: True)  # a gate that names what it lets in
     firsts = {filename: first.get(filename) for filename in sparse.names(1)}
-    checked = len(calls)
+    checked = len(problem_calls)
     assert checked >= len(firsts) > 300 // 2
     second = UpstreamRecords("linux-64", sparse, SOURCE)
     seconds = {filename: second.get(filename) for filename in sparse.names(1)}
-    assert len(calls) == checked  # nothing checked twice
+    assert len(problem_calls) == checked  # nothing checked twice
     assert seconds == firsts
     assert second.warnings() == first.warnings()
     assert any("refusing '../pkg5-1-0.conda'" in line for line in second.warnings())
     # Another subdir's reader of the same bytes checks for itself (where it is listed counts).
     UpstreamRecords("noarch", sparse, SOURCE).get("pkg1-9.8-bad_0.conda")
-    assert len(calls) == checked + 1
+    assert len(problem_calls) == checked + 1
 
 
 def test_a_selection_with_an_include_list_keeps_what_it_read() -> None:
